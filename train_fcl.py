@@ -190,6 +190,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------------ building
+def _device_type() -> str:
+    """The accelerator this machine has (cuda, mps, xpu, ...), or cpu."""
+    if hasattr(torch, "accelerator"):
+        found = torch.accelerator.current_accelerator(check_available=True)
+        return found.type if found is not None else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_mixed_precision(mixed_precision: str, device_type: str) -> None:
     """fp16 autocast needs a GPU loss scaler; on the CPU only bf16 (or no) autocast exists."""
     if mixed_precision == "fp16" and device_type == "cpu":
@@ -414,11 +422,12 @@ def main(args: argparse.Namespace) -> dict:
         raise ConfigError("--data-dir is needed (or FCL_DATA_DIR)")
     output = Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
 
-    from accelerate.state import PartialState
-    check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
-                          PartialState().device.type)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with="tensorboard",
-                              project_dir=str(output))
+    device_type = _device_type()
+    check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
+    # cpu=True on a machine without an accelerator, so that `accelerate launch --multi_gpu` there runs as
+    # MULTI_CPU over gloo instead of as N unrelated single processes
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=device_type == "cpu",
+                              log_with="tensorboard", project_dir=str(output))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
@@ -482,7 +491,8 @@ def main(args: argparse.Namespace) -> dict:
                          f"step {progress.step}")
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / "args.yaml", yaml.safe_dump(vars(args), sort_keys=False))
+        if resume is None or not (output / "args.yaml").exists():  # the run's first settings are kept
+            atomic_write_text(output / "args.yaml", yaml.safe_dump(vars(args), sort_keys=False))
         _logger.info(f"{args.model}: {num_classes} classes, {world} process(es), {len(train_ds)} batches of "
                      f"{args.batch_size} per process and epoch, {num_epochs} epochs, method {args.method}, "
                      f"output {output}")
