@@ -32,8 +32,8 @@ import torch
 import yaml
 
 import timm
-import timm_fcl
-from timm_fcl import FCLConfig, FeatureContrastiveRegularizer
+import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
+from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
 from timm_fcl.checkpoint import atomic_write_text, export_model, list_states, resolve_state, save_state_atomic
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
 
@@ -65,7 +65,8 @@ def _fcl_flags(parser: argparse.ArgumentParser) -> None:
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
             inner = next(a for a in args if a is not type(None))
             if typing.get_origin(inner) is tuple:  # e.g. input_std: Optional[tuple[float, ...]]
-                group.add_argument(flag, type=float, nargs="+", default=field.default, dest="fcl_" + field.name)
+                group.add_argument(flag, type=float, nargs="+", default=field.default, dest="fcl_" + field.name,
+                                   help=f"FCLConfig.{field.name} (default: the --std of the input normalization)")
                 continue
             kind = inner
         group.add_argument(flag, type=kind, default=field.default, dest="fcl_" + field.name,
@@ -85,7 +86,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "flags given on the command line override it")
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", default=None, help="shard folder (with _info.json), image folder or "
-                       "torchvision root; FCL_DATA_DIR if unset")
+                       "torchvision root")
     group.add_argument("--dataset", default="", help="wds/NAME (WebDataset shards), torch/NAME (torchvision), "
                        "or '' (image folder with train/ and validation/ subfolders)")
     group.add_argument("--train-split", default="train")
@@ -257,7 +258,6 @@ def build_transforms(args, data_config: dict):
         **data_config, is_training=not args.no_aug, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
         hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
     if args.patch_gaussian:
-        from timm_fcl import PatchGaussian
         from torchvision.transforms import Normalize
         steps = list(train_tf.transforms)
         at = next(i for i, t in enumerate(steps) if isinstance(t, Normalize))
@@ -277,7 +277,10 @@ def build_fcl_config(args, data_config: dict, updates_per_epoch: int) -> FCLConf
     if "input_std" in values:
         # sigma is in [0,1] pixel units; the regularizer converts it with the normalization the inputs went through
         values["input_std"] = tuple(values["input_std"] or data_config["std"])
-    return FCLConfig(method=args.method, **values)
+    try:
+        return FCLConfig(method=args.method, **values)
+    except ValueError as exn:
+        raise ConfigError(str(exn)) from None
 
 
 @dataclasses.dataclass
@@ -332,7 +335,7 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         progress.batch += 1
-        loss, ce, fcl = out.loss.item(), float(out.ce), float(out.fcl)
+        loss, ce, fcl = out.loss.item(), out.ce.item(), out.fcl.item()
         for k, v in (("loss", loss), ("ce", ce), ("fcl", fcl)):
             sums[k] += v
             window[k] += v
@@ -417,9 +420,9 @@ def main(args: argparse.Namespace) -> dict:
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-    data_dir = args.data_dir or os.environ.get("FCL_DATA_DIR")
+    data_dir = args.data_dir
     if not data_dir:
-        raise ConfigError("--data-dir is needed (or FCL_DATA_DIR)")
+        raise ConfigError("--data-dir is needed")
     output = Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
 
     device_type = _device_type()

@@ -3,6 +3,8 @@ torchvision data set, so that `train_fcl.py --dataset wds/NAME --data-dir OUT` c
 
     python -m timm_fcl.shards --source folder --root IMAGES --split train --output OUT --name mydata
     python -m timm_fcl.shards --source torch/mnist --root ../shared/data --split train --output OUT --name mnist
+    python -m timm_fcl.shards --source synthetic-mnist --root ../shared/data --split train,val,test \
+        --output OUT --name synthetic_mnist        # the paper's section 4.1 set (timm_fcl.synthetic_mnist)
 
 Each sample is `<key>.<ext>` (the image: a folder's files keep their bytes, torchvision images are stored as
 lossless PNG) and `<key>.cls` (the class index as text). Shards are `NAME-SPLIT-000000.tar`, the training split
@@ -74,11 +76,40 @@ def _pil_samples(dataset, order: np.ndarray):
         yield _png(img), "png", int(label)
 
 
+class _SyntheticPIL:
+    """A synthetic MNIST split as (PIL grey image, label) pairs."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+        return Image.fromarray(self.split.images[index, 0].numpy(), mode="L"), int(self.split.labels[index])
+
+
+def _open(parser, args, split: str):
+    from timm.data import create_dataset
+
+    try:
+        dataset = create_dataset("" if args.source == "folder" else args.source, root=args.root, split=split,
+                                 search_split=True, download=args.download)
+    except (RuntimeError, FileNotFoundError, ValueError) as exn:
+        parser.error(f"cannot read {args.source} split {split} from {args.root}: {exn}")
+    if args.source == "folder":
+        class_to_idx = dataset.reader.class_to_idx
+        return dataset, sorted(class_to_idx, key=class_to_idx.get)
+    return dataset, list(getattr(dataset, "classes", []) or [])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Write WebDataset shards + _info.json for train_fcl.py")
-    parser.add_argument("--source", required=True, help="'folder' (class subfolders) or torch/NAME (torchvision)")
-    parser.add_argument("--root", required=True, help="image folder, or torchvision root")
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--source", required=True, help="'folder' (class subfolders), torch/NAME (torchvision) "
+                        "or synthetic-mnist (section 4.1; splits train, val, test)")
+    parser.add_argument("--root", required=True, help="image folder, or torchvision / MNIST root")
+    parser.add_argument("--split", default="train", help="split name, or several separated by commas")
     parser.add_argument("--output", required=True, help="shard folder (gets _info.json)")
     parser.add_argument("--name", required=True, help="data set name (shard prefix, --dataset wds/NAME)")
     parser.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
@@ -88,32 +119,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--download", action="store_true", help="let torchvision download the source")
     args = parser.parse_args(argv)
 
-    from timm.data import create_dataset
-
-    if args.source != "folder" and not args.source.startswith("torch/"):
-        parser.error(f"--source {args.source}: use 'folder' or torch/NAME")
+    if args.source not in ("folder", "synthetic-mnist") and not args.source.startswith("torch/"):
+        parser.error(f"--source {args.source}: use 'folder', torch/NAME or synthetic-mnist")
     if not args.download and not os.path.isdir(args.root):
         parser.error(f"--root {args.root} does not exist")
-    try:
-        dataset = create_dataset("" if args.source == "folder" else args.source, root=args.root, split=args.split,
-                                 search_split=True, download=args.download)
-    except (RuntimeError, FileNotFoundError, ValueError) as exn:
-        parser.error(f"cannot read {args.source} split {args.split} from {args.root}: {exn}")
-    if args.source == "folder":
-        class_to_idx = dataset.reader.class_to_idx
-        names = sorted(class_to_idx, key=class_to_idx.get)
-    else:
-        names = list(getattr(dataset, "classes", []) or [])
-    n = len(dataset)
-    shuffle = args.split == "train" and not args.no_shuffle
-    order = np.random.default_rng(args.seed).permutation(n) if shuffle else np.arange(n)
-    order = order[: args.limit] if args.limit else order
-    samples = _folder_samples(dataset, order) if args.source == "folder" else _pil_samples(dataset, order)
-    info = write_shards(samples, output=args.output, name=args.name, split=args.split, shard_size=args.shard_size,
-                        num_classes=len(names) if names else None,
-                        class_names=names)
-    split = info["splits"][args.split]
-    print(f"wrote {split['num_samples']} samples in {len(split['filenames'])} shard(s) to {args.output}")
+    splits = args.split.split(",")
+    synthetic = None
+    if args.source == "synthetic-mnist":
+        from timm_fcl.synthetic_mnist import NUM_CLASSES, build_synthetic_mnist
+        synthetic = build_synthetic_mnist(args.root, seed=args.seed, download=args.download)
+        unknown = set(splits) - set(synthetic)
+        if unknown:
+            parser.error(f"synthetic-mnist has splits {', '.join(synthetic)}, not {', '.join(sorted(unknown))}")
+    for split in splits:
+        if synthetic is not None:
+            dataset, names = _SyntheticPIL(synthetic[split]), [str(c) for c in range(NUM_CLASSES)]
+        else:
+            dataset, names = _open(parser, args, split)
+        n = len(dataset)
+        shuffle = split == "train" and not args.no_shuffle
+        order = np.random.default_rng(args.seed).permutation(n) if shuffle else np.arange(n)
+        order = order[: args.limit] if args.limit else order
+        samples = _folder_samples(dataset, order) if args.source == "folder" else _pil_samples(dataset, order)
+        info = write_shards(samples, output=args.output, name=args.name, split=split, shard_size=args.shard_size,
+                            num_classes=len(names) if names else None, class_names=names)
+        written = info["splits"][split]
+        print(f"{split}: wrote {written['num_samples']} samples in {len(written['filenames'])} shard(s) "
+              f"to {args.output}")
     return 0
 
 
