@@ -511,6 +511,8 @@ def main(args: argparse.Namespace) -> dict:
 
     bare = accelerator.unwrap_model(reg).model
     metrics: dict = {}
+    if progress.epoch >= num_epochs and accelerator.is_main_process:
+        _logger.info(f"all {num_epochs} epochs are done in {output}; raise --epochs to train on")
     while progress.epoch < num_epochs:
         epoch = progress.epoch
         train_ds.set_epoch(epoch, skip_batches=progress.batch)

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 _logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+EVAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation", "test")
 REFILL_POOL = 256  # raw samples a worker keeps to refill its quota after a bad shard
 
 
@@ -271,6 +272,12 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     if not _is_url(root) and not os.path.isdir(root):
         raise DataError(f"data dir {root} does not exist")
     info = _load_info(root)
+    listed = info.get("splits", {})
+    if split in EVAL_SYNONYMS and split not in listed:  # as timm's folder reader: 'validation' finds 'val', 'test'
+        found = next((name for name in EVAL_SYNONYMS if name in listed), None)
+        if found is not None:
+            _logger.info(f"split '{split}' not in {root}/_info.json, using '{found}'")
+            split = found
     try:
         split_info = _parse_split_info(split, info)
     except (RuntimeError, KeyError) as exn:
