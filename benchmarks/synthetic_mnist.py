@@ -207,14 +207,16 @@ def plot_figure4(util: dict, method: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # one scale for all panels, so that utility levels compare across classes (white: 99th percentile of all)
+    white = torch.stack(util["mod10_utility"]).flatten().quantile(0.99).clamp_min(1e-30)
     fig, axes = plt.subplots(2, 5, figsize=(12, 3.2))
     for d, ax in enumerate(axes.flat):
-        u = util["mod10_utility"][d]
-        panel = torch.cat([util["mod10_images"][d], torch.ones(28, 1), u / u.max().clamp_min(1e-30)], dim=1)
+        u = (util["mod10_utility"][d] / white).clamp(max=1)
+        panel = torch.cat([util["mod10_images"][d], torch.ones(28, 1), u], dim=1)
         ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"class {d} / {d + 10}" if d < 5 else f"class {d}", fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{method.upper()}: mean image | mean contextual utility (per panel max = white)")
+    fig.suptitle(f"{method.upper()}: mean image | mean contextual utility (one scale for all panels)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
