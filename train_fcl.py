@@ -100,7 +100,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="resnet50")
-    group.add_argument("--pretrained", action="store_true")
+    group.add_argument("--pretrained", action="store_true",
+                       help="start from pretrained weights (timm's, an hf-hub:/local-dir: model's, or --pretrained-path); "
+                            "a different --num-classes resets the classifier")
+    group.add_argument("--pretrained-path", default=None,
+                       help="load this file (safetensors preferred) as the pretrained weights, with the classifier "
+                            "adapted to --num-classes as timm does for its own pretrained weights")
     group.add_argument("--initial-checkpoint", default="", help="load these weights before training")
     group.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint or the data")
     group.add_argument("--in-chans", type=int, default=None)
@@ -241,8 +246,14 @@ def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
     num_classes = num_classes or num_classes_from_data
     if num_classes is None:
         raise ConfigError("--num-classes is needed: neither the data nor a checkpoint gives the class count")
+    if args.pretrained_path:
+        if not os.path.isfile(args.pretrained_path):
+            raise ConfigError(f"--pretrained-path {args.pretrained_path} does not exist")
+        # timm's train.py convention: the file replaces the pretrained source; num_classes=-1 forces head adaptation
+        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(args.pretrained_path), num_classes=-1)
     try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **kwargs)
+        model = timm.create_model(args.model, pretrained=args.pretrained or bool(args.pretrained_path),
+                                  num_classes=num_classes, **kwargs)
     except (RuntimeError, ValueError, OSError) as exn:
         raise ConfigError(f"cannot create model '{args.model}': {str(exn).splitlines()[0]}") from None
     if args.initial_checkpoint:
