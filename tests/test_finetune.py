@@ -41,19 +41,19 @@ def test_missing_pretrained_path_is_one_clear_error(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (CIFAR_WDS / "_info.json").exists(), reason=f"CIFAR-10 shards not found at {CIFAR_WDS}")
 def test_finetune_on_cifar10_beats_chance_and_scratch(tmp_path):
-    """Pretrain resnet18 briefly (XE, 2048 images), then fine-tune a fresh head + backbone with FCL on 1024 other
+    """Pretrain resnet18 briefly (XE, 3 epochs of 8192 images), then fine-tune a fresh head + backbone with FCL on 2048
     images; compare with the same FCL run from scratch. Prints both accuracies."""
     cifar = ["--model", "resnet18", "--dataset", "wds/cifar10", "--data-dir", str(CIFAR_WDS), "--val-split", "test",
              "--img-size", "32", "--crop-pct", "1", "-b", "64", "--sched", "step", "--warmup-epochs", "0",
              "--no-progress", "--workers", "1", "--val-subset", "1000", "--lr", "0.05"]
     pre = tmp_path / "pre"
-    assert run(train_cmd(*cifar, "--epochs", "2", "--train-subset", "4096", "--method", "xe", "--seed", "1",
+    assert run(train_cmd(*cifar, "--epochs", "3", "--train-subset", "8192", "--method", "xe", "--seed", "1",
                          "--output", str(pre)), timeout=1800).returncode == 0
     results = {}
     for name, extra in (("pretrained", ["--pretrained-path", str(pre / "model" / "model.safetensors")]),
                         ("scratch", [])):
         out = tmp_path / name
-        proc = run(train_cmd(*cifar, "--epochs", "1", "--train-subset", "1024", "--method", "fcl", "--fcl-k", "256",
+        proc = run(train_cmd(*cifar, "--epochs", "1", "--train-subset", "2048", "--method", "fcl", "--fcl-k", "256",
                              "--fcl-start-epochs", "0", "--fcl-ramp-epochs", "0.5", "--seed", "2", *extra,
                              "--output", str(out)), timeout=1800)
         assert proc.returncode == 0, proc.stderr[-3000:]
