@@ -13,10 +13,11 @@ Writes ``results.json``, ``results.csv`` (one row per model x set) and ``corrupt
 """
 import argparse
 import csv
+import itertools
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .corruptions import CORRUPTIONS, PRESETS, SEVERITIES, preset_for_size
-from .robustness_data import (ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets,
+from .robustness_data import (ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets, iter_clean_images,
                               load_clean_images)
 from .robustness_metrics import summarize_corruptions
 
@@ -97,7 +98,7 @@ def evaluate_accuracy(
     return correct, total
 
 
-def noisy_test_sets(images: np.ndarray, labels: np.ndarray, *, suites: Sequence[str], pixel_std: Optional[np.ndarray],
+def noisy_test_sets(images: np.ndarray, labels: np.ndarray, *, suites: Sequence[str], pixel_std: Optional[torch.Tensor],
                     seed: int) -> List[Tuple[str, str, Dataset]]:
     """(suite, name, dataset) for the UN / NUN versions of the clean test set (section 4.1: 15% of the pixels
     replaced by a random grey level, anywhere for UN, preferring pixels of low training std for NUN)."""
@@ -110,15 +111,21 @@ def noisy_test_sets(images: np.ndarray, labels: np.ndarray, *, suites: Sequence[
             noise.uniform_noise(x, generator=torch.Generator().manual_seed(seed)), labels)))
     if "nun" in suites:
         out.append(("nun", "nonuniform_noise", ArrayDataset(noise.nonuniform_noise(
-            x, torch.as_tensor(pixel_std), generator=torch.Generator().manual_seed(seed + 1)), labels)))
+            x, pixel_std, generator=torch.Generator().manual_seed(seed + 1)), labels)))
     return out
 
 
-def _train_pixel_std(args: argparse.Namespace, size: Optional[int], crop_pct: float) -> np.ndarray:
-    """Per-pixel std over training images (H, W, grey levels in [0, 1]): NUN puts noise where it is low."""
-    images, _ = load_clean_images(dataset=args.dataset, root=args.data_dir, split=args.train_split,
-                                  max_samples=args.std_samples, seed=args.seed, size=size, crop_pct=crop_pct)
-    return (images.astype(np.float64) / 255.0).mean(axis=3).std(axis=0).astype(np.float32)
+def _train_pixel_std(args: argparse.Namespace, size: int, crop_pct: float) -> torch.Tensor:
+    """[H, W] per-location std over (up to ``--std-samples``) training images: NUN puts its noise where it is low."""
+    from . import noise
+
+    def batches() -> Iterator[torch.Tensor]:
+        stream = iter_clean_images(dataset=args.dataset, root=args.data_dir, split=args.train_split,
+                                   max_samples=args.std_samples, seed=args.seed, size=size, crop_pct=crop_pct)
+        while chunk := [image for image, _ in itertools.islice(stream, 512)]:
+            yield torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float() / 255.0
+
+    return noise.pixel_std(batches())
 
 
 def _model_label(spec: str, checkpoint: Optional[str]) -> str:

@@ -14,7 +14,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ def fit_to_size(image: Image.Image, *, size: int, crop_pct: float, interpolation
     return TF.center_crop(image, size)
 
 
-def load_clean_images(
+def iter_clean_images(
         *,
         dataset: str,
         root: str,
@@ -67,8 +67,8 @@ def load_clean_images(
         size: Optional[int] = None,
         crop_pct: float = 0.875,
         interpolation: str = "bilinear",
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Read a clean test set with timm's readers into uint8 (N, H, W, 3) images and int64 labels.
+) -> Iterator[Tuple[np.ndarray, int]]:
+    """Stream a clean set with timm's readers as (uint8 HxWx3 image, label).
 
     ``dataset`` and ``split`` are timm's (``"wds/cifar10"``, ``""`` for an image folder, ...). ``max_samples`` keeps a
     seeded random subset, in data set order (test sets are often ordered by class). Images larger than ``size`` are
@@ -82,21 +82,24 @@ def load_clean_images(
     keep = None
     if max_samples is not None and max_samples < len(data):
         keep = set(np.random.RandomState(seed).choice(len(data), max_samples, replace=False).tolist())
-    images, labels = [], []
-    for index, (image, label) in enumerate(tqdm(data, desc=f"reading {dataset or 'images'} {split}", leave=False)):
+    for index, (image, label) in enumerate(tqdm(data, desc=f"reading {dataset or root} {split}", leave=False)):
         if keep is not None and index not in keep:
             continue
         image = image.convert("RGB")
         if size is not None:
             image = fit_to_size(image, size=size, crop_pct=crop_pct, interpolation=interpolation)
-        images.append(np.asarray(image))
-        labels.append(int(label))
-    if not images:
-        raise ValueError(f"no images found in {root} (dataset {dataset!r}, split {split!r})")
-    shapes = {im.shape for im in images}
+        yield np.asarray(image), int(label)
+
+
+def load_clean_images(**kwargs) -> Tuple[np.ndarray, np.ndarray]:
+    """A clean set (arguments of ``iter_clean_images``) as uint8 (N, H, W, 3) images and int64 labels."""
+    pairs = list(iter_clean_images(**kwargs))
+    if not pairs:
+        raise ValueError(f"no images found in {kwargs.get('root')} (dataset {kwargs.get('dataset')!r})")
+    shapes = {image.shape for image, _ in pairs}
     if len(shapes) > 1:
         raise ValueError(f"clean images have different sizes {sorted(shapes)[:3]}...; pass an image size to crop to")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    return np.stack([image for image, _ in pairs]), np.asarray([label for _, label in pairs], dtype=np.int64)
 
 
 def cifar_c_sets(
