@@ -1,0 +1,53 @@
+"""Shared fixtures: small real subsets of ../shared/data (override the folder with TIMM_FCL_DATA)."""
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA_DIR = Path(os.environ.get("TIMM_FCL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set TIMM_FCL_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _need(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def cifar_subset():
+    """The first 64 images of the first CIFAR-10 train shard: float [64, 3, 32, 32] in [0, 1] and labels."""
+    from PIL import Image
+    shard = _need(DATA_DIR / "cifar10-wds" / "cifar10-train-000000.tar.gz")
+    images, labels = {}, {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            key, ext = member.name.rsplit(".", 1)
+            data = tar.extractfile(member).read()
+            if ext == "png":
+                images[key] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            elif ext == "cls":
+                labels[key] = int(data)
+            if len(labels) >= 64 and len(images) >= 64 and set(labels) <= set(images):
+                break
+    keys = sorted(set(images) & set(labels))[:64]
+    x = torch.from_numpy(np.stack([images[k] for k in keys])).permute(0, 3, 1, 2).float() / 255
+    return x, torch.tensor([labels[k] for k in keys])
+
+
+@pytest.fixture(scope="session")
+def mnist_subset():
+    """The first 64 MNIST training images: float [64, 1, 28, 28] in [0, 1] and labels."""
+    raw = _need(DATA_DIR / "MNIST" / "raw")
+    images = np.fromfile(raw / "train-images-idx3-ubyte", dtype=np.uint8, count=64 * 784, offset=16)
+    labels = np.fromfile(raw / "train-labels-idx1-ubyte", dtype=np.uint8, count=64, offset=8)
+    x = torch.from_numpy(images.reshape(64, 1, 28, 28).copy()).float() / 255
+    return x, torch.from_numpy(labels.astype(np.int64))

@@ -1,0 +1,23 @@
+"""Keeping BatchNorm running statistics out of the extra passes.
+
+DESIGN: the perturbed passes (and any analysis pass) normalize with their own batch statistics in train mode, exactly
+like the clean pass, but must not move the running statistics: after a step they equal those of the clean pass alone.
+"""
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch.nn as nn
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Within the block, every BatchNorm (torch's, timm's BatchNormAct2d, SyncBatchNorm) uses batch statistics in
+    train mode without updating running_mean / running_var / num_batches_tracked."""
+    switched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in switched:
+        m.track_running_stats = False  # train mode then passes no running buffers to F.batch_norm
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.track_running_stats = True

@@ -1,0 +1,60 @@
+"""Hyper-parameters of Feature Contrastive Learning and its baselines (paper sections 3, 4.1, 4.2, Appendix B)."""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+METHODS = ("xe", "xe_gauss", "cl_gauss", "fcl")
+VARIANTS = ("xe", "margin")
+
+
+@dataclass
+class FCLConfig:
+    """Configuration of the extra loss term added to cross-entropy.
+
+    Defaults are the paper's synthetic MNIST values (section 4.1): k=256, sigma=0.5, tau=0.1, lambda=0.001.
+    The CIFAR / ImageNet values are in Appendix B (and in the recipes under configs/).
+
+    Args:
+        method: "xe" (plain cross-entropy), "xe_gauss" (+ lambda * CE on a Gaussian-perturbed copy),
+            "cl_gauss" (+ lambda * contrastive loss with a Gaussian-perturbed positive), "fcl" (Algorithm 1).
+        k: number of input elements (over C*H*W of one sample) perturbed in each utility-aware perturbation.
+        sigma: std of the perturbation noise in [0, 1] pixel units (converted by ``input_std`` when inputs are normalized).
+        tau: temperature of the cross-entropy contrastive loss (Eq. 5).
+        weight: lambda, the weight of the extra term once fully ramped up.
+        variant: "xe" (Eq. 5, the paper's choice for all experiments) or "margin" (Eq. 4).
+        margin: gamma of Eq. 4, in cosine-distance units (distances lie in [0, 2]).
+        start_step: optimizer step before which lambda is 0 and nothing extra is computed.
+        ramp_steps: length of the linear ramp of lambda from 0 to ``weight`` after ``start_step`` (0: a step).
+        min_utility: a sample whose largest utility is below this keeps no high-utility negative (paper sec. 4.1).
+        input_std: per-channel std used to normalize inputs, or None when inputs are [0, 1] pixels.
+        utility_grad_scale: factor on the loss before the utility gradient under float16 autocast, so small input
+            gradients do not flush to zero (the utility is unscaled afterwards); ignored otherwise.
+    """
+
+    method: str = "fcl"
+    k: int = 256
+    sigma: float = 0.5
+    tau: float = 0.1
+    weight: float = 1e-3
+    variant: str = "xe"
+    margin: float = 1.0
+    start_step: int = 0
+    ramp_steps: int = 0
+    min_utility: float = 1e-12
+    input_std: Optional[Tuple[float, ...]] = None
+    utility_grad_scale: float = 1024.0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown FCL method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown contrastive variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.sigma < 0 or self.tau <= 0 or self.weight < 0:
+            raise ValueError(f"need sigma >= 0, tau > 0, weight >= 0; got {self.sigma}, {self.tau}, {self.weight}")
+        if self.start_step < 0 or self.ramp_steps < 0:
+            raise ValueError("start_step and ramp_steps must be >= 0")
+        if self.input_std is not None:
+            self.input_std = tuple(float(s) for s in self.input_std)
+            if any(s <= 0 for s in self.input_std):
+                raise ValueError(f"input_std must be positive, got {self.input_std}")

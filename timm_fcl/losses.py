@@ -1,0 +1,62 @@
+"""Feature Contrastive Loss, Definition 4 of the paper: Eq. 4 (margin) and Eq. 5 (cross-entropy, SimCLR-like).
+
+For sample i the positive pair is (z_i, z_i^+) and the negatives are (z_i, z_i^-) and (z_i, z_j) for j != i,
+with dist(a, b) = 1 - cos(a, b).
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise 1 - cos(a_i, b_i); a, b: [B, E] -> [B]."""
+    return 1.0 - F.cosine_similarity(a, b, dim=-1)
+
+
+def fcl_loss(
+        z: torch.Tensor,
+        z_pos: torch.Tensor,
+        z_neg: Optional[torch.Tensor] = None,
+        tau: float = 0.1,
+        variant: str = "xe",
+        margin: float = 1.0,
+        neg_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Mean over the batch of l_xe^i (Eq. 5) or l_margin^i (Eq. 4).
+
+    Args:
+        z: clean embeddings [B, E].
+        z_pos: low-utility-perturbed embeddings z^+ [B, E] (positives).
+        z_neg: high-utility-perturbed embeddings z^- [B, E], or None for no perturbed negative (CL+Gaussian).
+        tau: temperature of Eq. 5.
+        variant: "xe" or "margin".
+        margin: gamma of Eq. 4.
+        neg_mask: bool [B]; False drops sample i's negative z_i^- (the 1e-12 utility guard).
+    """
+    if z.dim() != 2 or z_pos.shape != z.shape or (z_neg is not None and z_neg.shape != z.shape):
+        raise ValueError(f"expected [B, E] embeddings of one shape, got {tuple(z.shape)}, {tuple(z_pos.shape)}"
+                         f"{'' if z_neg is None else ', ' + str(tuple(z_neg.shape))}")
+    dtype = torch.promote_types(z.dtype, torch.float32)  # low-precision embeddings are compared in float32
+    zn = F.normalize(z.to(dtype), dim=-1)
+    sim_pos = (zn * F.normalize(z_pos.to(dtype), dim=-1)).sum(-1)                # [B] cos(z_i, z_i^+)
+    sim_others = zn @ zn.t()                                                     # [B, B] cos(z_i, z_j)
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    if z_neg is not None:
+        sim_neg = (zn * F.normalize(z_neg.to(dtype), dim=-1)).sum(-1)              # [B] cos(z_i, z_i^-)
+        keep_neg = torch.ones_like(sim_neg, dtype=torch.bool) if neg_mask is None else neg_mask.to(z.device)
+
+    if variant == "xe":
+        # 1 - dist = cos; the denominator holds the positive and every negative.
+        others = (sim_others / tau).masked_fill(eye, float("-inf"))
+        cols = [(sim_pos / tau)[:, None], others]
+        if z_neg is not None:
+            cols.append((sim_neg / tau).masked_fill(~keep_neg, float("-inf"))[:, None])
+        logits = torch.cat(cols, dim=1)                                          # [B, 1 + B (+ 1)]
+        return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    if variant == "margin":
+        hinge = F.relu(margin - (1.0 - sim_others)).pow(2).masked_fill(eye, 0.0).sum(1)
+        if z_neg is not None:
+            hinge = hinge + F.relu(margin - (1.0 - sim_neg)).pow(2) * keep_neg
+        return ((1.0 - sim_pos).pow(2) + hinge).mean()
+    raise ValueError(f"unknown FCL loss variant {variant!r}; choose 'xe' or 'margin'")
