@@ -206,3 +206,38 @@ def test_group_averages_reproduce_table3_from_appendix_c():
         got = (groups["noise"], groups["blur"], groups["weather"], groups["digital"])
         assert got == pytest.approx(table3[method], abs=1e-4), method
         assert summary["mean_19"] is None and summary["mean_15"] == pytest.approx(np.mean(row))
+
+
+def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
+    """Clean accuracy is exact on planted images; UN / NUN / generated sets are built from the same clean set."""
+    for label in range(3):
+        folder = tmp_path / "clean" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            image = np.full((32, 32, 3), 128, np.uint8)
+            image[0, 0, 0] = plant(label if i < 3 else 9)  # 3 of 4 images per class readable: clean accuracy 0.75
+            image[8:24, 8:24] = np.random.RandomState(i).randint(0, 256, (16, 16, 3))
+            Image.fromarray(image).save(folder / f"{i}.png")
+    suites = ["clean", "generated"]
+    try:
+        import timm_fcl.noise  # noqa: F401  (issue 4's module; UN / NUN are checked once it is there)
+        suites += ["un", "nun"]
+    except ImportError:
+        pass
+    argv = ["--model", "planted_label_reader", "--suites", *suites, "--data-dir", str(tmp_path / "clean"),
+            "--split", "", "--train-split", "", "--corruptions", "contrast", "jpeg_compression", "--mean", "0", "0",
+            "0", "--std", "1", "1", "1", "--img-size", "32", "--cache-dir", str(tmp_path / "cache"),
+            "--output", str(tmp_path / "out")]
+    rows = main(get_args_parser().parse_args(argv))["planted_label_reader"]["rows"]
+    by_suite = {}
+    for row in rows:
+        by_suite.setdefault(row["suite"], []).append(row)
+    assert [r["accuracy"] for r in by_suite["clean"]] == [0.75]
+    assert [(r["corruption"], r["severity"]) for r in by_suite["generated"]] == [
+        (c, s) for c in ("contrast", "jpeg_compression") for s in range(1, 6)]
+    assert all(r["total"] == 12 for r in rows)
+    if "un" in suites:
+        # 15% of the pixels replaced: the planted pixel survives in about 85% of the images
+        assert 0.3 <= by_suite["un"][0]["accuracy"] <= 0.75 and 0.0 <= by_suite["nun"][0]["accuracy"] <= 0.75
+    again = main(get_args_parser().parse_args(argv))["planted_label_reader"]["rows"]
+    assert again == rows  # cached corruptions and seeded noise: identical rerun

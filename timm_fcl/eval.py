@@ -134,33 +134,18 @@ def _model_label(spec: str, checkpoint: Optional[str]) -> str:
     return Path(spec.split(":", 1)[-1]).name if Path(spec).is_dir() or spec.startswith("local-dir:") else spec
 
 
-def run(args: argparse.Namespace) -> Dict[str, dict]:
-    """Evaluate every model on every requested suite; returns {label: {"spec", "rows", "summaries"}}."""
-    import timm.data
+def build_sets(args: argparse.Namespace, data_config: dict) -> Tuple[List[Tuple[str, str, int, Dataset]], dict]:
+    """Every requested (suite, corruption, severity, dataset), and the parameter preset of each corruption suite.
 
+    The clean-derived suites share one read of the clean set, brought to the (first) model's input size.
+    """
     suites = args.suites
-    unknown = sorted(set(suites) - set(SUITES))
-    if unknown:
-        raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
-    checkpoints = args.checkpoint or []
-    if checkpoints and len(checkpoints) != len(args.model):
-        raise ValueError("give one --checkpoint per --model (use 'none' for models that need none)")
-    checkpoints = [None if c in (None, "none") else c for c in checkpoints] or [None] * len(args.model)
-    overrides = {k: getattr(args, k) for k in ("mean", "std", "crop_pct", "interpolation") if getattr(args, k)}
-    if args.img_size:
-        overrides["img_size"] = args.img_size
-    models = []
-    for spec, ckpt in zip(args.model, checkpoints):
-        model = load_model(spec, checkpoint=ckpt, num_classes=args.num_classes).to(args.device)
-        models.append((_model_label(spec, ckpt), spec, model, timm.data.resolve_model_data_config(model, args=overrides)))
-
-    # every set is a (suite, corruption, severity, dataset); clean-derived suites share one read of the clean set
     sets: List[Tuple[str, str, int, Dataset]] = []
     suite_presets: Dict[str, Optional[str]] = {}
     if {"clean", "un", "nun", "generated"} & set(suites):
         if not args.data_dir:
             raise ValueError("the clean / un / nun / generated suites need --data-dir (and --dataset)")
-        size, crop_pct = models[0][3]["input_size"][-1], models[0][3]["crop_pct"]
+        size, crop_pct = data_config["input_size"][-1], data_config["crop_pct"]
         images, labels = load_clean_images(dataset=args.dataset, root=args.data_dir, split=args.split,
                                            max_samples=args.max_samples, seed=args.seed, size=size, crop_pct=crop_pct)
         print(f"clean set: {len(images)} images of {images.shape[1]}x{images.shape[2]} from {args.data_dir}")
@@ -188,6 +173,29 @@ def run(args: argparse.Namespace) -> Dict[str, dict]:
         suite_presets["imagenet-c"] = "imagenet"
         sets += [("imagenet-c", c, s, d) for c, s, d in
                  imagenet_c_sets(args.imagenet_c_dir, corruptions=args.corruptions, class_map=args.class_map)]
+    return sets, suite_presets
+
+
+def run(args: argparse.Namespace) -> Dict[str, dict]:
+    """Evaluate every model on every requested suite; returns {label: {"spec", "rows", "summaries"}}."""
+    import timm.data
+
+    suites = args.suites
+    unknown = sorted(set(suites) - set(SUITES))
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+    checkpoints = args.checkpoint or []
+    if checkpoints and len(checkpoints) != len(args.model):
+        raise ValueError("give one --checkpoint per --model (use 'none' for models that need none)")
+    checkpoints = [None if c in (None, "none") else c for c in checkpoints] or [None] * len(args.model)
+    overrides = {k: getattr(args, k) for k in ("mean", "std", "crop_pct", "interpolation") if getattr(args, k)}
+    if args.img_size:
+        overrides["img_size"] = args.img_size
+    models = []
+    for spec, ckpt in zip(args.model, checkpoints):
+        model = load_model(spec, checkpoint=ckpt, num_classes=args.num_classes).to(args.device)
+        models.append((_model_label(spec, ckpt), spec, model, timm.data.resolve_model_data_config(model, args=overrides)))
+    sets, suite_presets = build_sets(args, models[0][3])
 
     results = {}
     for label, spec, model, config in models:
