@@ -271,7 +271,9 @@ def plot_comparison(results: Dict[str, dict], path: Path) -> None:
         else:
             names = [c for c in CORRUPTIONS if any(c in res["summaries"].get(panel, {}).get("per_corruption", {})
                                                    for res in results.values())]
-            values = {label: res["summaries"].get(panel, {}).get("per_corruption", {}) for label, res in results.items()}
+            values = {label: dict(res["summaries"][panel]["per_corruption"], mean=res["summaries"][panel]["mean_all"])
+                      if panel in res["summaries"] else {} for label, res in results.items()}
+            names.append("mean")
         for i, label in enumerate(results):
             ax.bar(np.arange(len(names)) + i * width, [values[label].get(n, np.nan) for n in names], width, label=label)
         ax.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2)
