@@ -51,3 +51,17 @@ def mnist_subset():
     labels = np.fromfile(raw / "train-labels-idx1-ubyte", dtype=np.uint8, count=64, offset=8)
     x = torch.from_numpy(images.reshape(64, 1, 28, 28).copy()).float() / 255
     return x, torch.from_numpy(labels.astype(np.int64))
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The folder holding MNIST/raw in torchvision's layout (what torchvision.datasets.MNIST(root) reads)."""
+    _need(DATA_DIR / "MNIST" / "raw" / "train-images-idx3-ubyte")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def synthetic_mnist(mnist_root):
+    """The three synthetic MNIST splits of section 4.1 (seed 0), built once a session (~5 s)."""
+    from timm_fcl.synthetic_mnist import build_synthetic_mnist
+    return build_synthetic_mnist(mnist_root, seed=0)

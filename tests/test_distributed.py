@@ -1,0 +1,25 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_two_process_fcl_keeps_ranks_identical(tmp_path, mixed_precision):
+    out = tmp_path / "ranks.json"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+           str(ROOT / "tests" / "ddp_worker.py"), str(out), mixed_precision]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["num_processes"] == 2 and "MULTI_CPU" in result["distributed_type"]
+    rank0, rank1 = result["params"]
+    assert rank0 == rank1, "parameters differ across ranks: gradients were not all-reduced"
+    assert result["moved"] > 1e-4
