@@ -316,6 +316,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="data loader workers")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--compare", nargs="+", default=[], help="results.json files of earlier runs to add to the plot")
     p.add_argument("--output", default="eval", help="folder for results.json, results.csv, corruptions.png")
     return p
@@ -323,6 +324,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> Dict[str, dict]:
     start = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = run(args)
     for earlier in args.compare:
         path = Path(earlier)
