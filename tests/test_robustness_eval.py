@@ -241,3 +241,18 @@ def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
         assert 0.3 <= by_suite["un"][0]["accuracy"] <= 0.75 and 0.0 <= by_suite["nun"][0]["accuracy"] <= 0.75
     again = main(get_args_parser().parse_args(argv))["planted_label_reader"]["rows"]
     assert again == rows  # cached corruptions and seeded noise: identical rerun
+
+
+def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
+    make_cifar_c(tmp_path / "cifar", n=10)
+    common = ["--suites", "cifar-c", "--cifar-c-dir", str(tmp_path / "cifar"), "--mean", "0", "0", "0",
+              "--std", "1", "1", "1", "--batch-size", "5"]
+    first = main(get_args_parser().parse_args(
+        ["--model", "planted_label_reader", *common, "--output", str(tmp_path / "one")]))
+    both = main(get_args_parser().parse_args(
+        ["--model", "resnet18", "--checkpoint", "none", "--num-classes", str(NUM_CLASSES), *common,
+         "--compare", str(tmp_path / "one" / "results.json"), "--output", str(tmp_path / "two")]))
+    assert list(both) == ["resnet18", "planted_label_reader"]
+    assert both["planted_label_reader"] == json.loads(json.dumps(first["planted_label_reader"]))
+    with open(tmp_path / "two" / "results.csv") as f:
+        assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader"}
