@@ -11,7 +11,11 @@ the seed, as in the paper's "each experiment is repeated 10 times". The final-ep
 selection); validation accuracies are reported beside the test ones and are the only ones to base any choice on.
 
     python benchmarks/synthetic_mnist.py                          # the full Table 1: 10 seeds x (XE, FCL)
-    python benchmarks/synthetic_mnist.py --seeds 1 --epochs 2 --limit-train 5000 --limit-eval 1500   # smoke run
+    python benchmarks/synthetic_mnist.py --seeds 1 --epochs 3 --limit-train 4000 --limit-eval 1500   # smoke run
+    # seeds in parallel processes, then one table:
+    python benchmarks/synthetic_mnist.py --seed 0 --seeds 5 --output runs/a & \
+    python benchmarks/synthetic_mnist.py --seed 5 --seeds 5 --output runs/b; wait
+    python benchmarks/synthetic_mnist.py --summarize runs/a/results.json runs/b/results.json --output runs/all
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ("xe", "fcl")
 SETS = ("bal", "un", "nun")
 SET_NAMES = {"bal": "BAL", "un": "BAL+UN", "nun": "BAL+NUN"}
+COLLAPSED_BELOW = 0.1  # validation BAL of a net stuck on one class is 1/15
 # Table 1 of the paper: mean and std over 10 runs
 PAPER = {
     "xe": {"bal": (0.9250, 0.0088), "un": (0.4123, 0.1176), "nun": (0.5473, 0.0703)},
@@ -131,6 +136,13 @@ def summarize(values: list[float]) -> tuple[float, float]:
 def print_table(runs: dict[str, list[dict]]) -> dict:
     """Table 1 (test) beside the paper, the validation accuracies, and the paired FCL - XE differences."""
     summary = {}
+    # Adam at lr 0.01 can kill every ReLU in the first steps: the net then predicts one class (1/15 = 0.067 BAL).
+    # Such runs stay in the table (the protocol has no restarts) but are named, judged on validation only.
+    dead = {m: [r["seed"] for r in rs if r["val"]["bal"] < COLLAPSED_BELOW] for m, rs in runs.items()}
+    if any(dead.values()):
+        print("\nWARNING collapsed runs (val BAL < %.2f): " % COLLAPSED_BELOW
+              + "; ".join(f"{m.upper()} seeds {seeds}" for m, seeds in dead.items() if seeds))
+    summary["collapsed_seeds"] = dead
     print("\nTable 1: accuracy on the synthetic MNIST test sets, mean +- std over seeds (paper: 10 runs)")
     print(f"{'method':8s}" + "".join(f"{SET_NAMES[s]:>40s}" for s in SETS))
     for method in METHODS:
@@ -146,7 +158,8 @@ def print_table(runs: dict[str, list[dict]]) -> dict:
             cells.append(f"{mean:.4f}+-{std:.4f} (paper {pm:.4f}+-{ps:.4f})")
         print(f"{method.upper():8s}" + "".join(f"{c:>40s}" for c in cells))
     print("validation: " + "; ".join(
-        f"{m.upper()} " + " ".join(f"{SET_NAMES[s]} {summary[m][s]['val_mean']:.4f}" for s in SETS) for m in summary))
+        f"{m.upper()} " + " ".join(f"{SET_NAMES[s]} {summary[m][s]['val_mean']:.4f}" for s in SETS)
+        for m in METHODS if m in summary))
     paired = sorted(set(r["seed"] for r in runs.get("xe", [])) & set(r["seed"] for r in runs.get("fcl", [])))
     if paired:
         xe = {r["seed"]: r for r in runs["xe"]}
@@ -172,7 +185,7 @@ def plot_table(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.2
-    for i, method in enumerate(m for m in METHODS if m in summary):
+    for i, method in enumerate(m for m in METHODS if m in summary):  # bars: ours, then the paper's
         xs = [j + (i - 0.5) * 2 * width for j in range(len(SETS))]
         ax.bar([x - width / 2 for x in xs], [summary[method][s]["mean"] for s in SETS], width,
                yerr=[summary[method][s]["std"] for s in SETS], capsize=3, label=f"{method.upper()} (ours)")
@@ -194,14 +207,16 @@ def plot_figure4(util: dict, method: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # one scale for all panels, so that utility levels compare across classes (white: 99th percentile of all)
+    white = torch.stack(util["mod10_utility"]).flatten().quantile(0.99).clamp_min(1e-30)
     fig, axes = plt.subplots(2, 5, figsize=(12, 3.2))
     for d, ax in enumerate(axes.flat):
-        u = util["mod10_utility"][d]
-        panel = torch.cat([util["mod10_images"][d], torch.ones(28, 1), u / u.max().clamp_min(1e-30)], dim=1)
+        u = (util["mod10_utility"][d] / white).clamp(max=1)
+        panel = torch.cat([util["mod10_images"][d], torch.ones(28, 1), u], dim=1)
         ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"class {d} / {d + 10}" if d < 5 else f"class {d}", fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{method.upper()}: mean image | mean contextual utility (per panel max = white)")
+    fig.suptitle(f"{method.upper()}: mean image | mean contextual utility (one scale for all panels)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -223,10 +238,27 @@ def print_corner_utility(utils: dict[str, dict]) -> None:
             for name, cs in groups.items()))
 
 
+def summarize_files(paths: list[str], out_dir: Path) -> dict:
+    """Table 1 from the runs of earlier results.json files (e.g. seeds run as separate processes)."""
+    runs: dict[str, dict[int, dict]] = {}
+    for path in paths:
+        for method, rs in json.loads(Path(path).read_text())["runs"].items():
+            for r in rs:
+                runs.setdefault(method, {})[r["seed"]] = r
+    merged = {m: [rs[k] for k in sorted(rs)] for m, rs in runs.items()}
+    result = {"sources": paths, "runs": merged, "summary": print_table(merged)}
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    plot_table(result["summary"], out_dir / "table1.png")
+    print(f"\nwrote {out_dir / 'results.json'}, {out_dir / 'table1.png'}")
+    return result
+
+
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        return summarize_files(args.summarize, out_dir)
 
     t0 = time.perf_counter()
     splits = build_synthetic_mnist(args.data_dir, seed=args.data_seed, corner_size=args.corner_size,
@@ -308,6 +340,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--limit-eval", type=int, default=0, help="use only the first N val and test images (smoke runs)")
     p.add_argument("--figure-batch", type=int, default=1500, help="test images behind Figure 4 and its numbers")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--summarize", nargs="+", metavar="RESULTS_JSON",
+                   help="train nothing: print Table 1 from the runs of these results.json files (runs of one method "
+                        "and seed found twice: the last file wins) and write the merged table to --output")
     return p
 
 

@@ -1,0 +1,1 @@
+"""Publishing timm-fcl training outputs to the Hugging Face Hub (``python -m hfhub.publish``)."""

@@ -1,0 +1,55 @@
+"""Small synthetic shard sets for the training tests: class-coloured noise images, learnable in a few steps."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from timm_fcl.shards import write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("TIMM_FCL_DATA", ROOT.parent / "shared" / "data"))  # as conftest.py
+CIFAR_WDS = DATA_DIR / "cifar10-wds"
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]])
+
+
+def synthetic_samples(n: int, *, size: int = 16, seed: int = 0, num_classes: int = 10, bad_label_at=None):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        label = i % num_classes
+        img = PALETTE[label] + rng.normal(0, 40, (size, size, 3))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+        yield buf.getvalue(), "png", (num_classes + 3 if i == bad_label_at else label)
+
+
+def make_shards(out: Path, *, train: int = 192, val: int = 64, shard_size: int = 48, bad_label_at=None) -> Path:
+    write_shards(synthetic_samples(train, seed=1, bad_label_at=bad_label_at), output=out, name="toy", split="train",
+                 shard_size=shard_size, num_classes=10)
+    write_shards(synthetic_samples(val, seed=2), output=out, name="toy", split="validation",
+                 shard_size=shard_size, num_classes=10)
+    return out
+
+
+def env() -> dict:
+    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    e.pop("ACCELERATE_MIXED_PRECISION", None)
+    return e
+
+
+def train_cmd(*args: str, processes: int = 1) -> list[str]:
+    if processes == 1:
+        return [sys.executable, str(ROOT / "train_fcl.py"), *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(ROOT / "train_fcl.py"), *args]
+
+
+def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)

@@ -1,0 +1,324 @@
+"""Training and validation data for train_fcl.py: one streaming loader over WebDataset shards, torchvision sets
+and image folders, split exactly across ranks and loader workers, with a deterministic order per epoch.
+
+The paper (Appendix B) trains CIFAR and ImageNet with standard crops and flips; nothing in FCL depends on the
+loader. What this module adds over timm's `ReaderWds` is what exact, resumable multi-process training needs:
+
+- Every epoch has a fixed global order: the shard order (WebDataset) or the index permutation (map-style sets) is
+  drawn from (seed, epoch), identically on every rank.
+- That order is cut into ranks x workers equal contiguous quotas, so with 1 or N processes every sample of the epoch
+  is read exactly once (timm's reader splits whole shards and pads each worker with `with_epoch`, which repeats
+  some samples and drops others whenever shards do not divide evenly, e.g. CIFAR's 5 shards over 2 ranks).
+  Training quotas are equal so all ranks take the same number of steps (DDP needs that); the at most
+  ranks x workers - 1 samples left over are a different set every epoch. Validation quotas may differ by one:
+  metrics are summed once at the end, never gathered per batch.
+- Augmentation randomness is seeded per (seed, epoch, stream, sample), so a run resumed mid-epoch with
+  `set_epoch(epoch, skip_batches)` sees the same images in the same order with the same crops, without decoding
+  the skipped ones, whatever the number of loader workers.
+- A corrupt or truncated shard is skipped with a warning and counted; the worker refills its quota by repeating
+  samples it already read, so the ranks stay in step and the run goes on.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+from collections import deque
+from contextlib import contextmanager
+from itertools import islice
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+EVAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation", "test")
+REFILL_POOL = 256  # raw samples a worker keeps to refill its quota after a bad shard
+
+
+class DataError(ValueError):
+    """Bad data input (missing directory, unreadable split, label out of range): reported as one line."""
+
+
+# ---------------------------------------------------------------------------------------------- partition arithmetic
+def stream_range(num_samples: int, num_streams: int, stream: int, *, equal: bool, batch_size: int = 1) -> range:
+    """Indices (into the epoch's order) read by one stream (= one loader worker of one rank).
+
+    equal=True (training): every stream gets the same quota n // streams, so every rank runs the same number of
+    steps; a quota leaving a last batch of one sample is cut by one (BatchNorm cannot train on a batch of one).
+    equal=False (validation): the streams cover all samples exactly, sizes differing by at most one.
+    """
+    if equal:
+        quota = num_samples // num_streams
+        if quota > 1 and batch_size > 1 and quota % batch_size == 1:
+            quota -= 1
+        return range(stream * quota, (stream + 1) * quota)
+    return range(stream * num_samples // num_streams, (stream + 1) * num_samples // num_streams)
+
+
+def subset_positions(num_samples: int, subset: Optional[int], *, spread: bool) -> Sequence[int]:
+    """Positions of a subset of the epoch's order (all of it when subset is None or too large).
+
+    Training takes the first n of the shuffled order (a different part each epoch, read without scanning every
+    shard); validation takes n evenly spaced positions, because a validation split may be stored sorted by class.
+    """
+    if subset is None or subset >= num_samples:
+        return range(num_samples)
+    if not spread:
+        return range(subset)
+    return [i * num_samples // subset for i in range(subset)]
+
+
+def batches_done_by(stream: int, num_streams: int, batches: int) -> int:
+    """Batches a loader worker produced after the loader yielded `batches` (DataLoader serves workers round-robin)."""
+    return batches // num_streams + (1 if stream < batches % num_streams else 0)
+
+
+@contextmanager
+def seeded(seed: int):
+    """Run a transform with python's and torch's CPU RNG seeded, leaving the caller's RNG streams untouched."""
+    py_state, torch_state = random.getstate(), torch.get_rng_state()
+    random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        torch.set_rng_state(torch_state)
+
+
+# ----------------------------------------------------------------------------------------------------- sources
+class WdsSource:
+    """WebDataset shards (local paths or URLs) with known lengths; reads raw samples (bytes) without decoding."""
+
+    def __init__(self, urls: Sequence[str], lengths: Sequence[int], *, image_mode: str = "RGB",
+                 class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None):
+        self.urls, self.lengths = list(urls), [int(n) for n in lengths]
+        self.image_mode, self.class_names = image_mode, list(class_names) if class_names else None
+        self.num_classes = num_classes or (len(class_names) if class_names else None)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def order(self, rng: Optional[np.random.Generator]) -> np.ndarray:
+        """The epoch's shard order; samples are then numbered through the shards in that order."""
+        return np.arange(len(self.urls)) if rng is None else rng.permutation(len(self.urls))
+
+    def raw(self, positions: Sequence[int], order: np.ndarray, on_bad_shard: Callable[[str, str], None]) -> Iterator:
+        import webdataset as wds
+
+        lengths = np.asarray(self.lengths)[order]
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        positions = np.asarray(positions, dtype=np.int64)
+        shard_of = np.searchsorted(starts, positions, side="right") - 1
+        for slot in np.unique(shard_of):
+            url = self.urls[order[slot]]
+            wanted = set((positions[shard_of == slot] - starts[slot]).tolist())
+            last, seen = max(wanted), -1
+            try:
+                for seen, sample in enumerate(wds.tarfile_to_samples()([{"url": url}])):
+                    if seen in wanted:
+                        if not any(k in sample for k in IMAGE_KEYS) or "cls" not in sample:
+                            raise ValueError(f"sample {sample.get('__key__')} has no image or no .cls")
+                        yield sample
+                    if seen >= last:
+                        break
+            except Exception as exn:  # a truncated gzip, a broken tar header, a missing member
+                on_bad_shard(url, f"{type(exn).__name__}: {exn}".splitlines()[0][:200])
+                continue
+            if seen < last:
+                on_bad_shard(url, f"ends after {seen + 1} samples, the split info lists {lengths[slot]}")
+
+    def load(self, sample: dict) -> tuple[Image.Image, int]:
+        data = next(sample[k] for k in IMAGE_KEYS if k in sample)
+        with io.BytesIO(data) as f:
+            img = Image.open(f)
+            img.load()
+        return img.convert(self.image_mode), int(sample["cls"])
+
+
+class MapSource:
+    """A map-style data set returning (PIL image, label): torchvision sets, timm's image-folder datasets."""
+
+    def __init__(self, dataset, *, image_mode: str = "RGB", class_names: Optional[Sequence[str]] = None):
+        self.dataset, self.image_mode = dataset, image_mode
+        self.class_names = list(class_names) if class_names else None
+        self.num_classes = len(class_names) if class_names else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def order(self, rng: Optional[np.random.Generator]) -> np.ndarray:
+        return np.arange(len(self.dataset)) if rng is None else rng.permutation(len(self.dataset))
+
+    def raw(self, positions: Sequence[int], order: np.ndarray, on_bad_shard) -> Iterator:
+        return (int(order[p]) for p in positions)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        img, target = self.dataset[index]
+        return img.convert(self.image_mode), int(target)
+
+
+# ------------------------------------------------------------------------------------------------- the stream
+class EpochStream(IterableDataset):
+    """One epoch of (image tensor, label) for this rank, split over its loader workers (see the module docstring)."""
+
+    def __init__(self, source, *, transform: Callable, is_training: bool, seed: int, batch_size: int,
+                 num_workers: int, rank: int = 0, world_size: int = 1, subset: Optional[int] = None,
+                 shuffle_buffer: int = 2048):
+        self.source, self.transform, self.is_training = source, transform, is_training
+        self.seed, self.batch_size, self.subset, self.shuffle_buffer = seed, batch_size, subset, shuffle_buffer
+        self.num_workers, self.rank, self.world_size = max(1, num_workers), rank, world_size
+        self.epoch, self.skip_batches = 0, 0
+        self.selected = subset_positions(len(source), subset, spread=not is_training)
+        # shared with the loader's worker processes, which inherit them
+        self.bad_shards = mp.Value("i", 0)
+        self.repeated = mp.Value("i", 0)
+        n_streams = self.world_size * self.num_workers
+        if len(self.selected) < n_streams:
+            raise DataError(f"{len(self.selected)} samples cannot feed {self.world_size} processes x "
+                            f"{self.num_workers} loader workers; use fewer --workers or more data")
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch's order; skip_batches > 0 resumes after that many batches of this rank."""
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def _range(self, stream: int) -> range:
+        return stream_range(len(self.selected), self.world_size * self.num_workers, stream,
+                            equal=self.is_training, batch_size=self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches this rank yields in a full epoch."""
+        streams = range(self.rank * self.num_workers, (self.rank + 1) * self.num_workers)
+        return sum(math.ceil(len(self._range(s)) / self.batch_size) for s in streams)
+
+    def _on_bad_shard(self, url: str, why: str) -> None:
+        with self.bad_shards.get_lock():
+            self.bad_shards.value += 1
+        _logger.warning(f"skipping unreadable shard {url} ({why})")
+
+    def __iter__(self):
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        # a resumed loader starts at physical worker 0; give it the logical stream whose batch is due next
+        logical = (physical + self.skip_batches) % self.num_workers
+        stream = self.rank * self.num_workers + logical
+        positions = [self.selected[i] for i in self._range(stream)]
+        quota = len(positions)
+        skip = min(quota, batches_done_by(logical, self.num_workers, self.skip_batches) * self.batch_size)
+        order_rng = np.random.default_rng([self.seed, self.epoch]) if self.is_training else None
+        order = self.source.order(order_rng)
+        items = self.source.raw(positions, order, self._on_bad_shard)
+        if self.is_training and isinstance(self.source, WdsSource):
+            from webdataset.filters import _shuffle
+            items = _shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
+                             rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
+        if self.is_training:
+            items = self._fill(items, quota)
+        last = None
+        for i, item in enumerate(islice(items, skip, None), start=skip):
+            with seeded(hash((self.seed, self.epoch, stream, i)) & 0x7FFFFFFF):
+                try:
+                    img, label = self.source.load(item)
+                    last = (self.transform(img), label)
+                except Exception as exn:  # an undecodable image: keep the quota with the previous sample
+                    _logger.warning(f"skipping an undecodable sample ({type(exn).__name__}: {exn})")
+                    if last is None:
+                        continue
+                    with self.repeated.get_lock():
+                        self.repeated.value += 1
+            yield last
+
+    def _fill(self, items: Iterator, quota: int) -> Iterator:
+        """Exactly `quota` items: those read, then repeats of recent ones if bad shards left the stream short."""
+        pool: deque = deque(maxlen=REFILL_POOL)
+        n = 0
+        for item in items:
+            pool.append(item)
+            yield item
+            n += 1
+        if n < quota and not pool:
+            raise DataError("a loader worker found no readable sample at all")
+        for k in range(quota - n):
+            with self.repeated.get_lock():
+                self.repeated.value += 1
+            yield pool[k % len(pool)]
+
+
+def make_loader(stream: EpochStream, *, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    # own generator: creating the loader's iterator must not draw from the global torch RNG, which the
+    # regularizer's noise uses and a checkpoint restores
+    return DataLoader(stream, batch_size=stream.batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=False, generator=torch.Generator())
+
+
+# ----------------------------------------------------------------------------------------------- sources from args
+def _is_url(path: str) -> bool:
+    return "://" in path or path.startswith("pipe:")
+
+
+def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
+    """Shard urls and lengths of a split: a name listed in root/_info.json, or a brace pattern 'PATTERN|N'."""
+    from timm.data.readers.reader_wds import _load_info, _parse_split_info
+
+    if not _is_url(root) and not os.path.isdir(root):
+        raise DataError(f"data dir {root} does not exist")
+    info = _load_info(root)
+    listed = info.get("splits", {})
+    if split in EVAL_SYNONYMS and split not in listed:  # as timm's folder reader: 'validation' finds 'val', 'test'
+        found = next((name for name in EVAL_SYNONYMS if name in listed), None)
+        if found is not None:
+            _logger.info(f"split '{split}' not in {root}/_info.json, using '{found}'")
+            split = found
+    try:
+        split_info = _parse_split_info(split, info)
+    except (RuntimeError, KeyError) as exn:
+        raise DataError(f"split '{split}' not found in {root} (no _info.json listing it, and not a shard "
+                        f"pattern like 'name-{{000..009}}.tar|NUM_SAMPLES'): {exn}") from None
+    urls = [f if _is_url(f) or os.path.isabs(f) else os.path.join(root, f) for f in split_info.filenames]
+    lengths = list(split_info.shard_lengths)
+    if not lengths:
+        if not split_info.num_samples:
+            raise DataError(f"shard lengths of '{split}' are unknown: add an _info.json or write 'PATTERN|NUM_SAMPLES'")
+        # a bare pattern with a sample count: shards taken as equally long (a shorter one reads as truncated)
+        n, s = split_info.num_samples, len(urls)
+        lengths = [n // s + (1 if i < n % s else 0) for i in range(s)]
+    if not _is_url(root):
+        missing = [u for u in urls if not _is_url(u) and not os.path.exists(u)]
+        if missing:
+            raise DataError(f"{len(missing)} shard(s) of split '{split}' missing, e.g. {missing[0]}")
+    return urls, lengths, info
+
+
+def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, download: bool = False):
+    """A source for --dataset: 'wds/NAME' (shards), 'torch/NAME' (torchvision), '' or 'folder' (image folders)."""
+    image_mode = "RGB" if in_chans == 3 else "L"
+    if dataset.startswith("wds/"):
+        urls, lengths, info = wds_split(root, split)
+        return WdsSource(urls, lengths, image_mode=image_mode, class_names=info.get("class_names"),
+                         num_classes=info.get("num_classes"))
+    from timm.data import create_dataset
+
+    if not download and not os.path.isdir(root):
+        raise DataError(f"data dir {root} does not exist")
+    try:
+        ds = create_dataset(dataset, root=root, split=split, is_training=False, download=download,
+                            search_split=True)
+    except (RuntimeError, FileNotFoundError, ValueError) as exn:
+        raise DataError(f"cannot read '{dataset or 'folder'}' split '{split}' from {root}: {exn}") from None
+    if dataset.startswith("torch/"):
+        names = getattr(ds, "classes", None)
+    else:
+        class_to_idx = getattr(ds.reader, "class_to_idx", {})
+        names = sorted(class_to_idx, key=class_to_idx.get) if class_to_idx else None
+    if len(ds) == 0:
+        raise DataError(f"split '{split}' of {root} is empty")
+    return MapSource(ds, image_mode=image_mode, class_names=names)

@@ -1,0 +1,577 @@
+#!/usr/bin/env python3
+"""Train a timm model with Feature Contrastive Learning (FCL) under Accelerate.
+
+    accelerate launch train_fcl.py --config configs/cifar10_resnet56_fcl.yaml --data-dir SHARDS
+
+The paper (Feature Contrastive Learning, section 4 and Appendix B) trains with SGD or Adam, a step or
+exponential learning-rate schedule, and turns the FCL term on after a number of epochs with a linear ramp;
+every one of those is a flag here, and configs/ holds the paper's recipes. Flag names follow timm's train.py.
+
+The FCL regularizer (one nn.Module around the timm model) is what accelerate prepares, so DDP and autocast see
+one forward and one backward per step. Runs resume exactly (mid-epoch, any number of processes) from the
+latest state in --output, and every epoch exports the bare timm model as model.safetensors + config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import io
+import logging
+import math
+import os
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+import timm
+import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
+from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
+from timm_fcl.checkpoint import atomic_write_text, export_model, list_states, resolve_state, save_state_atomic
+from timm_fcl.data import DataError, EpochStream, create_source, make_loader
+
+_logger = logging.getLogger("train_fcl")
+METHODS = ("xe", "xe_gauss", "cl_gauss", "fcl")
+
+
+class ConfigError(ValueError):
+    """A bad flag, config file or model choice: reported as one line."""
+
+
+# ------------------------------------------------------------------------------------------------------ arguments
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other bad input, instead of usage + error
+        raise ConfigError(message)
+
+
+def _fcl_flags(parser: argparse.ArgumentParser) -> None:
+    """An --fcl-* flag for every FCLConfig field (--method for the method), typed from the dataclass."""
+    group = parser.add_argument_group("FCL (paper section 3; defaults of section 4.1)")
+    group.add_argument("--method", default="fcl", choices=METHODS, help="training objective (paper section 4.2)")
+    hints = typing.get_type_hints(FCLConfig)
+    for field in dataclasses.fields(FCLConfig):
+        if field.name == "method":
+            continue
+        kind = hints[field.name]
+        args = typing.get_args(kind)
+        flag = "--fcl-" + field.name.replace("_", "-")
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            inner = next(a for a in args if a is not type(None))
+            if typing.get_origin(inner) is tuple:  # e.g. input_std: Optional[tuple[float, ...]]
+                group.add_argument(flag, type=float, nargs="+", default=field.default, dest="fcl_" + field.name,
+                                   help=f"FCLConfig.{field.name} (default: the --std of the input normalization)")
+                continue
+            kind = inner
+        group.add_argument(flag, type=kind, default=field.default, dest="fcl_" + field.name,
+                           help=f"FCLConfig.{field.name} (default {field.default})")
+    group.add_argument("--fcl-start-epochs", type=float, default=None,
+                       help="turn FCL on after this many epochs (sets --fcl-start-step from the steps per epoch)")
+    group.add_argument("--fcl-ramp-epochs", type=float, default=None,
+                       help="linear ramp of the FCL weight over this many epochs (sets --fcl-ramp-steps)")
+    group.add_argument("--patch-gaussian", action="store_true", help="Patch Gaussian augmentation (Lopes et al.)")
+    group.add_argument("--patch-gaussian-size", type=int, default=25)
+    group.add_argument("--patch-gaussian-sigma", type=float, default=0.1)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = _Parser(description="Train a timm model with Feature Contrastive Learning", add_help=add_help)
+    parser.add_argument("--config", default=None, help="YAML file setting any flag (by its long name); "
+                        "flags given on the command line override it")
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", default=None, help="shard folder (with _info.json), image folder or "
+                       "torchvision root")
+    group.add_argument("--dataset", default="", help="wds/NAME (WebDataset shards), torch/NAME (torchvision), "
+                       "or '' (image folder with train/ and validation/ subfolders)")
+    group.add_argument("--train-split", default="train")
+    group.add_argument("--val-split", default="validation")
+    group.add_argument("--dataset-download", action="store_true", help="let torchvision download torch/ sets")
+    group.add_argument("--train-subset", type=int, default=None, help="train on the first N samples of each epoch's shuffled order")
+    group.add_argument("--val-subset", type=int, default=None, help="validate on an evenly spaced subset of N")
+    group.add_argument("--shuffle-buffer", type=int, default=2048, help="WebDataset in-worker shuffle buffer")
+    group.add_argument("-j", "--workers", type=int, default=2, help="loader workers per process")
+    group.add_argument("--pin-mem", action="store_true")
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="resnet50")
+    group.add_argument("--pretrained", action="store_true",
+                       help="start from pretrained weights (timm's, an hf-hub:/local-dir: model's, or --pretrained-path); "
+                            "a different --num-classes resets the classifier")
+    group.add_argument("--pretrained-path", default=None,
+                       help="load this file (safetensors preferred) as the pretrained weights, with the classifier "
+                            "adapted to --num-classes as timm does for its own pretrained weights")
+    group.add_argument("--initial-checkpoint", default="", help="load these weights before training")
+    group.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint or the data")
+    group.add_argument("--in-chans", type=int, default=None)
+    group.add_argument("--img-size", type=int, default=None)
+    group.add_argument("--input-size", type=int, nargs=3, default=None, metavar="C H W")
+    group.add_argument("--crop-pct", type=float, default=None, help="validation center crop fraction")
+    group.add_argument("--mean", type=float, nargs="+", default=None)
+    group.add_argument("--std", type=float, nargs="+", default=None)
+    group.add_argument("--interpolation", default="")
+    group.add_argument("--channels-last", action="store_true")
+    group.add_argument("--model-ema", action="store_true", help="keep and export an EMA of the weights")
+    group.add_argument("--model-ema-decay", type=float, default=0.9998)
+    group.add_argument("--model-ema-warmup", action="store_true")
+
+    group = parser.add_argument_group("augmentation (timm's create_transform)")
+    group.add_argument("--no-aug", action="store_true")
+    group.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0])
+    group.add_argument("--ratio", type=float, nargs=2, default=[3.0 / 4.0, 4.0 / 3.0])
+    group.add_argument("--hflip", type=float, default=0.5)
+    group.add_argument("--color-jitter", type=float, default=0.4)
+    group.add_argument("--aa", default=None, help="auto-augment policy, e.g. rand-m9-mstd0.5")
+    group.add_argument("--reprob", type=float, default=0.0)
+
+    group = parser.add_argument_group("optimization")
+    group.add_argument("-b", "--batch-size", type=int, default=128, help="per process")
+    group.add_argument("--grad-accum-steps", type=int, default=1)
+    group.add_argument("--epochs", type=int, default=300)
+    group.add_argument("--opt", default="sgd", help="timm optimizer name (sgd is Nesterov; momentum is plain)")
+    group.add_argument("--opt-eps", type=float, default=None)
+    group.add_argument("--opt-betas", type=float, nargs="+", default=None)
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--weight-decay", type=float, default=2e-5)
+    group.add_argument("--clip-grad", type=float, default=None)
+    group.add_argument("--lr", type=float, default=None, help="default: lr-base x global batch / lr-base-size")
+    group.add_argument("--lr-base", type=float, default=0.1)
+    group.add_argument("--lr-base-size", type=int, default=256)
+    group.add_argument("--sched", default="cosine", help="timm scheduler: cosine, step, multistep, plateau, ...")
+    group.add_argument("--sched-on-updates", action="store_true")
+    group.add_argument("--warmup-epochs", type=int, default=5)
+    group.add_argument("--warmup-lr", type=float, default=1e-5)
+    group.add_argument("--warmup-prefix", action="store_true")
+    group.add_argument("--min-lr", type=float, default=0.0)
+    group.add_argument("--decay-epochs", type=float, default=90)
+    group.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270])
+    group.add_argument("--decay-rate", "--dr", type=float, default=0.1)
+    group.add_argument("--cooldown-epochs", type=int, default=0)
+
+    _fcl_flags(parser)
+
+    group = parser.add_argument_group("run")
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--output", default=None, help="run folder (default output/train/MODEL); a run finds "
+                       "its latest state there and resumes from it")
+    group.add_argument("--resume", default="", help="resume from this state folder (or run folder's latest)")
+    group.add_argument("--checkpoint-interval", type=int, default=0, help="also save the state every N steps")
+    group.add_argument("--checkpoint-hist", type=int, default=2, help="training states kept")
+    group.add_argument("--log-interval", type=int, default=50)
+    group.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
+                       help="default: accelerate's launch config, else no")
+    group.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return parser
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """Flags, with --config's YAML as defaults (command line wins), checked as argparse checks the command line."""
+    parser = get_args_parser()
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("--config", default=None)
+    pre, _ = config_parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config) as f:
+                values = yaml.safe_load(f) or {}
+        except OSError as exn:
+            raise ConfigError(f"cannot read --config {pre.config}: {exn.strerror}") from None
+        dests = {a.dest: a for a in parser._actions}
+        unknown = [k for k in values if k.replace("-", "_") not in dests]
+        if unknown:
+            raise ConfigError(f"{pre.config}: unknown setting(s) {', '.join(unknown)}")
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+    args = parser.parse_args(argv)
+    for action in parser._actions:  # a YAML value bypasses argparse's choices check
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise ConfigError(f"argument {action.option_strings[-1]}: invalid choice: {value!r} "
+                              f"(choose from {', '.join(map(str, action.choices))})")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------ building
+def _device_type() -> str:
+    """The accelerator this machine has (cuda, mps, xpu, ...), or cpu."""
+    if hasattr(torch, "accelerator"):
+        found = torch.accelerator.current_accelerator(check_available=True)
+        return found.type if found is not None else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_mixed_precision(mixed_precision: str, device_type: str) -> None:
+    """fp16 autocast needs a GPU loss scaler; on the CPU only bf16 (or no) autocast exists."""
+    if mixed_precision == "fp16" and device_type == "cpu":
+        raise ConfigError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
+
+
+def _checkpoint_classes(path: str, model: torch.nn.Module) -> Optional[int]:
+    """Rows of the classifier weight stored in a checkpoint, or None if it has no such tensor."""
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(path)
+    except (OSError, RuntimeError, ValueError) as exn:
+        raise ConfigError(f"cannot read --initial-checkpoint {path}: {exn}") from None
+    name = model.pretrained_cfg.get("classifier", "fc")
+    names = name if isinstance(name, (list, tuple)) else [name]
+    for n in names:
+        if f"{n}.weight" in state:
+            return int(state[f"{n}.weight"].shape[0])
+    return None
+
+
+def _default_in_chans(model_name: str) -> int:
+    cfg = timm.models.get_pretrained_cfg(model_name) if ":" not in model_name else None
+    return cfg.input_size[0] if cfg is not None and cfg.input_size else 3
+
+
+def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
+    num_classes = args.num_classes
+    kwargs = {} if args.in_chans is None else {"in_chans": args.in_chans}
+    if args.initial_checkpoint:
+        if not os.path.isfile(args.initial_checkpoint):
+            raise ConfigError(f"--initial-checkpoint {args.initial_checkpoint} does not exist")
+        probe = timm.create_model(args.model, **kwargs)
+        stored = _checkpoint_classes(args.initial_checkpoint, probe)
+        if stored is not None and num_classes is not None and stored != num_classes:
+            raise ConfigError(f"--num-classes {num_classes} contradicts --initial-checkpoint "
+                              f"{args.initial_checkpoint}, whose classifier has {stored} outputs")
+        num_classes = num_classes or stored
+    num_classes = num_classes or num_classes_from_data
+    if num_classes is None:
+        raise ConfigError("--num-classes is needed: neither the data nor a checkpoint gives the class count")
+    if args.pretrained_path:
+        if not os.path.isfile(args.pretrained_path):
+            raise ConfigError(f"--pretrained-path {args.pretrained_path} does not exist")
+        # timm's train.py convention: the file replaces the pretrained source; num_classes=-1 forces head adaptation
+        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(args.pretrained_path), num_classes=-1)
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained or bool(args.pretrained_path),
+                                  num_classes=num_classes, **kwargs)
+    except (RuntimeError, ValueError, OSError) as exn:
+        raise ConfigError(f"cannot create model '{args.model}': {str(exn).splitlines()[0]}") from None
+    if args.initial_checkpoint:
+        from timm.models import load_checkpoint
+        load_checkpoint(model, args.initial_checkpoint, strict=True)
+    return model
+
+
+def build_transforms(args, data_config: dict):
+    from timm.data import create_transform
+
+    train_tf = create_transform(
+        **data_config, is_training=not args.no_aug, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
+        hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
+    if args.patch_gaussian:
+        from torchvision.transforms import Normalize
+        steps = list(train_tf.transforms)
+        at = next(i for i, t in enumerate(steps) if isinstance(t, Normalize))
+        # on [0,1] pixels, before normalization (Lopes et al. 2019, as the paper uses it)
+        steps.insert(at, PatchGaussian(patch_size=args.patch_gaussian_size, max_sigma=args.patch_gaussian_sigma))
+        train_tf.transforms = steps
+    eval_tf = create_transform(**data_config, is_training=False)
+    return train_tf, eval_tf
+
+
+def build_fcl_config(args, data_config: dict, updates_per_epoch: int) -> FCLConfig:
+    values = {f.name: getattr(args, "fcl_" + f.name) for f in dataclasses.fields(FCLConfig) if f.name != "method"}
+    if args.fcl_start_epochs is not None:
+        values["start_step"] = round(args.fcl_start_epochs * updates_per_epoch)
+    if args.fcl_ramp_epochs is not None:
+        values["ramp_steps"] = round(args.fcl_ramp_epochs * updates_per_epoch)
+    if "input_std" in values:
+        # sigma is in [0,1] pixel units; the regularizer converts it with the normalization the inputs went through
+        values["input_std"] = tuple(values["input_std"] or data_config["std"])
+    try:
+        return FCLConfig(method=args.method, **values)
+    except ValueError as exn:
+        raise ConfigError(str(exn)) from None
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training is: saved with every state so a resumed run continues at the same batch."""
+    epoch: int = 0  # current epoch
+    batch: int = 0  # batches of the current epoch already trained (on this rank)
+    step: int = 0   # optimizer updates so far
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, int(v))
+
+
+# ------------------------------------------------------------------------------------------------- train and eval
+def _check_labels(y: torch.Tensor, num_classes: int, split: str) -> None:
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise DataError(f"label {int(y[bad][0])} in split '{split}' is outside [0, {num_classes}); "
+                        f"check --num-classes or the data")
+
+
+def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progress: Progress, *,
+                    num_classes: int, ema=None, on_step=None) -> dict:
+    """Train from progress.batch to the end of the epoch; returns mean loss, ce and fcl of this rank."""
+    from tqdm.auto import tqdm
+
+    reg.train()
+    n_batches = len(loader.dataset)
+    accum = args.grad_accum_steps
+    sums = {"loss": 0.0, "ce": 0.0, "fcl": 0.0}
+    seen, window = 0, {"loss": 0.0, "ce": 0.0, "fcl": 0.0, "n": 0, "imgs": 0, "t": time.time()}
+    bar = tqdm(total=n_batches, initial=progress.batch, desc=f"epoch {progress.epoch}", leave=False,
+               disable=args.no_progress or not accelerator.is_main_process, dynamic_ncols=True)
+    for x, y in loader:
+        _check_labels(y, num_classes, args.train_split)
+        x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        group_start = progress.batch - progress.batch % accum
+        group_size = min(accum, n_batches - group_start)
+        sync = progress.batch + 1 == group_start + group_size
+        with accelerator.no_sync(reg) if not sync else contextlib.nullcontext():
+            out = reg(x, y, step=progress.step)
+            accelerator.backward(out.loss / group_size)
+        if sync:
+            if args.clip_grad:
+                accelerator.clip_grad_norm_(reg.parameters(), args.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        progress.batch += 1
+        loss, ce, fcl = out.loss.item(), out.ce.item(), out.fcl.item()
+        for k, v in (("loss", loss), ("ce", ce), ("fcl", fcl)):
+            sums[k] += v
+            window[k] += v
+        seen += 1
+        window["n"] += 1
+        window["imgs"] += len(y)
+        bar.update(1)
+        if not sync:
+            continue
+        progress.step += 1
+        scheduler.step_update(num_updates=progress.step)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(reg).model, step=progress.step)
+        if progress.step % args.log_interval == 0 or progress.batch == n_batches:
+            lr = optimizer.param_groups[0]["lr"]
+            rate = window["imgs"] * accelerator.num_processes / max(time.time() - window["t"], 1e-9)
+            n = window["n"]
+            if accelerator.is_main_process:
+                _logger.info(f"epoch {progress.epoch} step {progress.step} batch {progress.batch}/{n_batches} "
+                             f"lr {lr:.4g} loss {window['loss'] / n:.4f} ce {window['ce'] / n:.4f} "
+                             f"fcl {window['fcl'] / n:.4f} weight {out.weight:.3g} img/s {rate:.1f}")
+            accelerator.log({"train/loss": window["loss"] / n, "train/ce": window["ce"] / n,
+                             "train/fcl": window["fcl"] / n, "train/weight": out.weight, "train/lr": lr,
+                             "train/img_per_s": rate}, step=progress.step)
+            window = {"loss": 0.0, "ce": 0.0, "fcl": 0.0, "n": 0, "imgs": 0, "t": time.time()}
+        if on_step is not None:
+            on_step()
+    bar.close()
+    return {k: v / max(seen, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, *, num_classes: int, split: str, channels_last: bool = False) -> dict:
+    """Top-1, top-5 and mean cross-entropy over the validation split, every sample counted once across ranks.
+
+    Each rank reads its own exact share of the split (timm_fcl.data), so summing per-rank totals once at the
+    end counts every sample once; no per-batch gather, so ranks may hold different numbers of batches.
+    """
+    model.eval()
+    k = min(5, num_classes)
+    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, topk, count
+    for x, y in loader:
+        _check_labels(y, num_classes, split)
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(x)
+        logits = logits.float()
+        top = logits.topk(k, dim=1).indices
+        hit = top == y[:, None]
+        totals += torch.stack([
+            torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+            hit[:, 0].sum().double(), hit.any(dim=1).sum().double(), torch.tensor(len(y), dtype=torch.float64,
+                                                                                  device=y.device)])
+    totals = accelerator.reduce(totals, reduction="sum")
+    n = max(totals[3].item(), 1.0)
+    return {"loss": totals[0].item() / n, "top1": 100.0 * totals[1].item() / n, "top5": 100.0 * totals[2].item() / n,
+            "samples": int(totals[3].item())}
+
+
+def update_summary(path: Path, row: dict) -> None:
+    """The CSV summary, one row per epoch; a re-run epoch (after a resume) replaces its row."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("epoch") != str(row["epoch"])]
+    rows.append({k: str(v) for k, v in row.items()})
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+def main(args: argparse.Namespace) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from timm.data import resolve_data_config
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
+    data_dir = args.data_dir
+    if not data_dir:
+        raise ConfigError("--data-dir is needed")
+    output = Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
+
+    device_type = _device_type()
+    check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
+    # cpu=True on a machine without an accelerator, so that `accelerate launch --multi_gpu` there runs as
+    # MULTI_CPU over gloo instead of as N unrelated single processes
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=device_type == "cpu",
+                              log_with="tensorboard", project_dir=str(output))
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    set_seed(args.seed)
+
+    # inputs are checked before anything is built or written
+    if ":" not in args.model and not timm.is_model(args.model):
+        raise ConfigError(f"unknown model '{args.model}' (timm.list_models() lists the known ones)")
+    if args.in_chans is None and args.input_size:
+        args.in_chans = args.input_size[0]
+    in_chans = args.in_chans or _default_in_chans(args.model)
+    train_src = create_source(args.dataset, data_dir, args.train_split, in_chans=in_chans,
+                              download=args.dataset_download)
+    val_src = create_source(args.dataset, data_dir, args.val_split, in_chans=in_chans,
+                            download=args.dataset_download)
+    names = train_src.class_names
+    model = build_model(args, train_src.num_classes)
+    num_classes = model.num_classes
+    if train_src.num_classes and train_src.num_classes > num_classes:
+        raise DataError(f"the data has {train_src.num_classes} classes but the model has {num_classes} outputs")
+    data_config = resolve_data_config(vars(args), model=model, verbose=accelerator.is_main_process)
+    train_tf, eval_tf = build_transforms(args, data_config)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    train_ds = EpochStream(train_src, transform=train_tf, is_training=True, seed=args.seed,
+                           batch_size=args.batch_size, num_workers=args.workers, rank=rank, world_size=world,
+                           subset=args.train_subset, shuffle_buffer=args.shuffle_buffer)
+    val_ds = EpochStream(val_src, transform=eval_tf, is_training=False, seed=args.seed, batch_size=args.batch_size,
+                         num_workers=args.workers, rank=rank, world_size=world, subset=args.val_subset)
+    # timm's rule: not prepared by accelerate, the streams are already split per rank
+    train_loader = make_loader(train_ds, num_workers=args.workers, pin_memory=args.pin_mem)
+    val_loader = make_loader(val_ds, num_workers=args.workers, pin_memory=args.pin_mem)
+    updates_per_epoch = math.ceil(len(train_ds) / args.grad_accum_steps)
+
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    reg = FeatureContrastiveRegularizer(model, build_fcl_config(args, data_config, updates_per_epoch))
+    if args.lr is None:
+        args.lr = args.lr_base * args.batch_size * world * args.grad_accum_steps / args.lr_base_size
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                updates_per_epoch=updates_per_epoch)
+    reg, optimizer = accelerator.prepare(reg, optimizer)
+    ema = None
+    if args.model_ema:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(accelerator.unwrap_model(reg).model, decay=args.model_ema_decay,
+                         use_warmup=args.model_ema_warmup)
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress, scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    resume = resolve_state(args.resume) if args.resume else resolve_state(output)
+    if args.resume and resume is None:
+        raise ConfigError(f"--resume {args.resume}: no saved state there")
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        if accelerator.is_main_process:
+            _logger.info(f"resumed from {resume}: epoch {progress.epoch}, batch {progress.batch}, "
+                         f"step {progress.step}")
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        if resume is None or not (output / "args.yaml").exists():  # the run's first settings are kept
+            atomic_write_text(output / "args.yaml", yaml.safe_dump(vars(args), sort_keys=False))
+        _logger.info(f"{args.model}: {num_classes} classes, {world} process(es), {len(train_ds)} batches of "
+                     f"{args.batch_size} per process and epoch, {num_epochs} epochs, method {args.method}, "
+                     f"output {output}")
+    accelerator.init_trackers("tb")
+
+    def save() -> Path:
+        return save_state_atomic(accelerator, output, progress.step, args.checkpoint_hist)
+
+    def on_step():
+        if args.checkpoint_interval and progress.step % args.checkpoint_interval == 0 \
+                and progress.batch < len(train_ds):
+            save()
+
+    bare = accelerator.unwrap_model(reg).model
+    metrics: dict = {}
+    if progress.epoch >= num_epochs and accelerator.is_main_process:
+        _logger.info(f"all {num_epochs} epochs are done in {output}; raise --epochs to train on")
+    while progress.epoch < num_epochs:
+        epoch = progress.epoch
+        train_ds.set_epoch(epoch, skip_batches=progress.batch)
+        scheduler.step(epoch)
+        scheduler.step_update(num_updates=progress.step)
+        bad_before = (train_ds.bad_shards.value, train_ds.repeated.value)
+        train = train_one_epoch(args, accelerator, reg, optimizer, scheduler, train_loader, progress,
+                                num_classes=num_classes, ema=ema, on_step=on_step)
+        val = evaluate(bare, val_loader, accelerator, num_classes=num_classes, split=args.val_split,
+                       channels_last=args.channels_last)
+        skipped = accelerator.reduce(torch.tensor([train_ds.bad_shards.value - bad_before[0],
+                                                   train_ds.repeated.value - bad_before[1]],
+                                                  device=accelerator.device), reduction="sum").tolist()
+        row = {"epoch": epoch, "step": progress.step, "lr": optimizer.param_groups[0]["lr"],
+               **{f"train_{k}": round(v, 6) for k, v in train.items()},
+               **{f"eval_{k}": round(v, 6) if isinstance(v, float) else v for k, v in val.items()},
+               "bad_shards": skipped[0], "repeated_samples": skipped[1]}
+        if ema is not None:
+            ema_val = evaluate(ema.module, val_loader, accelerator, num_classes=num_classes, split=args.val_split,
+                               channels_last=args.channels_last)
+            row.update({f"ema_{k}": round(v, 6) if isinstance(v, float) else v for k, v in ema_val.items()})
+        if skipped[0] or skipped[1]:
+            _logger.warning(f"epoch {epoch}: {skipped[0]} unreadable shard(s) skipped, {skipped[1]} sample(s) "
+                            f"repeated to keep the ranks in step")
+        if accelerator.is_main_process:
+            _logger.info(f"epoch {epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
+                         f"loss {val['loss']:.4f} on {val['samples']} samples")
+            update_summary(output / "summary.csv", row)
+            export_model(bare, output / "model", data_config=data_config, label_names=names)
+            if ema is not None:
+                export_model(ema.module, output / "model_ema", data_config=data_config, label_names=names)
+        accelerator.log({f"eval/{k}": v for k, v in val.items()}, step=progress.step)
+        progress.epoch, progress.batch = epoch + 1, 0
+        save()
+        metrics = row
+    accelerator.end_training()
+    return metrics
+
+
+def cli(argv: Optional[list[str]] = None) -> int:
+    """Run main; a bad input ends with one line on stderr (exit 2), never a traceback."""
+    try:
+        main(parse_args(argv))
+    except (ConfigError, DataError) as exn:
+        print(f"train_fcl.py: error: {exn}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
