@@ -1,10 +1,11 @@
 """Robustness evaluation of timm models (paper sections 4.2.1-4.2.2, Tables 2-3, Appendix C).
 
-    python -m timm_fcl.eval --model runs/fcl-cifar10 --data-dir ../shared/data/cifar10-wds --dataset wds/cifar10 \
-        --suites clean un nun generated --output eval/fcl-cifar10
+    python -m timm_fcl.eval --model output/quickstart --data-dir ../shared/data/cifar10-wds --dataset wds/cifar10 \
+        --suites clean un nun generated --output output/eval/quickstart
 
 Models: a timm name (``--checkpoint`` a safetensors / .pth file), an ``hf-hub:`` / ``local-dir:`` name, or a training
-output folder (``model.safetensors`` + ``config.json``). Repeat ``--model`` (and ``--checkpoint``) to compare models.
+output folder (``model.safetensors`` + ``config.json``, or a train_fcl.py ``--output`` with them in ``model/``).
+Repeat ``--model`` (and ``--checkpoint``) to compare models.
 Suites: ``clean``, ``un`` / ``nun`` (the noisy test sets of sections 4.1 / 4.2.1), ``cifar-c`` (a CIFAR-10-C or
 CIFAR-100-C folder), ``imagenet-c`` (an ImageNet-C tree), ``generated`` (the 19 corruptions applied to the clean test
 set, cached). Inputs are scaled to [0, 1] and normalized with the model's own mean / std
@@ -50,6 +51,8 @@ def load_model(spec: str, *, checkpoint: Optional[str] = None, num_classes: Opti
     import timm
 
     path = Path(spec)
+    if path.is_dir() and not (path / "model.safetensors").exists() and (path / "model" / "model.safetensors").exists():
+        path = path / "model"  # a train_fcl.py output folder: its exported model
     if path.is_dir():
         missing = [f for f in ("model.safetensors", "config.json") if not (path / f).is_file()]
         if missing:
@@ -129,9 +132,13 @@ def _train_pixel_std(args: argparse.Namespace, size: int, crop_pct: float) -> to
 
 
 def _model_label(spec: str, checkpoint: Optional[str]) -> str:
+    """A short name for tables: the run folder's name for exported models, else the timm name (+ checkpoint)."""
     if checkpoint:
         return f"{spec}:{Path(checkpoint).stem}"
-    return Path(spec.split(":", 1)[-1]).name if Path(spec).is_dir() or spec.startswith("local-dir:") else spec
+    if not (Path(spec).is_dir() or spec.startswith("local-dir:")):
+        return spec
+    path = Path(spec.split(":", 1)[-1] if spec.startswith("local-dir:") else spec).resolve()
+    return path.parent.name if path.name in ("model", "model_ema") else path.name
 
 
 def build_sets(args: argparse.Namespace, data_config: dict) -> Tuple[List[Tuple[str, str, int, Dataset]], dict]:
@@ -194,7 +201,8 @@ def run(args: argparse.Namespace) -> Dict[str, dict]:
     models = []
     for spec, ckpt in zip(args.model, checkpoints):
         model = load_model(spec, checkpoint=ckpt, num_classes=args.num_classes).to(args.device)
-        models.append((_model_label(spec, ckpt), spec, model, timm.data.resolve_model_data_config(model, args=overrides)))
+        config = timm.data.resolve_model_data_config(model, args=overrides)
+        models.append((_model_label(spec, ckpt), spec, model, config))
     sets, suite_presets = build_sets(args, models[0][3])
 
     results = {}
@@ -265,7 +273,8 @@ def plot_comparison(results: Dict[str, dict], path: Path) -> None:
     width = 0.8 / max(len(results), 1)
     for ax, panel in zip(axes[:, 0], panels):
         if panel == "plain":
-            names = list(dict.fromkeys(r["suite"] for res in results.values() for r in res["rows"] if r["severity"] == 0))
+            names = list(dict.fromkeys(
+                r["suite"] for res in results.values() for r in res["rows"] if r["severity"] == 0))
             values = {label: {r["suite"]: r["accuracy"] for r in res["rows"] if r["severity"] == 0}
                       for label, res in results.items()}
         else:
@@ -318,7 +327,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--compare", nargs="+", default=[], help="results.json files of earlier runs to add to the plot")
-    p.add_argument("--output", default="eval", help="folder for results.json, results.csv, corruptions.png")
+    p.add_argument("--output", default="output/eval", help="folder for results.json, results.csv, corruptions.png")
     return p
 
 
