@@ -1,0 +1,224 @@
+"""Test sets for robustness evaluation (paper sections 4.2.1-4.2.2): clean images, the released corruption benchmarks
+in their official layouts, and corruption suites generated from any clean test set and cached on disk.
+
+- CIFAR-10-C / CIFAR-100-C: ``<corruption>.npy`` uint8 (50000, 32, 32, 3) = severities 1..5 x 10000 images in order,
+  plus ``labels.npy`` (50000,) with the labels repeated per severity.
+- ImageNet-C: ``<corruption>/<severity>/<wnid>/*.JPEG``, 224 px, read as is (no resize or crop). Class indices follow
+  the sorted wnid folders, or a class map (timm's: a .txt with one wnid per line, or a dict).
+- generated: the 19 corruptions of ``timm_fcl.corruptions`` applied to a clean set and written in the CIFAR-C layout,
+  under a folder named by a hash of the clean images, labels, preset and seed, so a rerun only reads it back.
+  Each image gets its own seed (base seed, corruption, severity, index): results do not depend on order or workers.
+"""
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode, PILToTensor
+from torchvision.transforms import functional as TF
+from tqdm import tqdm
+
+from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
+
+GENERATOR_VERSION = 1  # bump when a corruption's output changes, so old caches are not reused
+CorruptionSet = Tuple[str, int, Dataset]  # (corruption, severity, dataset of (image, label))
+
+
+class ArrayDataset(Dataset):
+    """(image, label) pairs from an array: uint8 NHWC images become uint8 CHW tensors, float NCHW pass through."""
+
+    def __init__(self, images: Union[np.ndarray, torch.Tensor], labels: np.ndarray):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.array(image).transpose(2, 0, 1))  # a copy: memory-mapped arrays are read-only
+        return image, int(self.labels[index])
+
+
+def fit_to_size(image: Image.Image, *, size: int, crop_pct: float, interpolation: str = "bilinear") -> Image.Image:
+    """Bring a larger clean image to ``size`` as timm's eval transform does (resize to size / crop_pct, centre crop),
+    as the official generators did before corrupting (Resize(256), CenterCrop(224)); never upsample."""
+    if image.size == (size, size) or min(image.size) <= size:
+        return image
+    image = TF.resize(image, int(size / crop_pct), interpolation=InterpolationMode(interpolation))
+    return TF.center_crop(image, size)
+
+
+def iter_clean_images(
+        *,
+        dataset: str,
+        root: str,
+        split: str = "test",
+        max_samples: Optional[int] = None,
+        seed: int = 0,
+        size: Optional[int] = None,
+        crop_pct: float = 0.875,
+        interpolation: str = "bilinear",
+) -> Iterator[Tuple[np.ndarray, int]]:
+    """Stream a clean set with timm's readers as (uint8 HxWx3 image, label).
+
+    ``dataset`` and ``split`` are timm's (``"wds/cifar10"``, ``""`` for an image folder, ...). ``max_samples`` keeps a
+    seeded random subset, in data set order (test sets are often ordered by class). Images larger than ``size`` are
+    resized and centre-cropped to it (``fit_to_size``).
+    """
+    import timm.data
+
+    if not Path(root).exists():
+        raise FileNotFoundError(f"clean data folder {root} does not exist")
+    data = timm.data.create_dataset(dataset, root=root, split=split, is_training=False, batch_size=1)
+    keep = None
+    if max_samples is not None and max_samples < len(data):
+        keep = set(np.random.RandomState(seed).choice(len(data), max_samples, replace=False).tolist())
+    for index, (image, label) in enumerate(tqdm(data, desc=f"reading {dataset or root} {split}", leave=False)):
+        if keep is not None and index not in keep:
+            continue
+        image = image.convert("RGB")
+        if size is not None:
+            image = fit_to_size(image, size=size, crop_pct=crop_pct, interpolation=interpolation)
+        yield np.asarray(image), int(label)
+
+
+def load_clean_images(**kwargs) -> Tuple[np.ndarray, np.ndarray]:
+    """A clean set (arguments of ``iter_clean_images``) as uint8 (N, H, W, 3) images and int64 labels."""
+    pairs = list(iter_clean_images(**kwargs))
+    if not pairs:
+        raise ValueError(f"no images found in {kwargs.get('root')} (dataset {kwargs.get('dataset')!r})")
+    shapes = {image.shape for image, _ in pairs}
+    if len(shapes) > 1:
+        raise ValueError(f"clean images have different sizes {sorted(shapes)[:3]}...; pass an image size to crop to")
+    return np.stack([image for image, _ in pairs]), np.asarray([label for _, label in pairs], dtype=np.int64)
+
+
+def cifar_c_sets(
+        root: Union[str, Path],
+        *,
+        corruptions: Optional[Sequence[str]] = None,
+        severities: Sequence[int] = SEVERITIES,
+) -> List[CorruptionSet]:
+    """The (corruption, severity) sets of a CIFAR-10-C / CIFAR-100-C folder (memory-mapped, nothing copied).
+
+    ``corruptions=None`` takes every one of the 19 whose ``.npy`` is present (at least one must be).
+    """
+    root = Path(root)
+    if not (root / "labels.npy").is_file():
+        raise FileNotFoundError(f"{root} is not a CIFAR-C folder: labels.npy is missing")
+    labels = np.load(root / "labels.npy")
+    if corruptions is None:
+        corruptions = [c for c in CORRUPTIONS if (root / f"{c}.npy").is_file()]
+        if not corruptions:
+            raise FileNotFoundError(f"no <corruption>.npy files in {root} (expected e.g. gaussian_noise.npy)")
+    sets = []
+    for name in corruptions:
+        path = root / f"{name}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing")
+        images = np.load(path, mmap_mode="r")
+        if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8 or len(images) != len(labels):
+            raise ValueError(f"{path}: expected uint8 (5 * N, H, W, 3) matching labels.npy ({len(labels)}), "
+                             f"got {images.dtype} {images.shape}")
+        if len(images) % 5:
+            raise ValueError(f"{path}: {len(images)} images is not 5 severities x N")
+        n = len(images) // 5
+        for severity in severities:
+            part = slice((severity - 1) * n, severity * n)
+            sets.append((name, severity, ArrayDataset(images[part], labels[part])))
+    return sets
+
+
+def imagenet_c_sets(
+        root: Union[str, Path],
+        *,
+        corruptions: Optional[Sequence[str]] = None,
+        severities: Sequence[int] = SEVERITIES,
+        class_map: Union[str, Dict[str, int], None] = None,
+) -> List[CorruptionSet]:
+    """The (corruption, severity) sets of an ImageNet-C tree ``<corruption>/<severity>/<wnid>/*.JPEG``, unresized.
+
+    ``corruptions=None`` takes every one of the 19 with a folder. Without ``class_map`` the class index is the
+    position of the wnid among the sorted class folders of the first set, used for all sets.
+    """
+    import timm.data
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet-C folder {root} does not exist")
+    if corruptions is None:
+        corruptions = [c for c in CORRUPTIONS if (root / c).is_dir()]
+        if not corruptions:
+            raise FileNotFoundError(f"no <corruption>/ folders in {root} (expected e.g. gaussian_noise/1/<wnid>/)")
+    sets = []
+    for name in corruptions:
+        for severity in severities:
+            folder = root / name / str(severity)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is missing")
+            if class_map is None:
+                class_map = {w: i for i, w in enumerate(sorted(p.name for p in folder.iterdir() if p.is_dir()))}
+            data = timm.data.create_dataset("", root=str(folder), class_map=class_map)
+            data.transform = PILToTensor()
+            sets.append((name, severity, data))
+    return sets
+
+
+def _image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, CORRUPTIONS.index(corruption), severity, index]).generate_state(1)[0])
+
+
+def _corrupt_block(images: np.ndarray, corruption: str, severity: int, preset: Optional[str], seed: int) -> np.ndarray:
+    return np.stack([
+        corrupt(image, corruption=corruption, severity=severity, preset=preset,
+                rng=np.random.RandomState(_image_seed(seed, corruption, severity, index)))
+        for index, image in enumerate(images)])
+
+
+def generated_suite_dir(
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        cache_dir: Union[str, Path],
+        preset: Optional[str] = None,
+        seed: int = 0,
+        corruptions: Sequence[str] = CORRUPTIONS,
+        workers: int = 0,
+) -> Path:
+    """Write (or find) the corrupted versions of ``images`` in the CIFAR-C layout; returns the folder for
+    ``cifar_c_sets``. ``preset`` None picks the parameters by image size; ``workers`` > 0 uses that many processes.
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"expected uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
+    digest = hashlib.sha256()
+    for part in (np.ascontiguousarray(images).tobytes(), np.asarray(labels, np.int64).tobytes(),
+                 f"{preset}|{seed}|{GENERATOR_VERSION}".encode()):
+        digest.update(part)
+    folder = Path(cache_dir) / f"{preset or 'auto'}-seed{seed}-n{len(images)}-{digest.hexdigest()[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "labels.npy").exists():
+        np.save(folder / "labels.tmp.npy", np.tile(np.asarray(labels, np.int64), len(SEVERITIES)))
+        os.replace(folder / "labels.tmp.npy", folder / "labels.npy")
+        (folder / "meta.json").write_text(json.dumps(
+            {"preset": preset, "seed": seed, "num_images": len(images), "version": GENERATOR_VERSION}))
+    todo = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
+    pool = ProcessPoolExecutor(workers) if workers > 0 else None
+    try:
+        for name in tqdm(todo, desc="generating corruptions", leave=False):
+            jobs = [(images, name, severity, preset, seed) for severity in SEVERITIES]
+            blocks = list(pool.map(_corrupt_block, *zip(*jobs)) if pool else (_corrupt_block(*j) for j in jobs))
+            np.save(folder / f"{name}.tmp.npy", np.concatenate(blocks))
+            os.replace(folder / f"{name}.tmp.npy", folder / f"{name}.npy")  # atomic: a killed run leaves no half file
+    finally:
+        if pool:
+            pool.shutdown()
+    return folder
