@@ -1,4 +1,7 @@
-"""timm-fcl: Feature Contrastive Learning for timm models."""
+"""timm-fcl: Feature Contrastive Learning for timm models.
+
+The robustness suite (``timm_fcl.corruptions``, ``timm_fcl.robustness_metrics``, ``timm_fcl.eval``) needs OpenCV and
+numba, so it is imported on use, not here."""
 from .config import FCLConfig
 from .heads import embedding
 from .losses import fcl_loss
