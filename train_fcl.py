@@ -325,8 +325,9 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
     reg.train()
     n_batches = len(loader.dataset)
     accum = args.grad_accum_steps
-    sums = {"loss": 0.0, "ce": 0.0, "fcl": 0.0}
-    seen, window = 0, {"loss": 0.0, "ce": 0.0, "fcl": 0.0, "n": 0, "imgs": 0, "t": time.time()}
+    # loss / ce / fcl summed on the device: read back once per log interval, not per step (no host sync per step)
+    sums = torch.zeros(3, device=accelerator.device)
+    seen, window = 0, {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "imgs": 0, "t": time.time()}
     bar = tqdm(total=n_batches, initial=progress.batch, desc=f"epoch {progress.epoch}", leave=False,
                disable=args.no_progress or not accelerator.is_main_process, dynamic_ncols=True)
     for x, y in loader:
@@ -346,10 +347,9 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         progress.batch += 1
-        loss, ce, fcl = out.loss.item(), out.ce.item(), out.fcl.item()
-        for k, v in (("loss", loss), ("ce", ce), ("fcl", fcl)):
-            sums[k] += v
-            window[k] += v
+        parts = torch.stack([out.loss.detach(), out.ce.detach(), out.fcl.detach()]).float()
+        sums += parts
+        window["sum"] += parts
         seen += 1
         window["n"] += 1
         window["imgs"] += len(y)
@@ -363,19 +363,18 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
         if progress.step % args.log_interval == 0 or progress.batch == n_batches:
             lr = optimizer.param_groups[0]["lr"]
             rate = window["imgs"] * accelerator.num_processes / max(time.time() - window["t"], 1e-9)
-            n = window["n"]
+            loss, ce, fcl = (window["sum"] / window["n"]).tolist()
             if accelerator.is_main_process:
                 _logger.info(f"epoch {progress.epoch} step {progress.step} batch {progress.batch}/{n_batches} "
-                             f"lr {lr:.4g} loss {window['loss'] / n:.4f} ce {window['ce'] / n:.4f} "
-                             f"fcl {window['fcl'] / n:.4f} weight {out.weight:.3g} img/s {rate:.1f}")
-            accelerator.log({"train/loss": window["loss"] / n, "train/ce": window["ce"] / n,
-                             "train/fcl": window["fcl"] / n, "train/weight": out.weight, "train/lr": lr,
-                             "train/img_per_s": rate}, step=progress.step)
-            window = {"loss": 0.0, "ce": 0.0, "fcl": 0.0, "n": 0, "imgs": 0, "t": time.time()}
+                             f"lr {lr:.4g} loss {loss:.4f} ce {ce:.4f} "
+                             f"fcl {fcl:.4f} weight {out.weight:.3g} img/s {rate:.1f}")
+            accelerator.log({"train/loss": loss, "train/ce": ce, "train/fcl": fcl, "train/weight": out.weight,
+                             "train/lr": lr, "train/img_per_s": rate}, step=progress.step)
+            window = {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "imgs": 0, "t": time.time()}
         if on_step is not None:
             on_step()
     bar.close()
-    return {k: v / max(seen, 1) for k, v in sums.items()}
+    return dict(zip(("loss", "ce", "fcl"), (sums / max(seen, 1)).tolist()))
 
 
 @torch.no_grad()
