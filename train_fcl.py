@@ -34,11 +34,11 @@ import yaml
 import timm
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
-from timm_fcl.checkpoint import atomic_write_text, export_model, list_states, resolve_state, save_state_atomic
+from timm_fcl.config import METHODS
+from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
 
 _logger = logging.getLogger("train_fcl")
-METHODS = ("xe", "xe_gauss", "cl_gauss", "fcl")
 
 
 class ConfigError(ValueError):
@@ -258,7 +258,11 @@ def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
         raise ConfigError(f"cannot create model '{args.model}': {str(exn).splitlines()[0]}") from None
     if args.initial_checkpoint:
         from timm.models import load_checkpoint
-        load_checkpoint(model, args.initial_checkpoint, strict=True)
+        try:
+            load_checkpoint(model, args.initial_checkpoint, strict=True)
+        except (RuntimeError, KeyError) as exn:
+            raise ConfigError(f"--initial-checkpoint {args.initial_checkpoint} does not fit '{args.model}': "
+                              f"{str(exn).splitlines()[0]}") from None
     return model
 
 
@@ -285,9 +289,8 @@ def build_fcl_config(args, data_config: dict, updates_per_epoch: int) -> FCLConf
         values["start_step"] = round(args.fcl_start_epochs * updates_per_epoch)
     if args.fcl_ramp_epochs is not None:
         values["ramp_steps"] = round(args.fcl_ramp_epochs * updates_per_epoch)
-    if "input_std" in values:
-        # sigma is in [0,1] pixel units; the regularizer converts it with the normalization the inputs went through
-        values["input_std"] = tuple(values["input_std"] or data_config["std"])
+    # sigma is in [0,1] pixel units; the regularizer converts it with the normalization the inputs went through
+    values["input_std"] = tuple(values["input_std"] or data_config["std"])
     try:
         return FCLConfig(method=args.method, **values)
     except ValueError as exn:
@@ -533,6 +536,8 @@ def main(args: argparse.Namespace) -> dict:
                                 num_classes=num_classes, ema=ema, on_step=on_step)
         val = evaluate(bare, val_loader, accelerator, num_classes=num_classes, split=args.val_split,
                        channels_last=args.channels_last)
+        # the next epoch's lr, from the validation metric (the plateau scheduler needs it; the others ignore it)
+        scheduler.step(epoch + 1, metric=val["top1"])
         skipped = accelerator.reduce(torch.tensor([train_ds.bad_shards.value - bad_before[0],
                                                    train_ds.repeated.value - bad_before[1]],
                                                   device=accelerator.device), reduction="sum").tolist()

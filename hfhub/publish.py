@@ -112,7 +112,9 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
     try:
         main(get_args_parser().parse_args())
-    except PublishError as e:
-        sys.exit(f"error: {e}")
+    except (PublishError, json.JSONDecodeError, yaml.YAMLError, HfHubHTTPError, LocalTokenNotFoundError) as e:
+        sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")

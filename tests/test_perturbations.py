@@ -54,3 +54,13 @@ def test_gaussian_perturbation_covers_every_element_with_per_channel_std():
     assert (out != 0).all()
     for ch, s in enumerate((0.1, 0.3, 0.6)):
         assert out[:, ch].std().item() * s == pytest.approx(0.3, rel=0.03)
+
+
+def test_channels_last_inputs_keep_their_format_and_values():
+    x, u = make(b=2, c=3, h=8, w=8)
+    a = utility_perturbations(x, u, 20, 0.5, torch.Generator().manual_seed(3))
+    b = utility_perturbations(x.contiguous(memory_format=torch.channels_last), u, 20, 0.5,
+                              torch.Generator().manual_seed(3))
+    for p, q in zip(a, b):
+        assert q.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(p, q)

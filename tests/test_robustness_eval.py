@@ -257,3 +257,15 @@ def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
     assert both["planted_label_reader"] == json.loads(json.dumps(first["planted_label_reader"]))
     with open(tmp_path / "two" / "results.csv") as f:
         assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader"}
+
+
+@pytest.mark.parametrize("args", [["--model", "/nonexistent", "--suites", "clean"],
+                                  ["--model", "resnet18", "--suites", "bogus", "--data-dir", "."]])
+def test_eval_command_bad_input_is_one_error_line(args):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "timm_fcl.eval", *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("timm_fcl.eval: error:")

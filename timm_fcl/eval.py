@@ -16,6 +16,7 @@ import argparse
 import csv
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -353,7 +354,11 @@ def main(args: argparse.Namespace) -> Dict[str, dict]:
 
 
 def cli() -> None:
-    main(get_args_parser().parse_args())
+    """Run main; bad paths, names or flags end with one error line (exit 2), not a traceback."""
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exn:
+        sys.exit(f"timm_fcl.eval: error: {str(exn).splitlines()[0] if str(exn) else type(exn).__name__}")
 
 
 if __name__ == "__main__":

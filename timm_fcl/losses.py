@@ -9,11 +9,6 @@ import torch
 import torch.nn.functional as F
 
 
-def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise 1 - cos(a_i, b_i); a, b: [B, E] -> [B]."""
-    return 1.0 - F.cosine_similarity(a, b, dim=-1)
-
-
 def fcl_loss(
         z: torch.Tensor,
         z_pos: torch.Tensor,

@@ -42,6 +42,20 @@ def utility_perturbations(
         generator: for reproducible noise.
         input_std: per-channel normalization std of ``x`` (None for raw pixels).
     """
+    both = perturbed_batch(x, utility, k, sigma, generator, input_std)
+    return both[:x.shape[0]], both[x.shape[0]:]
+
+
+def perturbed_batch(
+        x: torch.Tensor,
+        utility: torch.Tensor,
+        k: int,
+        sigma: float,
+        generator: Optional[torch.Generator] = None,
+        input_std: Optional[Sequence[float]] = None,
+) -> torch.Tensor:
+    """[x_low; x_high] as one [2B, ...] tensor, built in a single buffer so the perturbed pass needs no concatenation;
+    same arguments and noise as :func:`utility_perturbations`, in ``x``'s memory format."""
     if utility.shape != x.shape:
         raise ValueError(f"utility shape {tuple(utility.shape)} differs from input shape {tuple(x.shape)}")
     b = x.shape[0]
@@ -54,10 +68,13 @@ def utility_perturbations(
     scale = _noise_scale(x, sigma, input_std)
     per_channel = d // scale.numel()                                      # elements per channel (flat NC... layout)
     noise = _randn((2, b, k), x, generator)
-    flat_x = x.detach().reshape(b, -1)
-    x_low = flat_x.scatter_add(1, low, noise[0] * scale[low // per_channel])
-    x_high = flat_x.scatter_add(1, high, noise[1] * scale[high // per_channel])
-    return x_low.view_as(x), x_high.view_as(x)
+    flat = x.detach().reshape(b, -1).repeat(2, 1)                          # rows [0, B): x_low, [B, 2B): x_high
+    flat[:b].scatter_add_(1, low, noise[0] * scale[low // per_channel])
+    flat[b:].scatter_add_(1, high, noise[1] * scale[high // per_channel])
+    both = flat.view(2 * b, *x.shape[1:])
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        both = both.contiguous(memory_format=torch.channels_last)
+    return both
 
 
 def gaussian_perturbation(

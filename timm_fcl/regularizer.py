@@ -11,7 +11,7 @@ from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import embedding, head_mode, logits_from_embedding
 from .losses import fcl_loss
-from .perturbations import gaussian_perturbation, utility_perturbations
+from .perturbations import gaussian_perturbation, perturbed_batch
 from .schedule import fcl_weight
 from .utility import utility_from_loss
 
@@ -101,9 +101,9 @@ class FeatureContrastiveRegularizer(nn.Module):
             else:
                 utility = utility_from_loss(ce, x, self._utility_scale(x))
                 keep_neg = utility.flatten(1).amax(1) >= cfg.min_utility
-                x_low, x_high = utility_perturbations(x, utility, cfg.k, cfg.sigma, generator, cfg.input_std)
+                x_both = perturbed_batch(x, utility, cfg.k, cfg.sigma, generator, cfg.input_std)  # [x_low; x_high]
                 with frozen_bn_stats(self.model):
-                    z_pos, z_neg = embedding(self.model, torch.cat([x_low, x_high])).chunk(2)
+                    z_pos, z_neg = embedding(self.model, x_both).chunk(2)
                 extra = fcl_loss(z, z_pos, z_neg, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin,
                                  neg_mask=keep_neg)
         return FCLOutput(loss=ce + weight * extra, logits=logits, ce=ce, fcl=extra.detach(), weight=weight)

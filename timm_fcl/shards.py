@@ -35,7 +35,8 @@ def write_shards(samples: Iterable[tuple[bytes, str, int]], *, output: str | os.
     output.mkdir(parents=True, exist_ok=True)
     pattern = str(output / f"{name}-{split}-%06d.tar")
     lengths: list[int] = []
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+    # only maxcount may start a new shard (the lengths below count by it), so no byte limit
+    with wds.ShardWriter(pattern, maxcount=shard_size, maxsize=float("inf"), verbose=0) as sink:
         for i, (data, ext, label) in enumerate(samples):
             if i % shard_size == 0:
                 lengths.append(0)

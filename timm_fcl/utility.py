@@ -16,7 +16,8 @@ def utility_from_loss(loss: torch.Tensor, x: torch.Tensor, scale: float = 1.0) -
     own loss. ``scale`` multiplies the loss before the gradient and divides the result (for float16 autocast).
     """
     (grad,) = torch.autograd.grad(loss * (x.shape[0] * scale), x, retain_graph=True)
-    utility = grad.detach().abs()
+    # a non-finite gradient (float16 overflow) must not decide TOP_k / BOTTOM_k: NaN counts as no utility
+    utility = torch.nan_to_num(grad.detach().abs(), nan=0.0)
     return utility if scale == 1.0 else utility / scale
 
 
