@@ -223,7 +223,7 @@ class EpochStream(IterableDataset):
                              rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
         if self.is_training:
             items = self._fill(items, quota)
-        last = None
+        last, owed = None, 0
         for i, item in enumerate(islice(items, skip, None), start=skip):
             with seeded(hash((self.seed, self.epoch, stream, i)) & 0x7FFFFFFF):
                 try:
@@ -231,11 +231,17 @@ class EpochStream(IterableDataset):
                     last = (self.transform(img), label)
                 except Exception as exn:  # an undecodable image: keep the quota with the previous sample
                     _logger.warning(f"skipping an undecodable sample ({type(exn).__name__}: {exn})")
-                    if last is None:
+                    if last is None:  # nothing to repeat yet: the first good sample fills in for it
+                        owed += 1
                         continue
                     with self.repeated.get_lock():
                         self.repeated.value += 1
             yield last
+            for _ in range(owed):  # so every stream yields its full quota and the ranks stay in step
+                with self.repeated.get_lock():
+                    self.repeated.value += 1
+                yield last
+            owed = 0
 
     def _fill(self, items: Iterator, quota: int) -> Iterator:
         """Exactly `quota` items: those read, then repeats of recent ones if bad shards left the stream short."""
