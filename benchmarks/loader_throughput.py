@@ -19,6 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def loader_rate(source, transform, *, workers: int, samples: int, batch_size: int) -> float:
@@ -33,21 +34,17 @@ def loader_rate(source, transform, *, workers: int, samples: int, batch_size: in
 
 
 def step_rate(method: str, *, model_name: str, batch_size: int, img_size: int, steps: int) -> float:
-    import timm
-    from timm_fcl import FCLConfig, FeatureContrastiveRegularizer
+    """Training images/s of one method, with the step of step_cost.py (same model set-up, random data)."""
+    from types import SimpleNamespace
 
-    model = timm.create_model(model_name, num_classes=10)
-    reg = FeatureContrastiveRegularizer(model, FCLConfig(method=method, k=256, tau=2.0, weight=1e-4,
-                                                         input_std=(0.247, 0.243, 0.261))).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch_size, 3, img_size, img_size), torch.randint(0, 10, (batch_size,))
-    for i in range(steps + 1):
-        if i == 1:  # the first step pays for allocations
-            start = time.perf_counter()
-        out = reg(x, y, step=1)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    from step_cost import build, step
+
+    run = build(method, SimpleNamespace(model=model_name, img_size=img_size, batch_size=batch_size, k=256,
+                                        device="cpu"))
+    step(*run)  # the first step pays for allocations
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(*run)
     return steps * batch_size / (time.perf_counter() - start)
 
 
