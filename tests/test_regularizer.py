@@ -133,7 +133,24 @@ def test_fcl_term_equals_algorithm_1_assembled_from_the_public_functions(mnist_s
     ce = F.cross_entropy(model(x), y)
     assert out.weight == pytest.approx(0.01 * 2 / 4)
     torch.testing.assert_close(out.fcl, want.detach())
-    torch.testing.assert_close(out.loss, ce + out.weight * want)
+    # Algorithm 1: l_FCL is the sum over the batch of the per-sample terms, beside the mean cross-entropy
+    # (fcl_loss returns the mean over the 12 samples)
+    assert out.scale == 12
+    torch.testing.assert_close(out.loss, ce + out.weight * 12 * want)
+
+
+def test_reduction_mean_weighs_one_sample_and_sum_the_batch(mnist_subset):
+    x, y = mnist_subset[0][:10], mnist_subset[1][:10]
+    model = create("lenet_mnist").train()
+    outs = {}
+    for reduction in ("sum", "mean"):
+        cfg = FCLConfig(k=60, weight=0.01, reduction=reduction)
+        outs[reduction] = FeatureContrastiveRegularizer(model, cfg)(x, y, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(outs["sum"].fcl, outs["mean"].fcl)
+    torch.testing.assert_close(outs["mean"].loss, outs["mean"].ce + 0.01 * outs["mean"].fcl)
+    torch.testing.assert_close(outs["sum"].loss - outs["sum"].ce, 10 * (outs["mean"].loss - outs["mean"].ce))
+    with pytest.raises(ValueError, match="reduction"):
+        FCLConfig(reduction="max")
 
 
 def test_baselines_equal_their_definitions(mnist_subset):

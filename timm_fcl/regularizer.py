@@ -22,8 +22,9 @@ class FCLOutput:
     loss: torch.Tensor      # ce + weight * fcl
     logits: torch.Tensor    # clean logits, exactly the plain model's
     ce: torch.Tensor        # the classification loss on the clean batch
-    fcl: torch.Tensor       # the method's extra term before weighting (0 when off)
+    fcl: torch.Tensor       # the method's extra term before weighting, mean per sample (0 when off)
     weight: float           # lambda at this step
+    scale: float = 1.0      # loss = ce + weight * scale * fcl: the global batch size for reduction "sum", else 1
 
 
 class FeatureContrastiveRegularizer(nn.Module):
@@ -106,4 +107,15 @@ class FeatureContrastiveRegularizer(nn.Module):
                     z_pos, z_neg = embedding(self.model, x_both).chunk(2)
                 extra = fcl_loss(z, z_pos, z_neg, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin,
                                  neg_mask=keep_neg)
-        return FCLOutput(loss=ce + weight * extra, logits=logits, ce=ce, fcl=extra.detach(), weight=weight)
+        scale = self.reduction_scale(x.shape[0])
+        return FCLOutput(loss=ce + (weight * scale) * extra, logits=logits, ce=ce, fcl=extra.detach(), weight=weight,
+                         scale=scale)
+
+    def reduction_scale(self, local_batch: int) -> float:
+        """Factor from the per-sample mean of the extra term to the configured reduction: for "sum", the global
+        batch (local batch x world size, so DDP's gradient averaging yields the sum over all ranks' samples)."""
+        if self.config.reduction == "mean":
+            return 1.0
+        world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
+            torch.distributed.is_initialized() else 1
+        return float(local_batch * world)
