@@ -34,6 +34,17 @@ class FCLConfig:
         input_std: per-channel std used to normalize inputs, or None when inputs are [0, 1] pixels.
         utility_grad_scale: factor on the loss before the utility gradient under float16 autocast, so small input
             gradients do not flush to zero (the utility is unscaled afterwards); ignored otherwise.
+        every: the extra term only on every n-th step from ``start_step`` on, with lambda multiplied by n there so the
+            expected gradient matches the term on every step; the other steps cost exactly an XE step. Cheaper by
+            about n, noisier: the term's gradient arrives in n-times larger, n-times rarer kicks.
+        fraction: the extra term on a random ``max(1, round(fraction * B))`` samples of each batch (their mean, scaled
+            as the whole batch's term would be, so its expectation is unchanged); every clean embedding of the batch
+            stays a negative. For FCL the subset's utility comes from a separate forward and input-only backward over
+            the subset (see FeatureContrastiveRegularizer). Saves the extra passes' share of the step, not the clean
+            pass.
+        perturbed_chunks: run the perturbed pass in this many chunks, each under activation checkpointing, so only one
+            chunk's activations are kept for the backward (less memory, one more forward of the perturbed batch;
+            BatchNorm then normalizes each chunk with its own batch statistics).
     """
 
     method: str = "fcl"
@@ -49,6 +60,9 @@ class FCLConfig:
     min_utility: float = 1e-12
     input_std: Optional[Tuple[float, ...]] = None
     utility_grad_scale: float = 1024.0
+    every: int = 1
+    fraction: float = 1.0
+    perturbed_chunks: int = 1
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -63,6 +77,13 @@ class FCLConfig:
             raise ValueError(f"need sigma >= 0, tau > 0, weight >= 0; got {self.sigma}, {self.tau}, {self.weight}")
         if self.start_step < 0 or self.ramp_steps < 0:
             raise ValueError("start_step and ramp_steps must be >= 0")
+        for name in ("every", "perturbed_chunks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must lie in (0, 1] (the share of each batch given the extra term), "
+                             f"got {self.fraction}")
         if self.input_std is not None:
             self.input_std = tuple(float(s) for s in self.input_std)
             if any(s <= 0 for s in self.input_std):

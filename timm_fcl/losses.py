@@ -1,7 +1,8 @@
 """Feature Contrastive Loss, Definition 4 of the paper: Eq. 4 (margin) and Eq. 5 (cross-entropy, SimCLR-like).
 
 For sample i the positive pair is (z_i, z_i^+) and the negatives are (z_i, z_i^-) and (z_i, z_j) for j != i,
-with dist(a, b) = 1 - cos(a, b).
+with dist(a, b) = 1 - cos(a, b). The loss can be taken for a subset of the batch's samples (the cheaper
+``FCLConfig.fraction`` mode), each still against every other clean embedding of the batch.
 """
 from typing import Optional
 
@@ -17,28 +18,38 @@ def fcl_loss(
         variant: str = "xe",
         margin: float = 1.0,
         neg_mask: Optional[torch.Tensor] = None,
+        anchor_index: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Mean over the batch of l_xe^i (Eq. 5) or l_margin^i (Eq. 4).
+    """Mean over the anchors (the batch, or ``anchor_index``) of l_xe^i (Eq. 5) or l_margin^i (Eq. 4).
 
     Args:
         z: clean embeddings [B, E].
-        z_pos: low-utility-perturbed embeddings z^+ [B, E] (positives).
-        z_neg: high-utility-perturbed embeddings z^- [B, E], or None for no perturbed negative (CL+Gaussian).
+        z_pos: low-utility-perturbed embeddings z^+ [M, E] (positives) of the M anchors (M = B without anchor_index).
+        z_neg: high-utility-perturbed embeddings z^- [M, E], or None for no perturbed negative (CL+Gaussian).
         tau: temperature of Eq. 5.
         variant: "xe" or "margin".
         margin: gamma of Eq. 4.
-        neg_mask: bool [B]; False drops sample i's negative z_i^- (the 1e-12 utility guard).
+        neg_mask: bool [M]; False drops anchor i's negative z_i^- (the 1e-12 utility guard).
+        anchor_index: long [M] of distinct rows of ``z``: the loss of those samples only, each against all B - 1 other
+            clean embeddings (the negative set it has in the full loss). None: every sample is an anchor.
     """
-    if z.dim() != 2 or z_pos.shape != z.shape or (z_neg is not None and z_neg.shape != z.shape):
-        raise ValueError(f"expected [B, E] embeddings of one shape, got {tuple(z.shape)}, {tuple(z_pos.shape)}"
+    rows = z.shape[0] if anchor_index is None else anchor_index.shape[0]
+    if z.dim() != 2 or z_pos.shape != (rows, z.shape[1]) or (z_neg is not None and z_neg.shape != z_pos.shape):
+        raise ValueError(f"expected [B, E] clean and [M, E] perturbed embeddings (M = {rows} anchors), got "
+                         f"{tuple(z.shape)}, {tuple(z_pos.shape)}"
                          f"{'' if z_neg is None else ', ' + str(tuple(z_neg.shape))}")
     dtype = torch.promote_types(z.dtype, torch.float32)  # low-precision embeddings are compared in float32
-    zn = F.normalize(z.to(dtype), dim=-1)
-    sim_pos = (zn * F.normalize(z_pos.to(dtype), dim=-1)).sum(-1)                # [B] cos(z_i, z_i^+)
-    sim_others = zn @ zn.t()                                                     # [B, B] cos(z_i, z_j)
-    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    z_all = F.normalize(z.to(dtype), dim=-1)
+    if anchor_index is None:
+        zn = z_all
+        eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    else:
+        zn = z_all[anchor_index]                                                 # [M, E] the anchors
+        eye = anchor_index[:, None] == torch.arange(z.shape[0], device=z.device)  # [M, B] anchor i is column idx_i
+    sim_pos = (zn * F.normalize(z_pos.to(dtype), dim=-1)).sum(-1)                # [M] cos(z_i, z_i^+)
+    sim_others = zn @ z_all.t()                                                  # [M, B] cos(z_i, z_j)
     if z_neg is not None:
-        sim_neg = (zn * F.normalize(z_neg.to(dtype), dim=-1)).sum(-1)              # [B] cos(z_i, z_i^-)
+        sim_neg = (zn * F.normalize(z_neg.to(dtype), dim=-1)).sum(-1)              # [M] cos(z_i, z_i^-)
         keep_neg = torch.ones_like(sim_neg, dtype=torch.bool) if neg_mask is None else neg_mask.to(z.device)
 
     if variant == "xe":
@@ -47,7 +58,7 @@ def fcl_loss(
         cols = [(sim_pos / tau)[:, None], others]
         if z_neg is not None:
             cols.append((sim_neg / tau).masked_fill(~keep_neg, float("-inf"))[:, None])
-        logits = torch.cat(cols, dim=1)                                          # [B, 1 + B (+ 1)]
+        logits = torch.cat(cols, dim=1)                                          # [M, 1 + B (+ 1)]
         return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
     if variant == "margin":
         hinge = F.relu(margin - (1.0 - sim_others)).pow(2).masked_fill(eye, 0.0).sum(1)
