@@ -8,14 +8,16 @@ import torch.nn.functional as F
 from .batchnorm import frozen_bn_stats
 
 
-def utility_from_loss(loss: torch.Tensor, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def utility_from_loss(loss: torch.Tensor, x: torch.Tensor, scale: float = 1.0,
+                      retain_graph: bool = True) -> torch.Tensor:
     """|d loss_i / d x_i| from a batch-mean ``loss`` whose graph reaches ``x`` (a tensor that requires grad).
 
-    Only the input gradient is computed (no parameter gradients are accumulated, no graph is created) and the graph
-    is kept for the caller's backward. The mean is multiplied by the batch size so each sample gets the gradient of its
-    own loss. ``scale`` multiplies the loss before the gradient and divides the result (for float16 autocast).
+    Only the input gradient is computed (no parameter gradients are accumulated, no graph is created); the graph is
+    kept for the caller's backward unless ``retain_graph`` is False. The mean is multiplied by the batch size so each
+    sample gets the gradient of its own loss. ``scale`` multiplies the loss before the gradient and divides the result
+    (for float16 autocast).
     """
-    (grad,) = torch.autograd.grad(loss * (x.shape[0] * scale), x, retain_graph=True)
+    (grad,) = torch.autograd.grad(loss * (x.shape[0] * scale), x, retain_graph=retain_graph)
     # a non-finite gradient (float16 overflow) must not decide TOP_k / BOTTOM_k: NaN counts as no utility
     utility = torch.nan_to_num(grad.detach().abs(), nan=0.0)
     return utility if scale == 1.0 else utility / scale
