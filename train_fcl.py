@@ -116,6 +116,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--std", type=float, nargs="+", default=None)
     group.add_argument("--interpolation", default="")
     group.add_argument("--channels-last", action="store_true")
+    group.add_argument("--torchcompile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                       help="torch.compile the model's forward_features and forward_head, the calls the FCL step "
+                            "makes (default backend inductor; compiling takes minutes on a CPU)")
     group.add_argument("--model-ema", action="store_true", help="keep and export an EMA of the weights")
     group.add_argument("--model-ema-decay", type=float, default=0.9998)
     group.add_argument("--model-ema-warmup", action="store_true")
@@ -480,7 +483,8 @@ def main(args: argparse.Namespace) -> dict:
 
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    reg = FeatureContrastiveRegularizer(model, build_fcl_config(args, data_config, updates_per_epoch))
+    reg = FeatureContrastiveRegularizer(model, build_fcl_config(args, data_config, updates_per_epoch),
+                                        compile_backend=args.torchcompile)
     if args.lr is None:
         args.lr = args.lr_base * args.batch_size * world * args.grad_accum_steps / args.lr_base_size
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))

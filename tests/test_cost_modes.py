@@ -210,3 +210,36 @@ def test_channels_last_fcl_step_matches_the_contiguous_one(fraction, cifar_subse
     torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-5)
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------- torch.compile
+def compiled_vs_eager(name, x, y, steps, **cfg):
+    results = []
+    for backend in (None, "inductor"):
+        model = create(name).train()
+        reg = FeatureContrastiveRegularizer(model, FCLConfig(**cfg), compile_backend=backend)
+        for step in range(steps):
+            model.zero_grad()
+            out = reg(x, y, step=step, generator=torch.Generator().manual_seed(step))
+            out.loss.backward()
+        results.append((out, [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()]))
+    (a, ga, ba), (b, gb, bb) = results
+    assert a.weight > 0 and a.fcl > 0
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(a.fcl, b.fcl)
+    for u, v in zip(ga + ba, gb + bb):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_compiled_fcl_step_equals_the_eager_one(fraction, mnist_subset):
+    # two steps: the second reuses graphs whose first backward was the final (not the utility's) one
+    compiled_vs_eager("lenet5_mnist", mnist_subset[0][:12], mnist_subset[1][:12], steps=2, k=50, weight=0.1,
+                      fraction=fraction)
+
+
+@pytest.mark.slow
+def test_compiled_batchnorm_model_equals_the_eager_one(cifar_subset):
+    # minutes of compilation on a CPU: BatchNorm's running statistics and the frozen passes under torch.compile
+    compiled_vs_eager("resnet18", cifar_subset[0][:8], cifar_subset[1][:8], steps=2, k=64, weight=0.1,
+                      fraction=0.5, every=1)

@@ -265,3 +265,14 @@ def test_truncated_shard_is_skipped_counted_and_the_run_goes_on(toy, tmp_path):
     assert int(row["bad_shards"]) == 1
     assert 0 < int(row["repeated_samples"]) <= 48  # the lost half shard, refilled to keep the step count
     assert int(row["step"]) == 12
+
+
+def test_cheaper_mode_and_compile_flags_reach_the_regularizer():
+    from train_fcl import ConfigError, build_fcl_config, get_args_parser
+    args = get_args_parser().parse_args(["--fcl-fraction", "0.25", "--fcl-every", "4", "--fcl-perturbed-chunks", "2",
+                                         "--torchcompile"])
+    cfg = build_fcl_config(args, {"std": (0.5, 0.5, 0.5)}, updates_per_epoch=10)
+    assert (cfg.fraction, cfg.every, cfg.perturbed_chunks) == (0.25, 4, 2)
+    assert args.torchcompile == "inductor" and get_args_parser().parse_args([]).torchcompile is None
+    with pytest.raises(ConfigError, match="fraction must lie in"):
+        build_fcl_config(get_args_parser().parse_args(["--fcl-fraction", "0"]), {"std": (1.0,)}, 10)
