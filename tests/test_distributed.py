@@ -9,13 +9,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
-def test_two_process_fcl_keeps_ranks_identical(tmp_path, mixed_precision):
+@pytest.mark.parametrize("mixed_precision,config", [("no", {}), ("bf16", {}),
+                                                    ("no", {"fraction": 0.5, "perturbed_chunks": 2, "every": 2})])
+def test_two_process_fcl_keeps_ranks_identical(tmp_path, mixed_precision, config):
     out = tmp_path / "ranks.json"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
-           str(ROOT / "tests" / "ddp_worker.py"), str(out), mixed_precision]
+           str(ROOT / "tests" / "ddp_worker.py"), str(out), mixed_precision, json.dumps(config)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
