@@ -21,6 +21,7 @@ FAMILIES = {
     "swin_tiny_patch4_window7_224": dict(img_size=32, window_size=4, embed_dim=32, depths=(1, 1), num_heads=(1, 2)),
     "deit_tiny_distilled_patch16_224": dict(img_size=32),
     "lenet_mnist": dict(),
+    "lenet5_mnist": dict(),
 }
 
 
@@ -30,7 +31,7 @@ def create(name, num_classes=10, **extra):
 
 
 def data_for(name, cifar_subset, mnist_subset):
-    return mnist_subset if name == "lenet_mnist" else cifar_subset
+    return mnist_subset if name.startswith("lenet") else cifar_subset
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -60,7 +61,8 @@ def test_fcl_trains_every_family(name, cifar_subset, mnist_subset):
 def test_embedding_width_and_logits_equal_the_models_head(name):
     model = create(name)
     reg = FeatureContrastiveRegularizer(model)
-    x = torch.rand(3, 1 if name == "lenet_mnist" else 3, *((28, 28) if name == "lenet_mnist" else (32, 32)))
+    lenet = name.startswith("lenet")
+    x = torch.rand(3, 1 if lenet else 3, *((28, 28) if lenet else (32, 32)))
     for train in (True, False):
         model.train(train)
         f = model.forward_features(x)
