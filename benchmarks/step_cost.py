@@ -7,7 +7,9 @@ after --warmup rounds; for "fcl-every" one round is a full cycle of --every step
 plain XE steps) and its time is the cycle's mean per step. Peak memory: the highest amount of tensor memory allocated
 during one step beyond what was allocated before it (CUDA: the allocator's peak; CPU: replayed from torch.profiler's
 allocation events), for xe, fcl, fcl with the perturbed pass in --chunks checkpointed chunks, and fcl-fraction.
-Writes the tables as JSON.
+Writes the tables as JSON. Run it with 2 or more threads (the default: all of torch's): with one thread PyTorch puts
+1x1 convolutions of batches under 16 on its slow non-oneDNN path, which penalises the small subset passes of
+fcl-fraction (resnetv2_50 batch 16, one fraction-0.25 step: 134 slow-path convolutions with 1 thread, none with 2).
 
     python benchmarks/step_cost.py                      # the suite (the issue 7 table)
     python benchmarks/step_cost.py --model vit_tiny_patch16_224 --img-size 224 --batch-size 8   # one setting
@@ -101,6 +103,8 @@ def timed_unit(run, mode: str, args) -> float:
 
 def main(args) -> dict:
     torch.set_num_threads(args.threads)
+    if args.threads == 1:
+        print("note: 1 thread: 1x1 convolutions of batches < 16 take PyTorch's slow path (see the module docstring)")
     modes = list(dict.fromkeys(["xe"] + args.modes))
     memory_modes = list(dict.fromkeys(["xe"] + args.memory_modes))
     setups = settings(args)
