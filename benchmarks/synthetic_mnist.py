@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 import timm
-from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility
+from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility, fcl_weight
 from timm_fcl.noise import nonuniform_noise, pixel_std, uniform_noise
 from timm_fcl.synthetic_mnist import CORNERS, build_synthetic_mnist, corner_slices
 
@@ -79,23 +79,26 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
     log, step = [], 0
     for epoch in range(args.epochs):
         reg.train()
-        start, sums = time.perf_counter(), {"loss": 0.0, "ce": 0.0, "fcl": 0.0}
+        start, sums, carried = time.perf_counter(), {"loss": 0.0, "ce": 0.0, "fcl": 0.0}, 0
         for idx in torch.randperm(len(train_y), generator=order_gen).split(args.batch_size):
             out = reg(train_x[idx], train_y[idx], step=step, generator=noise_gen)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
             step += 1
+            carried += out.weight > 0  # with --every n, one step in n carries the FCL term
             for key in sums:
                 sums[key] += getattr(out, key).item()
         scheduler.step()
         seconds = time.perf_counter() - start
-        entry = {"epoch": epoch + 1, "seconds": seconds, "weight": out.weight,
+        lam = fcl_weight(step - 1, cfg.weight, cfg.start_step, cfg.ramp_steps) if method != "xe" else 0.0
+        entry = {"epoch": epoch + 1, "seconds": seconds, "weight": lam,
                  **{key: value / steps_per_epoch for key, value in sums.items()},
+                 "fcl": sums["fcl"] / max(carried, 1),  # mean over the steps that computed it
                  "val_bal": accuracy(model, val_x, val_y)}
         log.append(entry)
         print(f"  {method} seed {seed} epoch {epoch + 1:2d}: loss {entry['loss']:.4f} ce {entry['ce']:.4f} "
-              f"fcl {entry['fcl']:.4f} (lambda {out.weight:.1e}) val BAL {entry['val_bal']:.4f} [{seconds:.1f}s]",
+              f"fcl {entry['fcl']:.4f} (lambda {lam:.1e}) val BAL {entry['val_bal']:.4f} [{seconds:.1f}s]",
               flush=True)
     return model, log
 

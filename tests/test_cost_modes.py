@@ -242,4 +242,4 @@ def test_compiled_fcl_step_equals_the_eager_one(fraction, mnist_subset):
 def test_compiled_batchnorm_model_equals_the_eager_one(cifar_subset):
     # minutes of compilation on a CPU: BatchNorm's running statistics and the frozen passes under torch.compile
     compiled_vs_eager("resnet18", cifar_subset[0][:8], cifar_subset[1][:8], steps=2, k=64, weight=0.1,
-                      fraction=0.5, every=1)
+                      fraction=0.5)
