@@ -135,7 +135,8 @@ class FeatureContrastiveRegularizer(nn.Module):
 
     def _perturbed_pass(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
         """The embeddings (or logits) of perturbed inputs, BatchNorm running statistics untouched; in
-        ``config.perturbed_chunks`` checkpointed chunks, so the backward holds one chunk's activations at a time."""
+        ``config.perturbed_chunks`` checkpointed chunks, so the backward holds one chunk's activations at a time
+        (BatchNorm then normalizes each chunk with that chunk's batch statistics)."""
         chunks = self.config.perturbed_chunks
         if chunks == 1:
             return self._frozen_pass(x, logits)
