@@ -33,7 +33,7 @@ import yaml
 
 import timm
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
-from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
+from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian, fcl_weight
 from timm_fcl.config import METHODS
 from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
@@ -333,7 +333,10 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
     accum = args.grad_accum_steps
     # loss / ce / fcl summed on the device: read back once per log interval, not per step (no host sync per step)
     sums = torch.zeros(3, device=accelerator.device)
-    seen, window = 0, {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "imgs": 0, "t": time.time()}
+    # with --fcl-every n one step in n carries the FCL term: its mean is taken over those steps ("carried")
+    seen, carried = 0, 0
+    window = {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "carried": 0, "imgs": 0, "t": time.time()}
+    cfg = accelerator.unwrap_model(reg).config
     bar = tqdm(total=n_batches, initial=progress.batch, desc=f"epoch {progress.epoch}", leave=False,
                disable=args.no_progress or not accelerator.is_main_process, dynamic_ncols=True)
     # FCL's input requires grad (for the utility): without inputs= the backward would also compute the first layer's
@@ -360,7 +363,9 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
         sums += parts
         window["sum"] += parts
         seen += 1
+        carried += out.weight > 0
         window["n"] += 1
+        window["carried"] += out.weight > 0
         window["imgs"] += len(y)
         bar.update(1)
         if not sync:
@@ -373,17 +378,23 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
             lr = optimizer.param_groups[0]["lr"]
             rate = window["imgs"] * accelerator.num_processes / max(time.time() - window["t"], 1e-9)
             loss, ce, fcl = (window["sum"] / window["n"]).tolist()
+            fcl *= window["n"] / max(window["carried"], 1)
+            # lambda of the schedule (out.weight is lambda x n on the steps --fcl-every keeps, 0 on the others)
+            weight = 0.0 if cfg.method == "xe" else fcl_weight(progress.step - 1, cfg.weight, cfg.start_step,
+                                                                cfg.ramp_steps)
             if accelerator.is_main_process:
                 _logger.info(f"epoch {progress.epoch} step {progress.step} batch {progress.batch}/{n_batches} "
                              f"lr {lr:.4g} loss {loss:.4f} ce {ce:.4f} "
-                             f"fcl {fcl:.4f} weight {out.weight:.3g} img/s {rate:.1f}")
-            accelerator.log({"train/loss": loss, "train/ce": ce, "train/fcl": fcl, "train/weight": out.weight,
+                             f"fcl {fcl:.4f} weight {weight:.3g} img/s {rate:.1f}")
+            accelerator.log({"train/loss": loss, "train/ce": ce, "train/fcl": fcl, "train/weight": weight,
                              "train/lr": lr, "train/img_per_s": rate}, step=progress.step)
-            window = {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "imgs": 0, "t": time.time()}
+            window = {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "carried": 0, "imgs": 0,
+                      "t": time.time()}
         if on_step is not None:
             on_step()
     bar.close()
-    return dict(zip(("loss", "ce", "fcl"), (sums / max(seen, 1)).tolist()))
+    loss, ce, fcl = (sums / max(seen, 1)).tolist()
+    return {"loss": loss, "ce": ce, "fcl": fcl * max(seen, 1) / max(carried, 1)}
 
 
 @torch.no_grad()
