@@ -1,8 +1,11 @@
 """Synthetic MNIST benchmark: the paper's Table 1 and Figure 4 (FCL paper, section 4.1), on the CPU.
 
-XE and FCL_xe train the LeNet-like ``lenet_mnist`` for 20 epochs (Adam, lr 0.01 x 0.89 per epoch, batch 128) on the
-unbalanced synthetic train split; FCL is off for 2 epochs, then ramps linearly to lambda=0.001 over 2 epochs
-(k=256, tau=0.1, sigma=0.5 in [0, 1] pixels). Both methods are scored on the balanced test split (BAL) and its two noisy
+XE and FCL_xe train the LeNet-like ``lenet5_mnist`` for 20 epochs (Adam, lr 0.01 x 0.89 per epoch, batch 128) on the
+unbalanced synthetic train split; FCL is off for 2 epochs, then ramps linearly to lambda over 2 epochs
+(k=256, tau=0.1, sigma=0.5 in [0, 1] pixels, the paper's values). lambda weighs the sum of the FCL term over the batch
+(Algorithm 1). Its default here, 3e-5, was chosen on the validation split for this net (seed 0, lambda in 1e-5, 3e-5,
+1e-4, 3e-4, 1e-3: the largest lambda whose validation BAL stays within 1.5 points of XE's); the paper's 1e-3 was
+chosen for its own net and costs ours 6.5 points of validation BAL. Both methods are scored on the balanced test split (BAL) and its two noisy
 copies (BAL+UN, BAL+NUN, 15% of the pixels replaced). Runs are paired: seed s gives XE and FCL the same initial
 weights and batch order, so FCL - XE per seed measures the method, not the luck of the seed.
 
@@ -342,6 +345,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for f in fcl_flag_fields():  # FCLConfig's defaults are the paper's section 4.1 values
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                        help=f"FCLConfig.{f.name}")
+    p.set_defaults(weight=3e-5)  # chosen on the validation split for lenet5_mnist (module docstring)
     p.add_argument("--limit-train", type=int, default=0, help="use only the first N train images (smoke runs)")
     p.add_argument("--limit-eval", type=int, default=0, help="use only the first N val and test images (smoke runs)")
     p.add_argument("--figure-batch", type=int, default=1500, help="test images behind Figure 4 and its numbers")
