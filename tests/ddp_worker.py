@@ -40,6 +40,10 @@ def main(out_path: str, mixed_precision: str, config: dict) -> None:
             json.dump({"num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
                        "params": gathered.tolist(), "moved": (params - initial).abs().max().item(),
                        "losses": losses}, f)
+    # tear the process group down before exit, as train_fcl.py does: a gloo group left to the interpreter's shutdown
+    # is our best guess for a rank that aborted ("terminate called without an active exception") on a loaded machine
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
