@@ -33,7 +33,7 @@ import yaml
 
 import timm
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
-from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian, fcl_weight
+from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
 from timm_fcl.config import METHODS
 from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
@@ -336,7 +336,7 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
     # with --fcl-every n one step in n carries the FCL term: its mean is taken over those steps ("carried")
     seen, carried = 0, 0
     window = {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "carried": 0, "imgs": 0, "t": time.time()}
-    cfg = accelerator.unwrap_model(reg).config
+    schedule = accelerator.unwrap_model(reg).scheduled_weight
     bar = tqdm(total=n_batches, initial=progress.batch, desc=f"epoch {progress.epoch}", leave=False,
                disable=args.no_progress or not accelerator.is_main_process, dynamic_ncols=True)
     # FCL's input requires grad (for the utility): without inputs= the backward would also compute the first layer's
@@ -380,8 +380,7 @@ def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progre
             loss, ce, fcl = (window["sum"] / window["n"]).tolist()
             fcl *= window["n"] / max(window["carried"], 1)
             # lambda of the schedule (out.weight is lambda x n on the steps --fcl-every keeps, 0 on the others)
-            weight = 0.0 if cfg.method == "xe" else fcl_weight(progress.step - 1, cfg.weight, cfg.start_step,
-                                                                cfg.ramp_steps)
+            weight = schedule(progress.step - 1)
             if accelerator.is_main_process:
                 _logger.info(f"epoch {progress.epoch} step {progress.step} batch {progress.batch}/{n_batches} "
                              f"lr {lr:.4g} loss {loss:.4f} ce {ce:.4f} "

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 import timm
-from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility, fcl_weight
+from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility
 from timm_fcl.noise import nonuniform_noise, pixel_std, uniform_noise
 from timm_fcl.synthetic_mnist import CORNERS, build_synthetic_mnist, corner_slices
 
@@ -94,7 +94,7 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
                 sums[key] += getattr(out, key).item()
         scheduler.step()
         seconds = time.perf_counter() - start
-        lam = fcl_weight(step - 1, cfg.weight, cfg.start_step, cfg.ramp_steps) if method != "xe" else 0.0
+        lam = reg.scheduled_weight(step - 1)
         entry = {"epoch": epoch + 1, "seconds": seconds, "weight": lam,
                  **{key: value / steps_per_epoch for key, value in sums.items()},
                  "fcl": sums["fcl"] / max(carried, 1),  # mean over the steps that computed it

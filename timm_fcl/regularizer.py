@@ -90,13 +90,18 @@ class FeatureContrastiveRegularizer(nn.Module):
             return self.model.forward_head(features, pre_logits=pre_logits)
         return self._compiled[1](self.model, features, pre_logits=pre_logits)
 
+    def scheduled_weight(self, step: int) -> float:
+        """lambda of the schedule at ``step`` (0 for method "xe"), whatever ``every`` skips: the value to log."""
+        cfg = self.config
+        return 0.0 if cfg.method == "xe" else fcl_weight(step, cfg.weight, cfg.start_step, cfg.ramp_steps)
+
     def weight_at(self, step: int) -> float:
         """The factor on ``scale * fcl`` at ``step``: lambda, times ``every`` on the steps that carry the term (so the
         expected gradient over steps matches the term on every step) and 0 on the others."""
         cfg = self.config
-        if cfg.method == "xe" or step < cfg.start_step or (step - cfg.start_step) % cfg.every:
+        if step < cfg.start_step or (step - cfg.start_step) % cfg.every:
             return 0.0
-        return cfg.every * fcl_weight(step, cfg.weight, cfg.start_step, cfg.ramp_steps)
+        return cfg.every * self.scheduled_weight(step)
 
     def subset_size(self, batch: int) -> int:
         """m, the number of samples given the extra term in a batch of ``batch``."""
