@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import logging
 import math
@@ -26,29 +27,27 @@ import time
 import types
 import typing
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import yaml
 
-import timm
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
-from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
-from timm_fcl.config import METHODS
+from timm_fcl import FCLConfig, FCLOutput, FeatureContrastiveRegularizer, PatchGaussian, run_folder
+from timm_fcl._cli import OneLineParser, UsageError, run_cli
 from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
+from timm_fcl.config import METHODS
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
+from timm_fcl.model_io import create_model, default_in_chans
 
 _logger = logging.getLogger("train_fcl")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A bad flag, config file or model choice: reported as one line."""
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other bad input, instead of usage + error
-        raise ConfigError(message)
 
 
 def _fcl_flags(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +80,7 @@ def _fcl_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = _Parser(description="Train a timm model with Feature Contrastive Learning", add_help=add_help)
+    parser = OneLineParser(description="Train a timm model with Feature Contrastive Learning", add_help=add_help)
     parser.add_argument("--config", default=None, help="YAML file setting any flag (by its long name); "
                         "flags given on the command line override it")
     group = parser.add_argument_group("data")
@@ -213,60 +212,38 @@ def check_mixed_precision(mixed_precision: str, device_type: str) -> None:
         raise ConfigError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
 
 
-def _checkpoint_classes(path: str, model: torch.nn.Module) -> Optional[int]:
-    """Rows of the classifier weight stored in a checkpoint, or None if it has no such tensor."""
-    from timm.models import load_state_dict
-
-    try:
-        state = load_state_dict(path)
-    except (OSError, RuntimeError, ValueError) as exn:
-        raise ConfigError(f"cannot read --initial-checkpoint {path}: {exn}") from None
-    name = model.pretrained_cfg.get("classifier", "fc")
-    names = name if isinstance(name, (list, tuple)) else [name]
-    for n in names:
-        if f"{n}.weight" in state:
-            return int(state[f"{n}.weight"].shape[0])
-    return None
+def _in_chans(args) -> Optional[int]:
+    return args.in_chans or (args.input_size[0] if args.input_size else None)
 
 
-def _default_in_chans(model_name: str) -> int:
-    cfg = timm.models.get_pretrained_cfg(model_name) if ":" not in model_name else None
-    return cfg.input_size[0] if cfg is not None and cfg.input_size else 3
+def setup(args) -> tuple:
+    """The Accelerator (cpu=True where no accelerator exists, so `accelerate launch --multi_gpu` there runs as MULTI_CPU
+    over gloo instead of N unrelated single processes), logging, the seed, and the run folder's path."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if not args.data_dir:
+        raise ConfigError("--data-dir is needed")
+    output = Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
+    device_type = _device_type()
+    check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=device_type == "cpu",
+                              log_with="tensorboard", project_dir=str(output))
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    set_seed(args.seed)
+    return accelerator, output
 
 
 def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
-    num_classes = args.num_classes
-    kwargs = {} if args.in_chans is None else {"in_chans": args.in_chans}
-    if args.initial_checkpoint:
-        if not os.path.isfile(args.initial_checkpoint):
-            raise ConfigError(f"--initial-checkpoint {args.initial_checkpoint} does not exist")
-        probe = timm.create_model(args.model, **kwargs)
-        stored = _checkpoint_classes(args.initial_checkpoint, probe)
-        if stored is not None and num_classes is not None and stored != num_classes:
-            raise ConfigError(f"--num-classes {num_classes} contradicts --initial-checkpoint "
-                              f"{args.initial_checkpoint}, whose classifier has {stored} outputs")
-        num_classes = num_classes or stored
-    num_classes = num_classes or num_classes_from_data
-    if num_classes is None:
+    if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):
+        raise ConfigError(f"--initial-checkpoint {args.initial_checkpoint} does not exist")
+    if args.num_classes is None and num_classes_from_data is None and not args.initial_checkpoint:
         raise ConfigError("--num-classes is needed: neither the data nor a checkpoint gives the class count")
-    if args.pretrained_path:
-        if not os.path.isfile(args.pretrained_path):
-            raise ConfigError(f"--pretrained-path {args.pretrained_path} does not exist")
-        # timm's train.py convention: the file replaces the pretrained source; num_classes=-1 forces head adaptation
-        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(args.pretrained_path), num_classes=-1)
-    try:
-        model = timm.create_model(args.model, pretrained=args.pretrained or bool(args.pretrained_path),
-                                  num_classes=num_classes, **kwargs)
-    except (RuntimeError, ValueError, OSError) as exn:
-        raise ConfigError(f"cannot create model '{args.model}': {str(exn).splitlines()[0]}") from None
-    if args.initial_checkpoint:
-        from timm.models import load_checkpoint
-        try:
-            load_checkpoint(model, args.initial_checkpoint, strict=True)
-        except (RuntimeError, KeyError) as exn:
-            raise ConfigError(f"--initial-checkpoint {args.initial_checkpoint} does not fit '{args.model}': "
-                              f"{str(exn).splitlines()[0]}") from None
-    return model
+    return create_model(args.model, num_classes=args.num_classes, default_num_classes=num_classes_from_data,
+                        in_chans=_in_chans(args), pretrained=args.pretrained, pretrained_path=args.pretrained_path,
+                        checkpoint=args.initial_checkpoint or None, checkpoint_flag="--initial-checkpoint")
 
 
 def build_transforms(args, data_config: dict):
@@ -284,6 +261,46 @@ def build_transforms(args, data_config: dict):
         train_tf.transforms = steps
     eval_tf = create_transform(**data_config, is_training=False)
     return train_tf, eval_tf
+
+
+@dataclasses.dataclass
+class Data:
+    """The per-rank training and validation streams, their loaders, and what the model's input needs."""
+    train: EpochStream
+    val: EpochStream
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    model: torch.nn.Module
+    num_classes: int
+    class_names: Optional[list]
+    data_config: dict
+
+
+def build_data(args, accelerator) -> Data:
+    """The model (its class count may come from the data, its input config decides the transforms) and the streams;
+    each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule)."""
+    from timm.data import resolve_data_config
+
+    in_chans = _in_chans(args) or default_in_chans(args.model)
+    train_src = create_source(args.dataset, args.data_dir, args.train_split, in_chans=in_chans,
+                              download=args.dataset_download)
+    val_src = create_source(args.dataset, args.data_dir, args.val_split, in_chans=in_chans,
+                            download=args.dataset_download)
+    model = build_model(args, train_src.num_classes)
+    if train_src.num_classes and train_src.num_classes > model.num_classes:
+        raise DataError(f"the data has {train_src.num_classes} classes but the model has {model.num_classes} outputs")
+    data_config = resolve_data_config({**vars(args), "in_chans": _in_chans(args)}, model=model,
+                                      verbose=accelerator.is_main_process)
+    train_tf, eval_tf = build_transforms(args, data_config)
+    common = dict(seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
+                  rank=accelerator.process_index, world_size=accelerator.num_processes)
+    train = EpochStream(train_src, transform=train_tf, is_training=True, subset=args.train_subset,
+                        shuffle_buffer=args.shuffle_buffer, **common)
+    val = EpochStream(val_src, transform=eval_tf, is_training=False, subset=args.val_subset, **common)
+    return Data(train=train, val=val, model=model, num_classes=model.num_classes, class_names=train_src.class_names,
+                data_config=data_config,
+                train_loader=make_loader(train, num_workers=args.workers, pin_memory=args.pin_mem),
+                val_loader=make_loader(val, num_workers=args.workers, pin_memory=args.pin_mem))
 
 
 def build_fcl_config(args, data_config: dict, updates_per_epoch: int) -> FCLConfig:
@@ -315,6 +332,86 @@ class Progress:
             setattr(self, k, int(v))
 
 
+@dataclasses.dataclass
+class Training:
+    """What the flags resolved to, and the objects a step needs; ``resolved()`` is saved with the run."""
+    reg: torch.nn.Module  # the prepared regularizer (DDP-wrapped under several processes)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ema: Optional[torch.nn.Module]
+    progress: Progress
+    fcl: FCLConfig
+    lr: float
+    num_epochs: int
+    updates_per_epoch: int
+    output: Path
+    bare: torch.nn.Module  # the plain timm model inside the regularizer
+
+    def resolved(self, args, data: Data, world: int) -> dict:
+        epochs = {"start": self.fcl.start_step / self.updates_per_epoch,
+                  "ramp": self.fcl.ramp_steps / self.updates_per_epoch}
+        return {"fcl": dataclasses.asdict(self.fcl), "fcl_schedule_epochs": epochs, "lr": self.lr,
+                "num_classes": data.num_classes, "data_config": dict(data.data_config), "world_size": world,
+                "global_batch": args.batch_size * world * args.grad_accum_steps,
+                "updates_per_epoch": self.updates_per_epoch, "epochs": self.num_epochs}
+
+
+def build_training(args, accelerator, data: Data, output: Path) -> Training:
+    """The regularizer around the model, optimizer, scheduler (per update), EMA, all prepared and registered."""
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
+    world = accelerator.num_processes
+    updates_per_epoch = math.ceil(len(data.train) / args.grad_accum_steps)
+    model = data.model.to(memory_format=torch.channels_last) if args.channels_last else data.model
+    fcl = build_fcl_config(args, data.data_config, updates_per_epoch)
+    reg = FeatureContrastiveRegularizer(model, fcl, compile_backend=args.torchcompile)
+    lr = args.lr if args.lr is not None else \
+        args.lr_base * args.batch_size * world * args.grad_accum_steps / args.lr_base_size
+    resolved_args = argparse.Namespace(**{**vars(args), "lr": lr})
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(resolved_args))
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(resolved_args),
+                                                updates_per_epoch=updates_per_epoch)
+    reg, optimizer = accelerator.prepare(reg, optimizer)
+    ema = None
+    if args.model_ema:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(accelerator.unwrap_model(reg).model, decay=args.model_ema_decay,
+                         use_warmup=args.model_ema_warmup)
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress, scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=progress, fcl=fcl, lr=lr,
+                    num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
+                    bare=accelerator.unwrap_model(reg).model)
+
+
+def resume_or_start(args, accelerator, run: Training, data: Data) -> None:
+    """Load the newest state of --resume (or of the run folder); write the run's settings; start the trackers."""
+    resume = resolve_state(args.resume) if args.resume else resolve_state(run.output)
+    if args.resume and resume is None:
+        raise ConfigError(f"--resume {args.resume}: no saved state there")
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        if accelerator.is_main_process:
+            p = run.progress
+            _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
+    world = accelerator.num_processes
+    if accelerator.is_main_process:
+        run.output.mkdir(parents=True, exist_ok=True)
+        if resume is None or not (run.output / run_folder.ARGS).exists():  # the run's first settings are kept
+            atomic_write_text(run.output / run_folder.ARGS, yaml.safe_dump(vars(args), sort_keys=False))
+            atomic_write_text(run.output / run_folder.RESOLVED,
+                              yaml.safe_dump(run.resolved(args, data, world), sort_keys=False))
+        _logger.info(f"{args.model}: {data.num_classes} classes, {world} process(es), {len(data.train)} batches of "
+                     f"{args.batch_size} per process and epoch, {run.num_epochs} epochs, method {args.method}, "
+                     f"output {run.output}")
+        if run.progress.epoch >= run.num_epochs:
+            _logger.info(f"all {run.num_epochs} epochs are done in {run.output}; raise --epochs to train on")
+    accelerator.init_trackers("tb")
+
+
 # ------------------------------------------------------------------------------------------------- train and eval
 def _check_labels(y: torch.Tensor, num_classes: int, split: str) -> None:
     bad = (y < 0) | (y >= num_classes)
@@ -323,77 +420,91 @@ def _check_labels(y: torch.Tensor, num_classes: int, split: str) -> None:
                         f"check --num-classes or the data")
 
 
-def train_one_epoch(args, accelerator, reg, optimizer, scheduler, loader, progress: Progress, *,
-                    num_classes: int, ema=None, on_step=None) -> dict:
-    """Train from progress.batch to the end of the epoch; returns mean loss, ce and fcl of this rank."""
+class LossMeter:
+    """Means of loss / ce / fcl, summed on the device and read back only when asked (no host sync per step); the FCL
+    term's mean is taken over the steps that carried it (with --fcl-every n, one step in n)."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, device=device)
+        self.steps, self.carried, self.images, self.start = 0, 0, 0, time.time()
+
+    def update(self, out: FCLOutput, images: int) -> None:
+        self.sums += torch.stack([out.loss.detach(), out.ce.detach(), out.fcl.detach()]).float()
+        self.steps += 1
+        self.carried += out.weight > 0
+        self.images += images
+
+    def means(self) -> dict:
+        loss, ce, fcl = (self.sums / max(self.steps, 1)).tolist()
+        return {"loss": loss, "ce": ce, "fcl": fcl * max(self.steps, 1) / max(self.carried, 1)}
+
+    def images_per_second(self, processes: int) -> float:
+        return self.images * processes / max(time.time() - self.start, 1e-9)
+
+
+def _log_interval(args, accelerator, run: Training, window: LossMeter, out: FCLOutput, n_batches: int) -> None:
+    lr = run.optimizer.param_groups[0]["lr"]
+    rate = window.images_per_second(accelerator.num_processes)
+    m = window.means()
+    # lambda of the schedule (out.weight is lambda x n on the steps --fcl-every keeps, 0 on the others)
+    weight = out.scheduled_weight
+    p = run.progress
+    if accelerator.is_main_process:
+        _logger.info(f"epoch {p.epoch} step {p.step} batch {p.batch}/{n_batches} lr {lr:.4g} loss {m['loss']:.4f} "
+                     f"ce {m['ce']:.4f} fcl {m['fcl']:.4f} weight {weight:.3g} img/s {rate:.1f}")
+    accelerator.log({"train/loss": m["loss"], "train/ce": m["ce"], "train/fcl": m["fcl"], "train/weight": weight,
+                     "train/lr": lr, "train/img_per_s": rate}, step=p.step)
+
+
+def train_one_epoch(args, accelerator, run: Training, data: Data, on_step: Optional[Callable[[], None]] = None) -> dict:
+    """Train from progress.batch to the end of the epoch; returns this rank's mean loss, ce and fcl."""
     from tqdm.auto import tqdm
 
+    p, reg, optimizer = run.progress, run.reg, run.optimizer
+    data.train.set_epoch(p.epoch, skip_batches=p.batch)
+    run.scheduler.step(p.epoch)
+    run.scheduler.step_update(num_updates=p.step)
     reg.train()
-    n_batches = len(loader.dataset)
-    accum = args.grad_accum_steps
-    # loss / ce / fcl summed on the device: read back once per log interval, not per step (no host sync per step)
-    sums = torch.zeros(3, device=accelerator.device)
-    # with --fcl-every n one step in n carries the FCL term: its mean is taken over those steps ("carried")
-    seen, carried = 0, 0
-    window = {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "carried": 0, "imgs": 0, "t": time.time()}
-    schedule = accelerator.unwrap_model(reg).scheduled_weight
-    bar = tqdm(total=n_batches, initial=progress.batch, desc=f"epoch {progress.epoch}", leave=False,
+    n_batches, accum = len(data.train), args.grad_accum_steps
+    epoch, window = LossMeter(accelerator.device), LossMeter(accelerator.device)
+    bar = tqdm(total=n_batches, initial=p.batch, desc=f"epoch {p.epoch}", leave=False,
                disable=args.no_progress or not accelerator.is_main_process, dynamic_ncols=True)
     # FCL's input requires grad (for the utility): without inputs= the backward would also compute the first layer's
-    # input gradient, unused (~2.5 % of a resnet18 FCL step at 64 px; benchmarks/README.md)
-    params = [p for p in reg.parameters() if p.requires_grad]
-    for x, y in loader:
-        _check_labels(y, num_classes, args.train_split)
+    # input gradient, which nothing uses
+    params = [q for q in reg.parameters() if q.requires_grad]
+    for x, y in data.train_loader:
+        _check_labels(y, data.num_classes, args.train_split)
         x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        group_start = progress.batch - progress.batch % accum
+        group_start = p.batch - p.batch % accum
         group_size = min(accum, n_batches - group_start)
-        sync = progress.batch + 1 == group_start + group_size
+        sync = p.batch + 1 == group_start + group_size
         with accelerator.no_sync(reg) if not sync else contextlib.nullcontext():
-            out = reg(x, y, step=progress.step)
+            out = reg(x, y, step=p.step)
             accelerator.backward(out.loss / group_size, inputs=params)
         if sync:
             if args.clip_grad:
                 accelerator.clip_grad_norm_(reg.parameters(), args.clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        progress.batch += 1
-        parts = torch.stack([out.loss.detach(), out.ce.detach(), out.fcl.detach()]).float()
-        sums += parts
-        window["sum"] += parts
-        seen += 1
-        carried += out.weight > 0
-        window["n"] += 1
-        window["carried"] += out.weight > 0
-        window["imgs"] += len(y)
+        p.batch += 1
+        epoch.update(out, len(y))
+        window.update(out, len(y))
         bar.update(1)
         if not sync:
             continue
-        progress.step += 1
-        scheduler.step_update(num_updates=progress.step)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(reg).model, step=progress.step)
-        if progress.step % args.log_interval == 0 or progress.batch == n_batches:
-            lr = optimizer.param_groups[0]["lr"]
-            rate = window["imgs"] * accelerator.num_processes / max(time.time() - window["t"], 1e-9)
-            loss, ce, fcl = (window["sum"] / window["n"]).tolist()
-            fcl *= window["n"] / max(window["carried"], 1)
-            # lambda of the schedule (out.weight is lambda x n on the steps --fcl-every keeps, 0 on the others)
-            weight = schedule(progress.step - 1)
-            if accelerator.is_main_process:
-                _logger.info(f"epoch {progress.epoch} step {progress.step} batch {progress.batch}/{n_batches} "
-                             f"lr {lr:.4g} loss {loss:.4f} ce {ce:.4f} "
-                             f"fcl {fcl:.4f} weight {weight:.3g} img/s {rate:.1f}")
-            accelerator.log({"train/loss": loss, "train/ce": ce, "train/fcl": fcl, "train/weight": weight,
-                             "train/lr": lr, "train/img_per_s": rate}, step=progress.step)
-            window = {"sum": torch.zeros(3, device=accelerator.device), "n": 0, "carried": 0, "imgs": 0,
-                      "t": time.time()}
+        p.step += 1
+        run.scheduler.step_update(num_updates=p.step)
+        if run.ema is not None:
+            run.ema.update(run.bare, step=p.step)
+        if p.step % args.log_interval == 0 or p.batch == n_batches:
+            _log_interval(args, accelerator, run, window, out, n_batches)
+            window = LossMeter(accelerator.device)
         if on_step is not None:
             on_step()
     bar.close()
-    loss, ce, fcl = (sums / max(seen, 1)).tolist()
-    return {"loss": loss, "ce": ce, "fcl": fcl * max(seen, 1) / max(carried, 1)}
+    return epoch.means()
 
 
 @torch.no_grad()
@@ -441,157 +552,67 @@ def update_summary(path: Path, row: dict) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _rounded(prefix: str, values: dict) -> dict:
+    return {f"{prefix}_{k}": round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
+
+
+def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skipped_before: tuple) -> dict:
+    """Validate (and the EMA), step the scheduler on the metric, log, write the summary row, export the model(s), and
+    save the state of the finished epoch."""
+    p = run.progress
+    evaluate_on_val = functools.partial(evaluate, loader=data.val_loader, accelerator=accelerator,
+                                        num_classes=data.num_classes, split=args.val_split,
+                                        channels_last=args.channels_last)
+    val = evaluate_on_val(run.bare)
+    # the next epoch's lr, from the validation metric (the plateau scheduler needs it; the others ignore it)
+    run.scheduler.step(p.epoch + 1, metric=val["top1"])
+    skipped = accelerator.reduce(torch.tensor([a - b for a, b in zip(data.train.skipped(), skipped_before)],
+                                              device=accelerator.device), reduction="sum").tolist()
+    row = {"epoch": p.epoch, "step": p.step, "lr": run.optimizer.param_groups[0]["lr"], **_rounded("train", train),
+           **_rounded("eval", val), "bad_shards": skipped[0], "repeated_samples": skipped[1]}
+    if run.ema is not None:
+        row.update(_rounded("ema", evaluate_on_val(run.ema.module)))
+    if skipped[0] or skipped[1]:
+        _logger.warning(f"epoch {p.epoch}: {skipped[0]} unreadable shard(s) skipped, {skipped[1]} sample(s) "
+                        f"repeated to keep the ranks in step")
+    if accelerator.is_main_process:
+        _logger.info(f"epoch {p.epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
+                     f"loss {val['loss']:.4f} on {val['samples']} samples")
+        update_summary(run.output / run_folder.SUMMARY, row)
+        export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names)
+        export(run.bare, run.output / run_folder.MODEL)
+        if run.ema is not None:
+            export(run.ema.module, run.output / run_folder.MODEL_EMA)
+    accelerator.log({f"eval/{k}": v for k, v in val.items()}, step=p.step)
+    p.epoch, p.batch = p.epoch + 1, 0
+    save_state_atomic(accelerator, run.output, p.step, args.checkpoint_hist)
+    return row
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from timm.data import resolve_data_config
-    from timm.optim import create_optimizer_v2, optimizer_kwargs
-    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    accelerator, output = setup(args)
+    data = build_data(args, accelerator)
+    run = build_training(args, accelerator, data, output)
+    resume_or_start(args, accelerator, run, data)
 
-    data_dir = args.data_dir
-    if not data_dir:
-        raise ConfigError("--data-dir is needed")
-    output = Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
+    def save_on_interval():
+        if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
+                and run.progress.batch < len(data.train):
+            save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist)
 
-    device_type = _device_type()
-    check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
-    # cpu=True on a machine without an accelerator, so that `accelerate launch --multi_gpu` there runs as
-    # MULTI_CPU over gloo instead of as N unrelated single processes
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=device_type == "cpu",
-                              log_with="tensorboard", project_dir=str(output))
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
-    set_seed(args.seed)
-
-    # inputs are checked before anything is built or written
-    if ":" not in args.model and not timm.is_model(args.model):
-        raise ConfigError(f"unknown model '{args.model}' (timm.list_models() lists the known ones)")
-    if args.in_chans is None and args.input_size:
-        args.in_chans = args.input_size[0]
-    in_chans = args.in_chans or _default_in_chans(args.model)
-    train_src = create_source(args.dataset, data_dir, args.train_split, in_chans=in_chans,
-                              download=args.dataset_download)
-    val_src = create_source(args.dataset, data_dir, args.val_split, in_chans=in_chans,
-                            download=args.dataset_download)
-    names = train_src.class_names
-    model = build_model(args, train_src.num_classes)
-    num_classes = model.num_classes
-    if train_src.num_classes and train_src.num_classes > num_classes:
-        raise DataError(f"the data has {train_src.num_classes} classes but the model has {num_classes} outputs")
-    data_config = resolve_data_config(vars(args), model=model, verbose=accelerator.is_main_process)
-    train_tf, eval_tf = build_transforms(args, data_config)
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    train_ds = EpochStream(train_src, transform=train_tf, is_training=True, seed=args.seed,
-                           batch_size=args.batch_size, num_workers=args.workers, rank=rank, world_size=world,
-                           subset=args.train_subset, shuffle_buffer=args.shuffle_buffer)
-    val_ds = EpochStream(val_src, transform=eval_tf, is_training=False, seed=args.seed, batch_size=args.batch_size,
-                         num_workers=args.workers, rank=rank, world_size=world, subset=args.val_subset)
-    # timm's rule: not prepared by accelerate, the streams are already split per rank
-    train_loader = make_loader(train_ds, num_workers=args.workers, pin_memory=args.pin_mem)
-    val_loader = make_loader(val_ds, num_workers=args.workers, pin_memory=args.pin_mem)
-    updates_per_epoch = math.ceil(len(train_ds) / args.grad_accum_steps)
-
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    reg = FeatureContrastiveRegularizer(model, build_fcl_config(args, data_config, updates_per_epoch),
-                                        compile_backend=args.torchcompile)
-    if args.lr is None:
-        args.lr = args.lr_base * args.batch_size * world * args.grad_accum_steps / args.lr_base_size
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
-    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                updates_per_epoch=updates_per_epoch)
-    reg, optimizer = accelerator.prepare(reg, optimizer)
-    ema = None
-    if args.model_ema:
-        from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(accelerator.unwrap_model(reg).model, decay=args.model_ema_decay,
-                         use_warmup=args.model_ema_warmup)
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress, scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-
-    resume = resolve_state(args.resume) if args.resume else resolve_state(output)
-    if args.resume and resume is None:
-        raise ConfigError(f"--resume {args.resume}: no saved state there")
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        if accelerator.is_main_process:
-            _logger.info(f"resumed from {resume}: epoch {progress.epoch}, batch {progress.batch}, "
-                         f"step {progress.step}")
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        if resume is None or not (output / "args.yaml").exists():  # the run's first settings are kept
-            atomic_write_text(output / "args.yaml", yaml.safe_dump(vars(args), sort_keys=False))
-        _logger.info(f"{args.model}: {num_classes} classes, {world} process(es), {len(train_ds)} batches of "
-                     f"{args.batch_size} per process and epoch, {num_epochs} epochs, method {args.method}, "
-                     f"output {output}")
-    accelerator.init_trackers("tb")
-
-    def save() -> Path:
-        return save_state_atomic(accelerator, output, progress.step, args.checkpoint_hist)
-
-    def on_step():
-        if args.checkpoint_interval and progress.step % args.checkpoint_interval == 0 \
-                and progress.batch < len(train_ds):
-            save()
-
-    bare = accelerator.unwrap_model(reg).model
     metrics: dict = {}
-    if progress.epoch >= num_epochs and accelerator.is_main_process:
-        _logger.info(f"all {num_epochs} epochs are done in {output}; raise --epochs to train on")
-    while progress.epoch < num_epochs:
-        epoch = progress.epoch
-        train_ds.set_epoch(epoch, skip_batches=progress.batch)
-        scheduler.step(epoch)
-        scheduler.step_update(num_updates=progress.step)
-        bad_before = (train_ds.bad_shards.value, train_ds.repeated.value)
-        train = train_one_epoch(args, accelerator, reg, optimizer, scheduler, train_loader, progress,
-                                num_classes=num_classes, ema=ema, on_step=on_step)
-        val = evaluate(bare, val_loader, accelerator, num_classes=num_classes, split=args.val_split,
-                       channels_last=args.channels_last)
-        # the next epoch's lr, from the validation metric (the plateau scheduler needs it; the others ignore it)
-        scheduler.step(epoch + 1, metric=val["top1"])
-        skipped = accelerator.reduce(torch.tensor([train_ds.bad_shards.value - bad_before[0],
-                                                   train_ds.repeated.value - bad_before[1]],
-                                                  device=accelerator.device), reduction="sum").tolist()
-        row = {"epoch": epoch, "step": progress.step, "lr": optimizer.param_groups[0]["lr"],
-               **{f"train_{k}": round(v, 6) for k, v in train.items()},
-               **{f"eval_{k}": round(v, 6) if isinstance(v, float) else v for k, v in val.items()},
-               "bad_shards": skipped[0], "repeated_samples": skipped[1]}
-        if ema is not None:
-            ema_val = evaluate(ema.module, val_loader, accelerator, num_classes=num_classes, split=args.val_split,
-                               channels_last=args.channels_last)
-            row.update({f"ema_{k}": round(v, 6) if isinstance(v, float) else v for k, v in ema_val.items()})
-        if skipped[0] or skipped[1]:
-            _logger.warning(f"epoch {epoch}: {skipped[0]} unreadable shard(s) skipped, {skipped[1]} sample(s) "
-                            f"repeated to keep the ranks in step")
-        if accelerator.is_main_process:
-            _logger.info(f"epoch {epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
-                         f"loss {val['loss']:.4f} on {val['samples']} samples")
-            update_summary(output / "summary.csv", row)
-            export_model(bare, output / "model", data_config=data_config, label_names=names)
-            if ema is not None:
-                export_model(ema.module, output / "model_ema", data_config=data_config, label_names=names)
-        accelerator.log({f"eval/{k}": v for k, v in val.items()}, step=progress.step)
-        progress.epoch, progress.batch = epoch + 1, 0
-        save()
-        metrics = row
+    while run.progress.epoch < run.num_epochs:
+        skipped_before = data.train.skipped()
+        train = train_one_epoch(args, accelerator, run, data, on_step=save_on_interval)
+        metrics = end_of_epoch(args, accelerator, run, data, train, skipped_before)
     accelerator.end_training()
     return metrics
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
     """Run main; a bad input ends with one line on stderr (exit 2), never a traceback."""
-    try:
-        main(parse_args(argv))
-    except (ConfigError, DataError) as exn:
-        print(f"train_fcl.py: error: {exn}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("train_fcl.py", lambda a: main(parse_args(a)), argv, errors=(DataError,))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Writes the tables as JSON. Run it with 2 or more threads (the default: all of to
 1x1 convolutions of batches under 16 on its slow non-oneDNN path, which penalises the small subset passes of
 fcl-fraction (resnetv2_50 batch 16, one fraction-0.25 step: 134 slow-path convolutions with 1 thread, none with 2).
 
-    python benchmarks/step_cost.py                      # the suite (the issue 7 table)
+    python benchmarks/step_cost.py                      # the suite: 3 models x (xe, fcl, fraction, every) and memory
     python benchmarks/step_cost.py --model vit_tiny_patch16_224 --img-size 224 --batch-size 8   # one setting
 """
 import argparse

@@ -1,4 +1,4 @@
-"""The cheaper and leaner ways of running the regularizer (issue 7): FCL on every n-th step, on a fraction of the
+"""The cheaper and leaner ways of running the regularizer: FCL on every n-th step, on a fraction of the
 batch, the perturbed pass in checkpointed chunks, channels_last. Each is compared with a reference built from the
 public functions or with the plain path."""
 import copy
@@ -65,9 +65,16 @@ def test_every_nth_step_carries_the_scaled_term_and_the_others_are_plain_xe_step
 
 
 def test_every_scales_the_ramp_too():
-    reg = FeatureContrastiveRegularizer(create("lenet5_mnist"), FCLConfig(weight=0.1, every=2, start_step=4,
-                                                                          ramp_steps=4))
-    assert [reg.weight_at(s) for s in range(3, 11)] == pytest.approx([0, 0.05, 0, 0.15, 0, 0.2, 0, 0.2])
+    from timm_fcl.schedule import scheduled_weight, step_weight
+    cfg = FCLConfig(weight=0.1, every=2, start_step=4, ramp_steps=4)
+    assert [step_weight(cfg, s) for s in range(3, 11)] == pytest.approx([0, 0.05, 0, 0.15, 0, 0.2, 0, 0.2])
+    assert [scheduled_weight(cfg, s) for s in range(3, 11)] == pytest.approx([0, .025, .05, .075, .1, .1, .1, .1])
+    # the output carries the schedule's lambda on every step, the factor only on the steps that carry the term
+    reg = FeatureContrastiveRegularizer(create("lenet5_mnist"), FCLConfig(weight=0.1, every=2, start_step=1, k=8))
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    outs = [reg(x, y, step=s) for s in (0, 1, 2)]
+    assert [o.scheduled_weight for o in outs] == pytest.approx([0, 0.1, 0.1])
+    assert [o.weight for o in outs] == pytest.approx([0, 0.2, 0])
 
 
 # --------------------------------------------------------------------------------------------------------- fraction

@@ -1,4 +1,4 @@
-"""Issue 6: fine-tuning with FCL from pretrained weights in a local file (no network), the classifier reset."""
+"""Fine-tuning with FCL from pretrained weights in a local file (no network), the classifier reset."""
 import csv
 
 import pytest

@@ -1,5 +1,6 @@
-"""train_fcl.py end to end on the CPU (issue 3's acceptance points 1-5), on shards the tests write themselves
-and, for point 1, on ../shared/data/cifar10-wds (skipped when absent)."""
+"""train_fcl.py end to end on the CPU: multi-process training and export, kill and resume, epoch coverage across ranks,
+mixed precision, bad inputs. On shards the tests write themselves and, for the multi-process CIFAR run, on
+../shared/data/cifar10-wds (skipped when absent)."""
 from __future__ import annotations
 
 import csv
@@ -42,7 +43,7 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error:" in line or "Error" in line]
 
 
-# ----------------------------------------------------------------------------------------------------- point 1
+# ------------------------------------------------------------------------------------ two processes, export, plain timm
 PLAIN_TIMM_CHECK = r"""
 import io, json, sys
 import timm, torch, webdataset as wds
@@ -94,7 +95,7 @@ def test_cifar_two_processes_exports_a_model_plain_timm_reproduces(tmp_path):
     assert plain["loss"] == pytest.approx(float(row["eval_loss"]), rel=1e-3)
 
 
-# ----------------------------------------------------------------------------------------------------- point 2
+# --------------------------------------------------------------------------------------------------- kill -9 and resume
 def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(toy, tmp_path):
     from safetensors.torch import load_file
 
@@ -124,7 +125,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(toy, t
     assert [r["eval_top1"] for r in _summary(out)] == [r["eval_top1"] for r in _summary(tmp_path / "straight")]
 
 
-# ----------------------------------------------------------------------------------------------------- point 3
+# ------------------------------------------------------------------------------------------ every sample once per epoch
 def _all_hashes(root: Path) -> list[str]:
     import webdataset as wds
     from torchvision.transforms.functional import pil_to_tensor
@@ -174,7 +175,7 @@ def test_stream_ranges_partition_exactly():
     assert list(subset_positions(10000, 4, spread=False)) == [0, 1, 2, 3]
 
 
-# ----------------------------------------------------------------------------------------------------- point 4
+# ------------------------------------------------------------------------------------------------------ mixed precision
 def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused(toy, tmp_path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -212,7 +213,7 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused(toy, tmp_path):
     assert not (tmp_path / "fp16").exists()
 
 
-# ----------------------------------------------------------------------------------------------------- point 5
+# -------------------------------------------------------------------------------------------- bad inputs and bad shards
 def _tree_digest(folder: Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and "tb" not in p.parts}

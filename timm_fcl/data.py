@@ -187,6 +187,10 @@ class EpochStream(IterableDataset):
             raise DataError(f"{len(self.selected)} samples cannot feed {self.world_size} processes x "
                             f"{self.num_workers} loader workers; use fewer --workers or more data")
 
+    def skipped(self) -> tuple[int, int]:
+        """(unreadable shards skipped, samples repeated to keep the quota) so far, on this rank."""
+        return self.bad_shards.value, self.repeated.value
+
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Select the epoch's order; skip_batches > 0 resumes after that many batches of this rank."""
         self.epoch, self.skip_batches = epoch, skip_batches

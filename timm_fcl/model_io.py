@@ -64,6 +64,18 @@ def checkpoint_classes(path: str | os.PathLike, model: torch.nn.Module) -> Optio
     return int(state[found[0]].shape[0]) if found else None
 
 
+def _classes_with_checkpoint(spec: str, checkpoint: str, num_classes: Optional[int], flag: str,
+                             kwargs: dict) -> Optional[int]:
+    """The class count of a model that will load ``checkpoint``: ``num_classes`` if the file agrees, else its own."""
+    if not os.path.isfile(checkpoint):
+        raise ModelError(f"{flag} {checkpoint} does not exist")
+    stored = checkpoint_classes(checkpoint, timm.create_model(spec, **kwargs))
+    if stored is not None and num_classes is not None and stored != num_classes:
+        raise ModelError(f"--num-classes {num_classes} contradicts {flag} {checkpoint}, whose classifier has "
+                         f"{stored} outputs")
+    return num_classes or stored
+
+
 def create_model(
         spec: str,
         *,
@@ -95,19 +107,14 @@ def create_model(
         kwargs["in_chans"] = in_chans
     if spec.startswith(HUB_PREFIXES):
         if checkpoint or pretrained_path:
-            raise ModelError(f"{spec} carries its own weights; {checkpoint_flag} / --pretrained-path are for timm names")
+            raise ModelError(f"{spec} carries its own weights; {checkpoint_flag} / --pretrained-path are for timm "
+                             "names")
         pretrained = True
     elif not timm.is_model(spec):
         raise ModelError(f"unknown model '{spec}': neither a timm model name (timm.list_models() lists them), "
                          "an hf-hub:/local-dir: name, nor a training output folder")
     if checkpoint:
-        if not os.path.isfile(checkpoint):
-            raise ModelError(f"{checkpoint_flag} {checkpoint} does not exist")
-        stored = checkpoint_classes(checkpoint, timm.create_model(spec, **kwargs))
-        if stored is not None and num_classes is not None and stored != num_classes:
-            raise ModelError(f"--num-classes {num_classes} contradicts {checkpoint_flag} {checkpoint}, whose classifier has "
-                             f"{stored} outputs")
-        num_classes = num_classes or stored
+        num_classes = _classes_with_checkpoint(spec, checkpoint, num_classes, checkpoint_flag, kwargs)
     if pretrained_path:
         if not os.path.isfile(pretrained_path):
             raise ModelError(f"--pretrained-path {pretrained_path} does not exist")
@@ -125,5 +132,6 @@ def create_model(
         try:
             timm.models.load_checkpoint(model, checkpoint, strict=True)
         except (RuntimeError, KeyError) as exn:
-            raise ModelError(f"{checkpoint_flag} {checkpoint} does not fit '{spec}': {str(exn).splitlines()[0]}") from None
+            raise ModelError(f"{checkpoint_flag} {checkpoint} does not fit '{spec}': "
+                             f"{str(exn).splitlines()[0]}") from None
     return model

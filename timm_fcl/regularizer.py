@@ -8,12 +8,13 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ._compat import allow_double_backward_through_compiled_graphs
 from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import head_mode, logits_from_embedding
 from .losses import fcl_loss
 from .perturbations import gaussian_perturbation, perturbed_batch
-from .schedule import fcl_weight
+from .schedule import scheduled_weight, step_weight
 from .utility import utility_from_loss
 
 
@@ -24,34 +25,39 @@ class FCLOutput:
     logits: torch.Tensor    # clean logits, exactly the plain model's
     ce: torch.Tensor        # the classification loss on the clean batch
     fcl: torch.Tensor       # the method's extra term before weighting, mean per sample of the subset (0 when off)
-    weight: float           # lambda at this step (times config.every on the steps that carry the term)
+    weight: float           # the factor on the term at this step: lambda (x config.every on the steps that carry it)
     scale: float = 1.0      # loss = ce + weight * scale * fcl: the global batch size for reduction "sum", else 1
+    scheduled_weight: float = 0.0  # lambda of the schedule at this step, whether or not this step carries the term
+
+
+@dataclass
+class _Batch:
+    """The samples given the extra term: the whole batch (``index`` None) or a random subset of it."""
+    x: torch.Tensor
+    y: torch.Tensor
+    index: Optional[torch.Tensor]
 
 
 class FeatureContrastiveRegularizer(nn.Module):
     """Wraps a timm model; ``forward(x, y, step)`` returns an :class:`FCLOutput`.
 
-    The clean pass is the plain model's pass. Before ``config.start_step``, on the steps ``config.every`` skips (and for
-    method "xe", and in eval mode) nothing else runs. Otherwise, for "fcl": the utility |d ce / d x| from the clean
-    pass's graph (input gradient only), x_low / x_high from the k lowest / highest utilities, one batched embedding pass
-    over [x_low; x_high] that leaves BatchNorm running statistics alone, and l_FCL on (z, z^+, z^-) with the other
-    samples as negatives. The input of such a step requires grad (for the utility), so a plain ``loss.backward()`` also
-    computes the first layer's unused input gradient; ``loss.backward(inputs=trainable_parameters)`` skips it
-    (train_fcl.py does; ~2.5 % of a resnet18 FCL step at 64 px, ~1 % for vit_tiny at 224 px).
+    A step is: the clean pass (the plain model's pass) -> the weight of the step -> the method's extra term -> the
+    combined loss. Before ``config.start_step``, on the steps ``config.every`` skips (and for method "xe", and in eval
+    mode) nothing but the clean pass runs. Otherwise, for "fcl": the utility |d ce / d x| from the clean pass's graph
+    (input gradient only), x_low / x_high from the k lowest / highest utilities, one batched embedding pass over
+    [x_low; x_high] that leaves BatchNorm running statistics alone, and l_FCL on (z, z^+, z^-) with the other samples
+    as negatives. The input of such a step requires grad (for the utility), so a plain ``loss.backward()`` also
+    computes the first layer's unused input gradient; ``loss.backward(inputs=trainable_parameters)`` skips it.
 
     With ``config.fraction`` < 1 the extra term covers a random subset of m samples (drawn with ``generator`` before
     the perturbation noise, on the device): anchors are the subset's rows of the clean z, negatives every other clean
     embedding of the batch. The subset's utility comes from a separate forward and input-only backward over the m
-    samples (BatchNorm with the subset's batch statistics, running statistics untouched), not from the clean graph: an
-    input gradient of the clean graph costs half a backward over all B samples whatever the fraction, the subset pass a
-    forward and half a backward over m. Measured at fraction 0.25 on the CPU (1 thread): 0.39 vs 0.21 of an XE step for
-    resnet18 at 64 px batch 32, 0.44 vs 0.20 for vit_tiny_patch16_224 at 224 px batch 8.
+    samples (BatchNorm with the subset's batch statistics, running statistics untouched), not from the clean graph,
+    whose input gradient would cost half a backward over all B samples whatever the fraction.
 
     ``compile_backend`` (e.g. "inductor") compiles the two calls the regularizer makes, ``forward_features`` and
     ``forward_head`` (compiling ``model.forward`` would not reach them). The compiled functions are the model class's,
-    called with the model as an argument, so copies of the model (EMA) never run through this instance. Compiling
-    turns off AOTAutograd's donated buffers for the whole process (a memory saving that forbids the second backward
-    through the clean graph, which the utility's input gradient needs).
+    called with the model as an argument, so copies of the model (EMA) never run through this instance.
     """
 
     def __init__(
@@ -74,12 +80,11 @@ class FeatureContrastiveRegularizer(nn.Module):
         self.compile_backend = compile_backend
         self._compiled = None
         if compile_backend is not None:
-            # AOTAutograd's donated buffers forbid a second backward through a compiled graph, which the utility's
-            # input gradient (retain_graph=True) needs; the switch is read at backward time, so it is process-wide
-            torch._functorch.config.donated_buffer = False
+            allow_double_backward_through_compiled_graphs()  # the utility's input gradient is a second backward
             self._compiled = (torch.compile(type(model).forward_features, backend=compile_backend),
                               torch.compile(type(model).forward_head, backend=compile_backend))
 
+    # ---------------------------------------------------------------------------------------- model calls
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self._compiled is None:
             return self.model.forward_features(x)
@@ -90,23 +95,6 @@ class FeatureContrastiveRegularizer(nn.Module):
             return self.model.forward_head(features, pre_logits=pre_logits)
         return self._compiled[1](self.model, features, pre_logits=pre_logits)
 
-    def scheduled_weight(self, step: int) -> float:
-        """lambda of the schedule at ``step`` (0 for method "xe"), whatever ``every`` skips: the value to log."""
-        cfg = self.config
-        return 0.0 if cfg.method == "xe" else fcl_weight(step, cfg.weight, cfg.start_step, cfg.ramp_steps)
-
-    def weight_at(self, step: int) -> float:
-        """The factor on ``scale * fcl`` at ``step``: lambda, times ``every`` on the steps that carry the term (so the
-        expected gradient over steps matches the term on every step) and 0 on the others."""
-        cfg = self.config
-        if step < cfg.start_step or (step - cfg.start_step) % cfg.every:
-            return 0.0
-        return cfg.every * self.scheduled_weight(step)
-
-    def subset_size(self, batch: int) -> int:
-        """m, the number of samples given the extra term in a batch of ``batch``."""
-        return batch if self.config.fraction == 1.0 else max(1, round(self.config.fraction * batch))
-
     def _logits_and_embedding(self, features: torch.Tensor):
         if self.head_mode == "separate":
             logits = self._head(features)
@@ -115,24 +103,6 @@ class FeatureContrastiveRegularizer(nn.Module):
             return logits, z
         z = self._head(features, pre_logits=True)
         return logits_from_embedding(self.model, z, self.head_mode), z
-
-    def _utility_scale(self, x: torch.Tensor) -> float:
-        device = x.device.type
-        fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
-        return self.config.utility_grad_scale if fp16 else 1.0
-
-    def _subset(self, batch: int, m: int, device: torch.device,
-                generator: Optional[torch.Generator]) -> torch.Tensor:
-        """m distinct sample indices, drawn on the generator's device (no host synchronisation)."""
-        on = generator.device if generator is not None else device
-        return torch.randperm(batch, generator=generator, device=on)[:m].to(device)
-
-    def _subset_utility(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """|d ce / d x| of the subset from its own forward and input-only backward (graph freed right after)."""
-        xs = xs.detach().requires_grad_(True)
-        with frozen_bn_stats(self.model):
-            ce = self.loss_fn(self._head(self._features(xs)), ys)
-        return utility_from_loss(ce, xs, self._utility_scale(xs), retain_graph=False)
 
     def _frozen_pass(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
         with frozen_bn_stats(self.model):  # entered here, so a checkpoint's recomputation in backward is frozen too
@@ -148,48 +118,92 @@ class FeatureContrastiveRegularizer(nn.Module):
         return torch.cat([checkpoint(self._frozen_pass, part, logits, use_reentrant=False)
                           for part in x.chunk(chunks)])
 
+    def _utility_scale(self, x: torch.Tensor) -> float:
+        device = x.device.type
+        fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+        return self.config.utility_grad_scale if fp16 else 1.0
+
+    # ---------------------------------------------------------------------------------------- the batch's subset
+    def subset_size(self, batch: int) -> int:
+        """m, the number of samples given the extra term in a batch of ``batch``."""
+        return batch if self.config.fraction == 1.0 else max(1, round(self.config.fraction * batch))
+
+    def _draw_subset(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> _Batch:
+        """The subset of ``config.fraction`` of the batch: m distinct indices drawn on the generator's device (no host
+        synchronisation); the whole batch when the fraction is 1."""
+        batch = x.shape[0]
+        m = self.subset_size(batch)
+        if m == batch:
+            return _Batch(x, y, None)
+        on = generator.device if generator is not None else x.device
+        index = torch.randperm(batch, generator=generator, device=on)[:m].to(x.device)
+        return _Batch(x[index], y[index], index)
+
+    def _subset_utility(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """|d ce / d x| of the subset from its own forward and input-only backward (graph freed right after)."""
+        xs = xs.detach().requires_grad_(True)
+        with frozen_bn_stats(self.model):
+            ce = self.loss_fn(self._head(self._features(xs)), ys)
+        return utility_from_loss(ce, xs, self._utility_scale(xs), retain_graph=False)
+
+    # ---------------------------------------------------------------------------------------- the methods' terms
+    def _xe_gauss_term(self, part: _Batch, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Cross-entropy on an all-pixel Gaussian copy of the samples, same labels."""
+        cfg = self.config
+        x_noisy = gaussian_perturbation(part.x, cfg.sigma, generator, cfg.input_std)
+        return self.loss_fn(self._perturbed_pass(x_noisy, logits=True), part.y)
+
+    def _cl_gauss_term(self, part: _Batch, z: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """The contrastive loss with an all-pixel Gaussian positive and the other samples as negatives."""
+        cfg = self.config
+        x_pos = gaussian_perturbation(part.x, cfg.sigma, generator, cfg.input_std)
+        return fcl_loss(z, self._perturbed_pass(x_pos), None, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin,
+                        anchor_index=part.index)
+
+    def _fcl_term(self, part: _Batch, z: torch.Tensor, ce: torch.Tensor,
+                  generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Algorithm 1: the utility, x_low / x_high from its BOTTOM_k / TOP_k, and l_FCL on (z, z+, z-)."""
+        cfg = self.config
+        if part.index is None:  # the clean pass's input is a leaf: its input gradient is the utility
+            utility = utility_from_loss(ce, part.x, self._utility_scale(part.x))
+        else:
+            utility = self._subset_utility(part.x, part.y)
+        keep_neg = utility.flatten(1).amax(1) >= cfg.min_utility
+        x_both = perturbed_batch(part.x, utility, cfg.k, cfg.sigma, generator, cfg.input_std)  # [x_low; x_high]
+        z_pos, z_neg = self._perturbed_pass(x_both).chunk(2)
+        return fcl_loss(z, z_pos, z_neg, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin, neg_mask=keep_neg,
+                        anchor_index=part.index)
+
+    # ---------------------------------------------------------------------------------------- one step
     def forward(self, x: torch.Tensor, y: torch.Tensor, step: int = 0,
                 generator: Optional[torch.Generator] = None) -> FCLOutput:
         cfg = self.config
-        weight = self.weight_at(step) if self.training else 0.0
+        lam = scheduled_weight(cfg, step)
+        weight = step_weight(cfg, step) if self.training else 0.0
         if weight == 0.0:
             logits = self._head(self._features(x))
             ce = self.loss_fn(logits, y)
-            return FCLOutput(loss=ce, logits=logits, ce=ce, fcl=ce.detach().new_zeros(()), weight=0.0)
+            return FCLOutput(loss=ce, logits=logits, ce=ce, fcl=ce.detach().new_zeros(()), weight=0.0,
+                             scheduled_weight=lam)
 
-        batch = x.shape[0]
-        m = self.subset_size(batch)
-        subset = None if m == batch else self._subset(batch, m, x.device, generator)  # None: the whole batch
-        xs, ys = (x, y) if subset is None else (x[subset], y[subset])
-        if cfg.method == "fcl" and subset is None:
-            x = xs = x.detach().requires_grad_(True)  # a leaf, so the utility is an input gradient of the clean graph
+        part = self._draw_subset(x, y, generator)
+        if cfg.method == "fcl" and part.index is None:
+            x = x.detach().requires_grad_(True)  # a leaf, so the utility is an input gradient of the clean graph
+            part = _Batch(x, y, None)
         features = self._features(x)
         if cfg.method == "xe_gauss":
             logits = self._head(features)
             ce = self.loss_fn(logits, y)
-            x_noisy = gaussian_perturbation(xs, cfg.sigma, generator, cfg.input_std)
-            extra = self.loss_fn(self._perturbed_pass(x_noisy, logits=True), ys)
+            extra = self._xe_gauss_term(part, generator)
         else:
             logits, z = self._logits_and_embedding(features)
             ce = self.loss_fn(logits, y)
-            if cfg.method == "cl_gauss":
-                x_pos = gaussian_perturbation(xs, cfg.sigma, generator, cfg.input_std)
-                extra = fcl_loss(z, self._perturbed_pass(x_pos), None, tau=cfg.tau, variant=cfg.variant,
-                                 margin=cfg.margin, anchor_index=subset)
-            else:
-                if subset is None:
-                    utility = utility_from_loss(ce, x, self._utility_scale(x))
-                else:
-                    utility = self._subset_utility(xs, ys)
-                keep_neg = utility.flatten(1).amax(1) >= cfg.min_utility
-                x_both = perturbed_batch(xs, utility, cfg.k, cfg.sigma, generator, cfg.input_std)  # [x_low; x_high]
-                z_pos, z_neg = self._perturbed_pass(x_both).chunk(2)
-                extra = fcl_loss(z, z_pos, z_neg, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin,
-                                 neg_mask=keep_neg, anchor_index=subset)
+            extra = (self._cl_gauss_term(part, z, generator) if cfg.method == "cl_gauss"
+                     else self._fcl_term(part, z, ce, generator))
         # the subset's mean times the batch's scale: an unbiased estimate of the whole batch's term
-        scale = self.reduction_scale(batch)
+        scale = self.reduction_scale(x.shape[0])
         return FCLOutput(loss=ce + (weight * scale) * extra, logits=logits, ce=ce, fcl=extra.detach(), weight=weight,
-                         scale=scale)
+                         scale=scale, scheduled_weight=lam)
 
     def reduction_scale(self, local_batch: int) -> float:
         """Factor from the per-sample mean of the extra term to the configured reduction: for "sum", the global
