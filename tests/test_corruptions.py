@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from timm_fcl.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, PRESETS, corrupt
+from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, PRESETS, corrupt
 
 # With the official CIFAR tables these five do not move monotonically away from the clean image in pixel distance:
 # glass blur (sev 2-3 blur more but shuffle no more, sev 4 shuffles twice), frost (the image weight drops while the
