@@ -13,7 +13,7 @@ from timm_fcl.model_io import ModelError
 from timm_fcl.robustness.cli import get_args_parser, main
 from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS
 from timm_fcl.robustness.datasets import cifar_c_sets, generated_suite_dir, imagenet_c_sets
-from timm_fcl.robustness.evaluation import evaluate_accuracy, model_label
+from timm_fcl.robustness.evaluation import build_sets, evaluate_accuracy, load_models, model_label, run
 from timm_fcl.robustness.metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, summarize_corruptions
 
 NUM_CLASSES = 10
@@ -253,6 +253,16 @@ def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
     assert both["planted_label_reader"] == json.loads(json.dumps(first["planted_label_reader"]))
     with open(tmp_path / "two" / "results.csv") as f:
         assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader"}
+
+
+def test_evaluation_as_a_library_with_keyword_arguments(tmp_path):
+    make_cifar_c(tmp_path, corruptions=("fog",), n=10)
+    models = load_models(["planted_label_reader"], data_overrides={"mean": (0, 0, 0), "std": (1, 1, 1)})
+    sets, presets = build_sets(suites=["cifar-c"], data_config=models[0].data_config, cifar_c_dir=str(tmp_path))
+    results = run(models=models, sets=sets, suite_presets=presets, batch_size=4)
+    assert [r["accuracy"] for r in results["planted_label_reader"]["rows"]] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    with pytest.raises(ValueError, match="unknown suite"):
+        build_sets(suites=["cifar"], data_config=models[0].data_config)
 
 
 def test_model_labels_name_runs_by_their_folder(tmp_path):

@@ -43,6 +43,7 @@ class EvalModel:
 
 @dataclass
 class EvalSet:
+    """One test set of a suite: the clean set, a noisy copy, or one corruption at one severity."""
     suite: str
     corruption: str  # the suite's own name for the clean / UN / NUN sets
     severity: int  # 0 for the sets without severities
