@@ -29,6 +29,7 @@ import random
 from collections import deque
 from contextlib import contextmanager
 from itertools import islice
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -36,11 +37,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from . import _compat
+
 _logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 EVAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation", "test")
 REFILL_POOL = 256  # raw samples a worker keeps to refill its quota after a bad shard
+
+
+def default_data_root() -> Path:
+    """The shared data folder: $TIMM_FCL_DATA, else ``shared/data`` beside the repository (a checkout's layout)."""
+    return Path(os.environ.get("TIMM_FCL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 class DataError(ValueError):
@@ -222,9 +230,8 @@ class EpochStream(IterableDataset):
         order = self.source.order(order_rng)
         items = self.source.raw(positions, order, self._on_bad_shard)
         if self.is_training and isinstance(self.source, WdsSource):
-            from webdataset.filters import _shuffle
-            items = _shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
-                             rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
+            items = _compat.wds_shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
+                                        rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
         if self.is_training:
             items = self._fill(items, quota)
         last, owed = None, 0
@@ -277,11 +284,9 @@ def _is_url(path: str) -> bool:
 
 def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     """Shard urls and lengths of a split: a name listed in root/_info.json, or a brace pattern 'PATTERN|N'."""
-    from timm.data.readers.reader_wds import _load_info, _parse_split_info
-
     if not _is_url(root) and not os.path.isdir(root):
         raise DataError(f"data dir {root} does not exist")
-    info = _load_info(root)
+    info = _compat.load_wds_info(root)
     listed = info.get("splits", {})
     if split in EVAL_SYNONYMS and split not in listed:  # as timm's folder reader: 'validation' finds 'val', 'test'
         found = next((name for name in EVAL_SYNONYMS if name in listed), None)
@@ -289,7 +294,7 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
             _logger.info(f"split '{split}' not in {root}/_info.json, using '{found}'")
             split = found
     try:
-        split_info = _parse_split_info(split, info)
+        split_info = _compat.parse_wds_split(split, info)
     except (RuntimeError, KeyError) as exn:
         raise DataError(f"split '{split}' not found in {root} (no _info.json listing it, and not a shard "
                         f"pattern like 'name-{{000..009}}.tar|NUM_SAMPLES'): {exn}") from None
