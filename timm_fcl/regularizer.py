@@ -13,7 +13,7 @@ from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import head_mode, logits_from_embedding
 from .losses import fcl_loss
-from .perturbations import gaussian_perturbation, perturbed_batch
+from .perturbations import gaussian_perturbation, generator_device, perturbed_batch
 from .schedule import scheduled_weight, step_weight
 from .utility import utility_from_loss
 
@@ -135,8 +135,8 @@ class FeatureContrastiveRegularizer(nn.Module):
         m = self.subset_size(batch)
         if m == batch:
             return _Batch(x, y, None)
-        on = generator.device if generator is not None else x.device
-        index = torch.randperm(batch, generator=generator, device=on)[:m].to(x.device)
+        index = torch.randperm(batch, generator=generator, device=generator_device(generator, x.device))
+        index = index[:m].to(x.device)
         return _Batch(x[index], y[index], index)
 
     def _subset_utility(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
