@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from timm_fcl import rng
-from timm_fcl.checkpoint import load_training_state, remove_stale, save_state_atomic
+from timm_fcl.checkpoint import load_training_state, save_state_atomic
 from timm_fcl.state_files import StateError, read_part, write_part
 from train_helpers import make_shards, run, train_cmd
 

@@ -128,7 +128,7 @@ def state_candidates(path: str | os.PathLike) -> list[Path]:
     return list_states(path)[::-1]
 
 
-def remove_stale(output: str | os.PathLike) -> None:
+def _remove_stale(output: str | os.PathLike) -> None:
     """Clear what a killed save leaves behind: an unfinished .step_N.tmp, and a .step_N.old (a state that was being
     replaced; put back when its replacement never got into place)."""
     folder = Path(output) / STATE_DIR
@@ -201,7 +201,7 @@ def load_training_state(accelerator, parts: Mapping[str, Any], *, output: str | 
     passing over a damaged one is logged with both names. None when there is no state; a UsageError when none is
     intact or the state does not fit this run."""
     if accelerator.is_main_process:
-        remove_stale(output)
+        _remove_stale(output)
     accelerator.wait_for_everyone()
     parts = _present(parts)
     candidates = state_candidates(resume or output)
