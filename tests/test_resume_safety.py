@@ -290,17 +290,17 @@ def test_the_only_state_without_its_rng_file_is_refused(straight, toy, tmp_path)
 
 
 def test_two_processes_pass_over_a_state_missing_one_rank_file_and_end_identical(toy, tmp_path):
-    # 2 processes: 6 steps per epoch; states at 2, 4, ..., 12; step 10 and step 8 are mid-epoch
-    argv = [*TOY, "--data-dir", str(toy), "--checkpoint-interval", "2"]
+    # 2 processes on 96 samples: 3 steps per epoch, a state after each; steps 4 and 5 are mid-epoch
+    argv = [*TOY, "--data-dir", str(toy), "--train-subset", "96", "--checkpoint-interval", "1"]
     straight = tmp_path / "straight"
     proc = run(train_cmd(*argv, "--output", str(straight), processes=2))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = _cut_back(straight, tmp_path / "run", 10)
-    (_state(out, 10) / "rng_1.safetensors").unlink()  # only rank 1 finds the damage; both must pass it over
+    out = _cut_back(straight, tmp_path / "run", 5)
+    (_state(out, 5) / "rng_1.safetensors").unlink()  # only rank 1 finds the damage; both must pass it over
     again = run(train_cmd(*argv, "--output", str(out), processes=2))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming from {_state(out, 8)} instead of {_state(out, 10)}" in again.stderr
-    assert f"resumed from {_state(out, 8)}: epoch 1, batch 2, step 8" in again.stderr
+    assert f"resuming from {_state(out, 4)} instead of {_state(out, 5)}" in again.stderr
+    assert f"resumed from {_state(out, 4)}: epoch 1, batch 1, step 4" in again.stderr
     assert _same_export(straight, out)
 
     one = run(train_cmd(*argv, "--output", str(out)))  # the states were saved by 2 processes
