@@ -23,12 +23,12 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
-from timm_fcl import rng
+from timm_fcl import rng, run_folder
 from timm_fcl._cli import UsageError, first_line
 from timm_fcl._compat import save_timm_config
 from timm_fcl.state_files import StateError, fsync, read_part, write_part
 
-STATE_DIR = "checkpoints"
+STATE_DIR = run_folder.STATES
 STATE_PATTERN = re.compile(r"^step_(\d+)$")
 STALE_PATTERN = re.compile(r"^\.step_(\d+)\.(tmp|old)$")
 MANIFEST = "state.json"
@@ -120,7 +120,7 @@ def list_states(path: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def state_candidates(path: str | os.PathLike) -> list[Path]:
+def _state_candidates(path: str | os.PathLike) -> list[Path]:
     """The states to resume from, newest first: a state folder itself, or the states of an output folder."""
     path = Path(path)
     if STATE_PATTERN.match(path.name) and path.is_dir():
@@ -204,7 +204,7 @@ def load_training_state(accelerator, parts: Mapping[str, Any], *, output: str | 
         _remove_stale(output)
     accelerator.wait_for_everyone()
     parts = _present(parts)
-    candidates = state_candidates(resume or output)
+    candidates = _state_candidates(resume or output)
     problems = []
     for folder in candidates:
         try:
