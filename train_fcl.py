@@ -35,7 +35,7 @@ import yaml
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
 from timm_fcl import FCLConfig, FCLOutput, FeatureContrastiveRegularizer, PatchGaussian, run_folder
 from timm_fcl._cli import OneLineParser, UsageError, run_cli
-from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
+from timm_fcl.checkpoint import atomic_write_text, export_model, load_training_state, save_state_atomic
 from timm_fcl.config import METHODS
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
 from timm_fcl.metrics import topk_hits
@@ -356,9 +356,14 @@ class Training:
                 "global_batch": args.batch_size * world * args.grad_accum_steps,
                 "updates_per_epoch": self.updates_per_epoch, "epochs": self.num_epochs}
 
+    def state_parts(self, accelerator) -> dict:
+        """What a saved training state holds, by name (timm_fcl.checkpoint saves and loads it without pickles)."""
+        return {"model": accelerator.unwrap_model(self.reg), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "ema": self.ema, "progress": self.progress, "scaler": accelerator.scaler}
+
 
 def build_training(args, accelerator, data: Data, output: Path) -> Training:
-    """The regularizer around the model, optimizer, scheduler (per update), EMA, all prepared and registered."""
+    """The regularizer around the model, optimizer, scheduler (per update), EMA, prepared for the processes."""
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
@@ -379,22 +384,17 @@ def build_training(args, accelerator, data: Data, output: Path) -> Training:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(accelerator.unwrap_model(reg).model, decay=args.model_ema_decay,
                          use_warmup=args.model_ema_warmup)
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress, scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=progress, fcl=fcl, lr=lr,
+    return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=Progress(), fcl=fcl, lr=lr,
                     num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
                     bare=accelerator.unwrap_model(reg).model)
 
 
 def resume_or_start(args, accelerator, run: Training, data: Data) -> None:
     """Load the newest state of --resume (or of the run folder); write the run's settings; start the trackers."""
-    resume = resolve_state(args.resume) if args.resume else resolve_state(run.output)
+    resume = load_training_state(accelerator, run.state_parts(accelerator), output=run.output, resume=args.resume)
     if args.resume and resume is None:
         raise ConfigError(f"--resume {args.resume}: no saved state there")
     if resume is not None:
-        accelerator.load_state(str(resume))
         if accelerator.is_main_process:
             p = run.progress
             _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
@@ -582,7 +582,7 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
             export(run.ema.module, run.output / run_folder.MODEL_EMA)
     accelerator.log({f"eval/{k}": v for k, v in val.items()}, step=p.step)
     p.epoch, p.batch = p.epoch + 1, 0
-    save_state_atomic(accelerator, run.output, p.step, args.checkpoint_hist)
+    save_state_atomic(accelerator, run.output, p.step, args.checkpoint_hist, run.state_parts(accelerator))
     return row
 
 
@@ -596,7 +596,8 @@ def main(args: argparse.Namespace) -> dict:
     def save_on_interval():
         if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
                 and run.progress.batch < len(data.train):
-            save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist)
+            save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist,
+                              run.state_parts(accelerator))
 
     metrics: dict = {}
     while run.progress.epoch < run.num_epochs:

@@ -3,7 +3,7 @@
     OUTPUT/
       model/           the last epoch's bare timm model: model.safetensors + config.json (``local-dir:`` loads it)
       model_ema/       the same for the EMA weights (--model-ema)
-      checkpoints/     training states step_N/ (the newest few), for resuming
+      checkpoints/     training states step_N/ (the newest few; safetensors + state.json, no pickles), for resuming
       args.yaml        the flags the run was started with
       resolved.yaml    what those flags resolved to: FCLConfig (schedule in steps), lr, classes, data, world size
       summary.csv      one row per epoch
