@@ -207,7 +207,8 @@ class FeatureContrastiveRegularizer(nn.Module):
         images = x.shape[0] // self.num_splits  # the clean view's rows come first
         part = self._draw_subset(x[:images], y[:images], generator)
         if cfg.method == "fcl" and part.index is None:
-            x_clean = x[:images].detach().requires_grad_(True)  # a leaf: the utility is an input gradient of the clean graph
+            # a leaf, so the utility is an input gradient of the clean graph
+            x_clean = x[:images].detach().requires_grad_(True)
             x = x_clean if self.num_splits == 1 else torch.cat([x_clean, x[images:]])
             part = _Batch(x_clean, y[:images], None)
         features = self._features(x)
