@@ -96,7 +96,8 @@ def test_mixup_batch_utility_is_the_finite_difference_gradient_of_the_soft_targe
     loss = SoftTargetCrossEntropy()
     eps, worst = 1e-5, 0.0
     flat = seen["u"].flatten()
-    picks = torch.cat([flat.topk(6).indices, torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:6]])
+    spread = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:6]
+    picks = torch.cat([flat.topk(6).indices, spread])  # the elements FCL perturbs first, and others
     with torch.no_grad():
         for i in picks.tolist():
             d = torch.zeros_like(x).flatten()
