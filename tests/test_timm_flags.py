@@ -9,6 +9,7 @@ import subprocess
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,10 @@ def test_mixup_batch_utility_is_the_finite_difference_gradient_of_the_soft_targe
     x, y = training_batch(args, accelerator, run, x0.clone(), y0)
     assert x.shape[0] == 8 and y.shape == (8, 10)  # the odd last sample given up, soft targets
     assert not torch.equal(x, x0[:8]) and (y > 0).all()  # mixed images, smoothed targets (mass on every class)
+    numpy_state = np.random.get_state()[1].copy()
+    again = training_batch(args, accelerator, run, x0.clone(), y0)
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)  # the batch's place decides: a resume mixes alike
+    assert (np.random.get_state()[1] == numpy_state).all()  # and the run's own numpy stream is left alone
 
     seen = {}
     real = regularizer.perturbed_batch
@@ -138,6 +143,27 @@ def test_fcl_term_of_augmix_views_is_the_clean_views_term_and_jsd_sees_all_views
     assert torch.allclose(out.fcl, ref.fcl, rtol=1e-10) and out.scale == ref.scale == 6.0
     assert torch.allclose(out.ce, JsdCrossEntropy(num_splits=3, smoothing=0)(_lenet()(x.flatten(0, 1)), y.repeat(3)))
     print(f"fcl {out.fcl.item():.6f} (clean view alone {ref.fcl.item():.6f}); jsd+ce {out.ce.item():.4f}")
+
+
+def test_augmix_views_are_a_clean_view_and_augmented_ones_drawn_per_sample_seed():
+    from PIL import Image
+    from train_fcl import build_transforms
+    from timm_fcl.data import seeded
+    args = _args("--aug-splits", "3", "--aa", "augmix-m3-w3", "--hflip", "0", "--scale", "1", "1", "--ratio", "1", "1")
+    config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+              "crop_pct": 1.0, "crop_mode": "center"}
+    train_tf, _ = build_transforms(args, config)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    with seeded(5):
+        views = train_tf(image)
+    with seeded(5):
+        same = train_tf(image)
+    with seeded(6):
+        other = train_tf(image)
+    clean = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    assert len(views) == 3 and torch.allclose(views[0], clean, atol=1e-6)  # crop and flip only (both identity here)
+    assert not torch.allclose(views[1], clean, atol=1e-3) and not torch.allclose(views[2], views[1], atol=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(views, same)) and not torch.equal(views[1], other[1])
 
 
 def _interval_losses(stderr: str) -> list[float]:
