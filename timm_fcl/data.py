@@ -91,15 +91,42 @@ def batches_done_by(stream: int, num_streams: int, batches: int) -> int:
 
 @contextmanager
 def seeded(seed: int):
-    """Run a transform with python's and torch's CPU RNG seeded, leaving the caller's RNG streams untouched."""
-    py_state, torch_state = random.getstate(), torch.get_rng_state()
+    """Run a transform with python's, numpy's and torch's CPU RNG seeded, leaving the caller's RNG streams untouched
+    (timm's AugMix, RandAugment and Mixup draw from numpy)."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
+    np.random.seed(seed)
     torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
         random.setstate(py_state)
+        np.random.set_state(np_state)
         torch.set_rng_state(torch_state)
+
+
+class _OneImage:
+    """A stand-in data set whose item is the image it is indexed with, so that timm's AugMixDataset, which splits
+    items of a map-style data set, can split the images of a stream one at a time."""
+    transform: Optional[Callable] = None
+
+    def __getitem__(self, image):
+        return self.transform(image), None
+
+
+class AugMixViews:
+    """Transform an image into ``num_splits`` views as timm's AugMixDataset does: the clean view (the primary
+    transform: crop and flip) and ``num_splits`` - 1 augmented ones (the secondary transform, e.g. AugMix), each
+    normalized. ``transforms`` is the (primary, secondary, final) tuple of ``create_transform(..., separate=True)``."""
+
+    def __init__(self, transforms: Sequence[Callable], num_splits: int):
+        from timm.data import AugMixDataset
+
+        self.views = AugMixDataset(_OneImage(), num_splits=num_splits)
+        self.views.transform = tuple(transforms)
+
+    def __call__(self, image) -> tuple:
+        return self.views[image][0]
 
 
 # ----------------------------------------------------------------------------------------------------- sources
