@@ -34,7 +34,10 @@ def zoo_entries(zoo: Path) -> list[tuple[Path, str]]:
         raise UsageError(f"{zoo} is not a folder")
     entries = []
     for folder in sorted(p for p in zoo.iterdir() if p.is_dir()):
-        cfg = timm.models.get_pretrained_cfg(folder.name) if "." in folder.name else None
+        try:
+            cfg = timm.models.get_pretrained_cfg(folder.name) if "." in folder.name else None
+        except RuntimeError:  # timm's answer to a tag it does not know
+            cfg = None
         if cfg is None or not cfg.hf_hub_id or cfg.tag != folder.name.split(".", 1)[1]:
             raise UsageError(f"{folder}: '{folder.name}' is not a pretrained tag with an hf_hub_id in timm's "
                              f"registry (add it to timm_fcl/models)")
