@@ -547,8 +547,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption-samples", type=int, default=2000, help="test images behind the generated CIFAR-10-C")
     p.add_argument("--corruptions", nargs="+", help="generate only these (default: all 19)")
     p.add_argument("--eval-group", type=int, default=3, help="models per evaluation command")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of every training and evaluation")
-    p.add_argument("--jobs", type=int, default=1, help="continuation runs trained at once (each with --threads)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of every training and evaluation")
+    p.add_argument("--jobs", type=int, default=2, help="continuation runs trained at once (each with --threads)")
     p.add_argument("--hours", type=float, default=2.5, help="stop (resumably) after this much wall time")
     return p
 
