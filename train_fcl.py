@@ -37,7 +37,7 @@ import yaml
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
 from timm_fcl import FCLConfig, FCLOutput, FeatureContrastiveRegularizer, PatchGaussian, run_folder
 from timm_fcl._cli import OneLineParser, UsageError, run_cli
-from timm_fcl.checkpoint import atomic_write_text, export_model, load_training_state, save_state_atomic
+from timm_fcl.checkpoint import atomic_write_text, export_model, load_training_state, run_tag, save_state_atomic
 from timm_fcl.config import METHODS
 from timm_fcl.data import AugMixViews, DataError, EpochStream, create_source, make_loader, seeded
 from timm_fcl.metrics import topk_hits
@@ -824,7 +824,8 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
     if accelerator.is_main_process:
         _logger.info(f"epoch {p.epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
                      f"loss {val['loss']:.4f} on {val['samples']} samples")
-        export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names)
+        export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names,
+                                   tag=run_tag(args.method, args.dataset))
         keep_best(args, run.output, row, functools.partial(export, run.bare))
         update_summary(run.output / run_folder.SUMMARY, row)
         export(run.bare, run.output / run_folder.MODEL)
