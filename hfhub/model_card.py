@@ -1,8 +1,17 @@
-"""The README model card of a published FCL checkpoint: a YAML header the Hub reads (library_name: timm, tags,
-license, metrics), then the recipe, the FCL hyper-parameters, the evaluation table and how to load the model."""
+"""The README model card of a published FCL checkpoint, built with huggingface_hub's ModelCard: a header the Hub reads
+(library_name: timm, tags, license, base_model of a fine-tune, and the evaluation results as ``model-index``), then
+how to load the model, the recipe, every FCL hyper-parameter, the evaluation table and the paper's citation."""
+from pathlib import Path
 from typing import Optional
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+# the paper file gives its title and "Anonymous authors" (under double-blind review)
+CITATION = """@misc{anonymous_feature_contrastive_learning,
+  title = {Balancing Robustness and Sensitivity using Feature Contrastive Learning},
+  author = {Anonymous},
+  note = {Paper under double-blind review},
+}"""
 
 RECIPE_KEYS = ("model", "pretrained", "dataset", "num_classes", "img_size", "input_size", "epochs", "batch_size",
                "world_size", "global_batch", "opt", "lr", "momentum", "weight_decay", "sched", "warmup_epochs",
@@ -18,9 +27,7 @@ def fcl_params(train_args: dict, resolved: dict) -> dict:
     if resolved.get("fcl"):
         params = {"method": train_args.get("method"), **resolved["fcl"]}
         epochs = resolved.get("fcl_schedule_epochs") or {}
-        for key, field in (("start", "start_step"), ("ramp", "ramp_steps")):
-            if epochs.get(key) is not None:
-                params[field] = f"{params.get(field)} ({epochs[key]} epochs)"
+        params.update({f"{key}_epochs": epochs[key] for key in ("start", "ramp") if epochs.get(key) is not None})
         return params
     params = {"method": train_args["method"]} if train_args.get("method") else {}
     params.update({k[len("fcl_"):]: v for k, v in train_args.items() if k.startswith("fcl_") and v is not None})
@@ -34,11 +41,16 @@ def recipe_rows(train_args: dict, resolved: dict) -> list:
     return [(k, values[k]) for k in keys if values.get(k) not in (None, "", [], False)]
 
 
-def evaluation_rows(eval_results: dict) -> list:
-    """(suite, metric, value) rows from timm_fcl.eval's results.json for the first model in it."""
+def published_result(eval_results: dict, run_name: str = "") -> dict:
+    """The results of the published model in timm_fcl.eval's results.json: its run's entry, else the first."""
     if not eval_results:
-        return []
-    result = next(iter(eval_results.values()))
+        return {}
+    return eval_results.get(run_name) or next(iter(eval_results.values()))
+
+
+def evaluation_rows(result: dict) -> list:
+    """(test set, metric, value) rows of one model's timm_fcl.eval results: the accuracy on every set without
+    severities, then each corruption suite's summaries (means over corruptions, group means, mCE)."""
     rows = [(r["suite"], "top-1 accuracy", r["accuracy"]) for r in result.get("rows", []) if r.get("severity") == 0]
     for suite, summary in result.get("summaries", {}).items():
         if summary.get("mean_19") is not None:
@@ -54,6 +66,36 @@ def evaluation_rows(eval_results: dict) -> list:
             if summary.get(key) is not None:
                 rows.append((suite, label, summary[key]))
     return rows
+
+
+def eval_results_of(rows: list, dataset: str) -> list:
+    """The rows as huggingface_hub EvalResults (the card's ``model-index``): one per test set and metric."""
+    return [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=f"{dataset} ({suite})",
+                       dataset_config=suite, metric_type="mce" if "mCE" in metric else "accuracy",
+                       metric_name=metric, metric_value=value) for suite, metric, value in rows]
+
+
+def base_model(train_args: dict) -> tuple[Optional[str], str]:
+    """The Hub id a fine-tune started from (None for a local file or a run from scratch) and a sentence saying so.
+    Local files are named by their file name only, never by their path."""
+    model = str(train_args.get("model") or "")
+    for flag in ("initial_checkpoint", "pretrained_path"):
+        if train_args.get(flag):
+            return None, (f"Fine-tuned from the local weights file `{Path(train_args[flag]).name}` "
+                          f"(`--{flag.replace('_', '-')}`, not on the Hub, so no `base_model`).")
+    if not train_args.get("pretrained") and not model.startswith("hf-hub:"):
+        return None, "Trained from scratch."
+    if model.startswith("hf-hub:"):
+        hub_id = model[len("hf-hub:"):].split("@")[0]
+    elif model.startswith("local-dir:"):
+        return None, f"Fine-tuned from the local export `{Path(model[len('local-dir:'):]).name}` (no `base_model`)."
+    else:
+        import timm
+
+        hub_id = timm.models.get_pretrained_cfg(model).hf_hub_id if timm.is_model(model) else None
+    if not hub_id:
+        return None, f"Fine-tuned from timm's pretrained `{model}` weights (not on the Hub, so no `base_model`)."
+    return hub_id, f"Fine-tuned from [{hub_id}](https://huggingface.co/{hub_id})."
 
 
 def _table(head: tuple, rows: list, empty: str) -> list:
@@ -74,12 +116,13 @@ def _model_rows(config: dict) -> list:
     return rows
 
 
-def _introduction(repo_id: str, arch: str, method: str) -> list:
+def _introduction(repo_id: str, arch: str, method: str, origin: str) -> list:
     return [f"# {repo_id.split('/')[-1]}", "",
             f"A `{arch}` image classifier trained with timm-fcl (method `{method}`): "
             "Feature Contrastive Learning adds to cross-entropy a contrastive loss on the penultimate embedding that "
             "keeps the model insensitive to perturbations of low-utility input elements and sensitive to "
-            "high-utility ones (\"Balancing Robustness and Sensitivity using Feature Contrastive Learning\").", "",
+            "high-utility ones (\"Balancing Robustness and Sensitivity using Feature Contrastive Learning\").",
+            "", origin, "",
             "## How to load", "", "```python", "import timm", "",
             f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
             "data_config = timm.data.resolve_model_data_config(model)",
@@ -87,30 +130,36 @@ def _introduction(repo_id: str, arch: str, method: str) -> list:
             "Plain timm loads it (no timm-fcl import); the weights are a safetensors file.", ""]
 
 
+def card_data(repo_id: str, train_args: dict, rows: list, license: str, base: Optional[str]) -> ModelCardData:
+    dataset = str(train_args.get("dataset") or "").rstrip("/").split("/")[-1]
+    return ModelCardData(
+        library_name="timm", license=license, pipeline_tag="image-classification", base_model=base,
+        tags=["image-classification", "timm", "timm-fcl", "feature-contrastive-learning", "robustness"],
+        datasets=[dataset] if dataset else None, model_name=repo_id.split("/")[-1],
+        eval_results=eval_results_of(rows, dataset or "unknown") or None)
+
+
 def build_model_card(repo_id: str, config: dict, *, train_args: Optional[dict] = None,
                      eval_results: Optional[dict] = None, resolved: Optional[dict] = None,
-                     license: str = "apache-2.0") -> str:
-    """The README.md of a published run: ``train_args`` are its args.yaml, ``resolved`` its resolved.yaml."""
+                     license: str = "apache-2.0", run_name: str = "") -> str:
+    """The README.md of a published run: ``train_args`` are its args.yaml, ``resolved`` its resolved.yaml,
+    ``eval_results`` the results.json of timm_fcl.eval (the entry of ``run_name``, else the first)."""
     train_args, resolved = train_args or {}, resolved or {}
     fcl = fcl_params(train_args, resolved)
-    header = {
-        "library_name": "timm",
-        "license": license,
-        "tags": ["image-classification", "timm", "timm-fcl", "feature-contrastive-learning", "robustness"],
-        "pipeline_tag": "image-classification",
-    }
-    if train_args.get("dataset"):
-        header["datasets"] = [str(train_args["dataset"]).split("/")[-1]]
-    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", ""]
-    lines += _introduction(repo_id, config.get("architecture", "unknown"), fcl.get("method") or "unknown")
+    rows = evaluation_rows(published_result(eval_results or {}, run_name))
+    base, origin = base_model(train_args)
+    lines = _introduction(repo_id, config.get("architecture", "unknown"), fcl.get("method") or "unknown", origin)
     lines += ["## Model", ""] + _table(("", ""), _model_rows(config), "")
     lines += ["", "## Training recipe", ""]
     lines += _table(("setting", "value"), recipe_rows(train_args, resolved), "Not recorded.")
     lines += ["", "## FCL hyper-parameters", ""]
     lines += _table(("parameter", "value"), list(fcl.items()), "Not recorded.")
     lines += ["", "## Evaluation", ""]
-    rows = [(suite, metric, f"{value:.4f}") for suite, metric, value in evaluation_rows(eval_results or {})]
-    lines += _table(("test set", "metric", "value"), rows, "No evaluation results were published with this checkpoint.")
+    table = [(suite, metric, f"{value:.4f}") for suite, metric, value in rows]
+    lines += _table(("test set", "metric", "value"), table,
+                    "No evaluation results were published with this checkpoint.")
     if rows:
         lines += ["", "Measured with `python -m timm_fcl.eval` (clean, UN / NUN noisy sets, corruption suites)."]
-    return "\n".join(lines) + "\n"
+    lines += ["", "## Citation", "", "```bibtex", CITATION, "```"]
+    data = card_data(repo_id, train_args, rows, license, base)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))

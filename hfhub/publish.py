@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from timm_fcl import run_folder
-from timm_fcl._cli import OneLineParser, UsageError, run_cli
+from timm_fcl._cli import OneLineParser, UsageError, first_line, run_cli
 
+from .cli import DESCRIPTION, add_arguments
 from .model_card import build_model_card
 
 PROG = "hfhub.publish"
@@ -48,71 +49,146 @@ def find_export(folder: Path, ema: bool = False) -> Path:
     raise PublishError(f"{folder} has no {what} to publish")
 
 
-def check_export(export: Path) -> dict:
-    config = json.loads((export / run_folder.CONFIG).read_text())
-    if "architecture" not in config:
+def inside(path: Path, root: Path) -> Path:
+    """``path`` with its symlinks resolved, refused when that leaves ``root``: a link in a run folder to a file
+    elsewhere (another run's weights, a private file) is never published."""
+    real, real_root = path.resolve(), root.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise PublishError(f"{path} points to {real}, outside {root}: refusing to publish a file from outside the run")
+    return real
+
+
+def check_export(export: Path, root: Path) -> tuple[dict, Path, Path]:
+    """The export's timm config and the real paths of its weights and config (both inside ``root``)."""
+    weights, config_path = inside(export / run_folder.WEIGHTS, root), inside(export / run_folder.CONFIG, root)
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise PublishError(f"{export / run_folder.CONFIG} is not JSON ({first_line(exn)})") from None
+    if not isinstance(config, dict) or "architecture" not in config:
         raise PublishError(f"{export / run_folder.CONFIG} is not a timm config (no 'architecture')")
-    with safe_open(str(export / run_folder.WEIGHTS), framework="pt") as f:
-        if not list(f.keys()):
-            raise PublishError(f"{export / run_folder.WEIGHTS} holds no tensors")
-    return config
+    try:  # the header only: a pickle (or anything else) renamed model.safetensors fails here, unread
+        with safe_open(str(weights), framework="numpy") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError) as exn:
+        raise PublishError(f"{export / run_folder.WEIGHTS} is not a safetensors file ({first_line(exn)})") from None
+    if not keys:
+        raise PublishError(f"{export / run_folder.WEIGHTS} holds no tensors")
+    return config, weights, config_path
+
+
+def read_eval_results(path: Path) -> dict:
+    """The results.json of ``python -m timm_fcl.eval`` (``{label: {"spec", "rows", "summaries"}}``), checked."""
+    try:
+        results = json.loads(path.read_text())
+        check_eval_results(results)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exn:
+        raise PublishError(f"{path} is not a results.json of timm_fcl.eval: {first_line(exn)}") from None
+    return results
+
+
+def check_eval_results(results) -> None:
+    if not isinstance(results, dict) or not results:
+        raise ValueError("expected {model: {spec, rows, summaries}}")
+    for label, result in results.items():
+        if not isinstance(result, dict) or not isinstance(result.get("rows"), list) \
+                or not isinstance(result.get("summaries", {}), dict):
+            raise ValueError(f"{label!r} has no list of rows")
+        for row in result["rows"]:
+            if not isinstance(row, dict) or not isinstance(row.get("suite"), str) \
+                    or not isinstance(row.get("severity"), int) or not _fraction(row.get("accuracy")):
+                raise ValueError(f"{label!r}: a row without suite, severity and an accuracy in [0, 1]: {row!r}"[:200])
+        for suite, summary in result.get("summaries", {}).items():
+            numbers = [v for k, v in summary.items() if k.startswith("mean_")] if isinstance(summary, dict) else [0]
+            if not isinstance(summary, dict) or not all(v is None or _fraction(v) for v in numbers):
+                raise ValueError(f"{label!r}: the summary of {suite!r} is malformed")
+
+
+def _fraction(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def without_local_paths(results: dict) -> dict:
+    """The results with the ``spec`` of a model named by a folder (``local-dir:PATH`` or PATH) reduced to its run
+    name: the published file says which run, not where it lay on the disk."""
+    def public(spec: str) -> str:
+        path = spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec
+        return run_folder.run_name(path) if spec.startswith("local-dir:") or Path(path).is_absolute() \
+            or Path(path).exists() else spec
+    return {label: dict(result, **({"spec": public(str(result["spec"]))} if "spec" in result else {}))
+            for label, result in results.items()}
+
+
+def find_eval_json(run: Path, eval_json: Optional[Path]) -> Optional[Path]:
+    """--eval as given, or else the run's eval/results.json (refused when it is a link to outside the run)."""
+    if eval_json is not None:
+        if not Path(eval_json).is_file():
+            raise PublishError(f"evaluation results {eval_json} not found")
+        return Path(eval_json)
+    default = run / run_folder.EVAL_RESULTS
+    return inside(default, run) if default.is_file() else None
 
 
 def stage(folder: Path, target: Path, *, repo_id: str, ema: bool = False, eval_json: Optional[Path] = None,
           license: str = "apache-2.0") -> Path:
     """Write the folder to upload: the export's weights and config, README.md (and the evaluation JSON)."""
     export = find_export(folder, ema)
-    config = check_export(export)
     run = run_folder.run_of(export)
-    if eval_json is None and (run / run_folder.EVAL_RESULTS).is_file():
-        eval_json = run / run_folder.EVAL_RESULTS
-    if eval_json is not None and not Path(eval_json).is_file():
-        raise PublishError(f"evaluation results {eval_json} not found")
-    eval_results = json.loads(Path(eval_json).read_text()) if eval_json else None
+    config, weights, config_path = check_export(export, run)
+    eval_json = find_eval_json(run, eval_json)
+    eval_results = without_local_paths(read_eval_results(eval_json)) if eval_json else None
     target.mkdir(parents=True, exist_ok=True)
-    for name in (run_folder.WEIGHTS, run_folder.CONFIG):
-        shutil.copyfile(export / name, target / name)
+    shutil.copyfile(weights, target / run_folder.WEIGHTS)
+    shutil.copyfile(config_path, target / run_folder.CONFIG)
     if eval_results:
         (target / "eval_results.json").write_text(json.dumps(eval_results, indent=1))
     card = build_model_card(repo_id, config, train_args=run_folder.read_args(run), eval_results=eval_results,
-                            resolved=run_folder.read_resolved(run), license=license)
+                            resolved=run_folder.read_resolved(run), license=license,
+                            run_name=run_folder.run_name(export))
     (target / "README.md").write_text(card)
     return target
 
 
+def stage_dry_run(folder: Path, target: Path, *, overwrite: bool = False, **kwargs) -> Path:
+    """Stage into ``target``: a non-empty one only with ``overwrite``, and never the run folder or one holding it.
+    Staged beside it first, so a refused publish leaves it as it was."""
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not overwrite:
+            raise PublishError(f"--dry-run folder {target} is not empty: choose another or add --overwrite")
+        if not target.is_dir() or target.resolve() in (Path(folder).resolve(), *Path(folder).resolve().parents):
+            raise PublishError(f"--dry-run {target} would overwrite {folder} itself: choose another folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staged = stage(folder, Path(tmp) / "staged", **kwargs)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(staged, target)
+    return target
+
+
 def publish(folder: Path, *, repo_id: str, ema: bool = False, eval_json: Optional[Path] = None, private: bool = False,
-            license: str = "apache-2.0", dry_run: Optional[Path] = None) -> str:
+            license: str = "apache-2.0", dry_run: Optional[Path] = None, overwrite: bool = False) -> str:
     if "/" not in repo_id:
         raise PublishError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+    kwargs = dict(repo_id=repo_id, ema=ema, eval_json=eval_json, license=license)
     if dry_run is not None:
-        stage(folder, Path(dry_run), repo_id=repo_id, ema=ema, eval_json=eval_json, license=license)
-        return str(dry_run)
+        return str(stage_dry_run(folder, dry_run, overwrite=overwrite, **kwargs))
     from huggingface_hub import create_repo, upload_folder
 
     with tempfile.TemporaryDirectory() as tmp:
-        staged = stage(folder, Path(tmp), repo_id=repo_id, ema=ema, eval_json=eval_json, license=license)
+        staged = stage(folder, Path(tmp), **kwargs)
         url = create_repo(repo_id, private=private, exist_ok=True)
         upload_folder(repo_id=repo_id, folder_path=str(staged), commit_message="Upload timm-fcl checkpoint")
     return str(url)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description="Publish a timm-fcl checkpoint to the Hugging Face Hub", add_help=add_help)
-    p.add_argument("folder", type=Path, help="train_fcl.py output folder, or a folder with model.safetensors + config.json")
-    p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
-    p.add_argument("--ema", action="store_true", help="publish the EMA weights (a run trained with --model-ema)")
-    p.add_argument("--eval", dest="eval_json", type=Path, default=None,
-                   help="results.json of python -m timm_fcl.eval (default: FOLDER/eval/results.json if present)")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--license", default="apache-2.0")
-    p.add_argument("--dry-run", type=Path, default=None, metavar="FOLDER",
-                   help="write the exact folder that would be uploaded here, and upload nothing")
-    return p
+    return add_arguments(OneLineParser(prog=PROG, description=DESCRIPTION, add_help=add_help))
 
 
 def main(args: argparse.Namespace) -> str:
     where = publish(args.folder, repo_id=args.repo_id, ema=args.ema, eval_json=args.eval_json, private=args.private,
-                    license=args.license, dry_run=args.dry_run)
+                    license=args.license, dry_run=args.dry_run, overwrite=args.overwrite)
     print(f"{'wrote' if args.dry_run else 'published'} {where}")
     return where
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from hfhub.model_card import build_model_card
-from hfhub.publish import PublishError, find_export, main as publish_main, get_args_parser
+from hfhub.publish import PublishError, cli, find_export, main as publish_main, get_args_parser
 from timm_fcl import FCLConfig
 from train_helpers import ROOT, make_shards, run, train_cmd
 
@@ -35,10 +35,11 @@ def trained(tmp_path_factory):
     out = root / "run"
     proc = run(train_cmd("--model", "resnet18", "--dataset", "wds/toy", "--data-dir", str(shards), "--img-size", "16",
                          "--crop-pct", "1", "-b", "16", "--epochs", "1", "--sched", "step", "--warmup-epochs", "0",
-                         "--lr", "0.05", "--method", "fcl", "--fcl-k", "64", "--no-progress", "--output", str(out)))
+                         "--lr", "0.05", "--method", "fcl", "--fcl-k", "64", "--fcl-start-epochs", "0.5",
+                         "--no-progress", "--output", str(out)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "eval").mkdir()
-    (out / "eval" / "results.json").write_text(json.dumps({"resnet18": {"rows": [
+    (out / "eval" / "results.json").write_text(json.dumps({"run": {"spec": str(out), "rows": [
         {"suite": "clean", "corruption": "", "severity": 0, "accuracy": 0.91},
         {"suite": "un", "corruption": "", "severity": 0, "accuracy": 0.42}],
         "summaries": {"generated": {"mean_19": 0.61, "mean_15": 0.6, "groups": {"noise": 0.3, "blur": 0.7}}}}}))
@@ -140,8 +141,10 @@ def test_card_takes_fcl_settings_from_resolved_yaml():
     args = {"method": "fcl", "fcl_k": 8, "lr": None, "patch_gaussian": False, "patch_gaussian_size": 25}
     text = build_model_card("org/name", {"architecture": "resnet18"}, train_args=args, resolved=resolved)
     params = card_table(text, "FCL hyper-parameters")
-    assert set(params) == set(fcl)  # every FCLConfig field, from the resolved file rather than the flags
-    assert params["k"] == "64" and params["start_step"] == "500 (2 epochs)" and params["ramp_steps"] == "250 (1 epochs)"
+    # every FCLConfig field, from the resolved file rather than the flags, and the schedule in epochs too
+    assert set(params) == set(fcl) | {"start_epochs", "ramp_epochs"}
+    assert params["k"] == "64" and params["start_step"] == "500" and params["ramp_steps"] == "250"
+    assert params["start_epochs"] == "2" and params["ramp_epochs"] == "1"
     recipe = card_table(text, "Training recipe")
     assert recipe["lr"] == "0.4" and recipe["global_batch"] == "1024"
     assert not any(k.startswith("patch_gaussian") for k in recipe)  # off: no Patch Gaussian settings
@@ -154,3 +157,114 @@ def test_card_of_an_older_run_reads_the_fcl_flags_and_shows_patch_gaussian_when_
     assert card_table(text, "FCL hyper-parameters") == {"method": "xe_gauss", "sigma": "0.3"}
     recipe = card_table(text, "Training recipe")
     assert recipe["patch_gaussian_size"] == "16" and recipe["patch_gaussian_sigma"] == "0.2"
+
+
+def test_published_card_parses_with_huggingface_hub_and_equals_the_run(trained, published):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(published / "README.md")
+    results = json.loads((trained / "eval" / "results.json").read_text())["run"]
+    want = {(r["suite"], "top-1 accuracy", r["accuracy"]) for r in results["rows"]}
+    summary = results["summaries"]["generated"]
+    want |= {("generated", "mean accuracy, 19 corruptions", summary["mean_19"]),
+             ("generated", "mean accuracy, 15 corruptions", summary["mean_15"])}
+    want |= {("generated", f"{g} (group mean)", v) for g, v in summary["groups"].items()}
+    got = {(r.dataset_config, r.metric_name, r.metric_value) for r in card.data.eval_results}
+    assert got == want and {r.dataset_type for r in card.data.eval_results} == {"toy"}
+    resolved = yaml.safe_load((trained / "resolved.yaml").read_text())
+    assert resolved["fcl"]["start_step"] > 0  # --fcl-start-epochs 0.5 became steps
+    want_fcl = {"method": "fcl", **resolved["fcl"], "start_epochs": resolved["fcl_schedule_epochs"]["start"],
+                "ramp_epochs": resolved["fcl_schedule_epochs"]["ramp"]}
+    assert card_table(card.content, "FCL hyper-parameters") == {k: str(v) for k, v in want_fcl.items()}
+    assert card.data.base_model is None and "Trained from scratch." in card.content
+    assert "@misc{" in card.content and "Feature Contrastive Learning" in card.content.split("## Citation")[1]
+
+
+def test_published_files_name_this_run_not_imagenet_nor_local_paths(trained, published):
+    config = json.loads((published / "config.json").read_text())
+    pcfg = config["pretrained_cfg"]
+    assert pcfg["tag"] == "fcl_toy"
+    assert not {"hf_hub_id", "url", "file", "paper_ids", "origin_url", "license"} & set(pcfg)
+    assert pcfg["input_size"] == [3, 16, 16] and pcfg["crop_pct"] == 1 and pcfg["classifier"] == "fc"
+    assert config["num_classes"] == 10 == pcfg["num_classes"]
+    assert json.loads((published / "eval_results.json").read_text())["run"]["spec"] == "run"
+    for path in published.iterdir():
+        if path.suffix in (".json", ".md"):
+            assert str(trained.parent) not in path.read_text(), path.name
+
+
+def test_base_model_of_fine_tunes():
+    from hfhub.model_card import base_model
+
+    assert base_model({"model": "hf-hub:org/base", "pretrained": True})[0] == "org/base"
+    assert base_model({"model": "resnet18", "pretrained": True})[0] == "timm/resnet18.a1_in1k"
+    for flag in ("pretrained_path", "initial_checkpoint"):
+        hub_id, sentence = base_model({"model": "resnet18", "pretrained": True, flag: "/secret/dir/w.safetensors"})
+        assert hub_id is None and "`w.safetensors`" in sentence and "/secret" not in sentence
+    text = build_model_card("o/n", {"architecture": "resnet18"}, train_args={"model": "hf-hub:org/base"})
+    assert yaml.safe_load(text.split("---\n")[1])["base_model"] == "org/base"
+
+
+def one_line_refusal(argv, capsys) -> str:
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hfhub.publish: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+def export_copy(trained: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        shutil.copyfile(trained / "model" / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_symlink_out_of_the_export_is_refused(trained, tmp_path, capsys, name):
+    export = export_copy(trained, tmp_path / "export")
+    (export / name).unlink()
+    (export / name).symlink_to(trained / "model" / name)  # a valid file, but outside what is published
+    err = one_line_refusal([str(export), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out")], capsys)
+    assert "outside" in err and not (tmp_path / "out").exists()
+
+
+def test_a_symlinked_eval_json_out_of_the_run_is_refused(trained, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    export_copy(trained, run_dir / "model")
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "results.json").symlink_to(trained / "eval" / "results.json")
+    err = one_line_refusal([str(run_dir), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out")], capsys)
+    assert "results.json" in err and "outside" in err
+
+
+@pytest.mark.parametrize("content", ['{"m": {"rows": [{"suite": "clean", "severity": 0, "accuracy": 7}]}}',
+                                     '[1, 2]', '{"m": {"rows": 3}}', '{not json'])
+def test_a_malformed_eval_json_is_one_line(trained, tmp_path, capsys, content):
+    bad = tmp_path / "results.json"
+    bad.write_text(content)
+    err = one_line_refusal([str(trained), "--repo-id", "a/b", "--eval", str(bad), "--dry-run", str(tmp_path / "o")],
+                           capsys)
+    assert "is not a results.json of timm_fcl.eval" in err
+
+
+def test_a_non_empty_dry_run_folder_needs_overwrite(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("kept unless --overwrite")
+    argv = [str(trained), "--repo-id", "a/b", "--dry-run", str(out)]
+    assert "not empty" in one_line_refusal(argv, capsys)
+    assert (out / "old.txt").is_file()
+    assert cli(argv + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "eval_results.json",
+                                                    "model.safetensors"]
+
+
+def test_a_pickle_named_model_safetensors_is_one_line(trained, tmp_path):
+    export = export_copy(trained, tmp_path / "export")
+    torch.save({"w": torch.zeros(2)}, export / "model.safetensors")  # a pickle (zip) under the safetensors name
+    proc = subprocess.run([sys.executable, "-m", "hfhub.publish", str(export), "--repo-id", "a/b", "--dry-run",
+                           str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "is not a safetensors file" in err and not (tmp_path / "x").exists()
