@@ -268,3 +268,28 @@ def test_a_pickle_named_model_safetensors_is_one_line(trained, tmp_path):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "is not a safetensors file" in err and not (tmp_path / "x").exists()
+
+
+def test_console_script_runs_publish(trained, tmp_path, capsys):
+    from hfhub.cli import main as console_main
+
+    assert console_main([str(trained), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "README.md").is_file()
+    assert console_main([str(tmp_path / "missing"), "--repo-id", "a/b"]) == 2
+    assert capsys.readouterr().err.strip().endswith("is not a folder")
+
+
+@pytest.mark.slow
+def test_pip_install_gives_timm_fcl_publish_outside_the_checkout(tmp_path):
+    """`pip install --no-deps .` into a fresh venv (no torch: --help must not need it), run from elsewhere."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "*.egg-info", "build", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv_python), "install", "-q", "--no-deps", str(src)],
+                   check=True, timeout=600)
+    shutil.rmtree(src)
+    proc = subprocess.run([str(tmp_path / "venv" / "bin" / "timm-fcl-publish"), "--help"], capture_output=True,
+                          text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: timm-fcl-publish") and "--dry-run FOLDER" in proc.stdout
