@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from timm_fcl import run_folder
 from timm_fcl._cli import OneLineParser, UsageError, first_line, run_cli
+from timm_fcl.checkpoint import INHERITED_PROVENANCE, describe_run, run_tag
 
 from .cli import DESCRIPTION, add_arguments
 from .model_card import build_model_card
@@ -137,12 +138,16 @@ def stage(folder: Path, target: Path, *, repo_id: str, ema: bool = False, eval_j
     config, weights, config_path = check_export(export, run)
     eval_json = find_eval_json(run, eval_json)
     eval_results = without_local_paths(read_eval_results(eval_json)) if eval_json else None
+    train_args = run_folder.read_args(run)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / run_folder.WEIGHTS)
     shutil.copyfile(config_path, target / run_folder.CONFIG)
+    if set(INHERITED_PROVENANCE) & set(config.get("pretrained_cfg", {})):  # exported before export_model cleaned it
+        tag = run_tag(train_args.get("method") or "timm_fcl", train_args.get("dataset"))
+        describe_run(target / run_folder.CONFIG, tag)
     if eval_results:
         (target / "eval_results.json").write_text(json.dumps(eval_results, indent=1))
-    card = build_model_card(repo_id, config, train_args=run_folder.read_args(run), eval_results=eval_results,
+    card = build_model_card(repo_id, config, train_args=train_args, eval_results=eval_results,
                             resolved=run_folder.read_resolved(run), license=license,
                             run_name=run_folder.run_name(export))
     (target / "README.md").write_text(card)

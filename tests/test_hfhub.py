@@ -293,3 +293,15 @@ def test_pip_install_gives_timm_fcl_publish_outside_the_checkout(tmp_path):
                           text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: timm-fcl-publish") and "--dry-run FOLDER" in proc.stdout
+
+
+def test_an_older_export_is_published_without_imagenet_provenance(trained, tmp_path):
+    export = export_copy(trained, tmp_path / "export")
+    config = json.loads((export / "config.json").read_text())
+    config["pretrained_cfg"].update(tag="a1_in1k", paper_ids="arXiv:2110.00476", license="apache-2.0",
+                                    origin_url="https://github.com/huggingface/pytorch-image-models")
+    (export / "config.json").write_text(json.dumps(config))
+    publish_main(get_args_parser().parse_args([str(export), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out")]))
+    pcfg = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
+    assert pcfg["tag"] == "timm_fcl" and not {"paper_ids", "license", "origin_url"} & set(pcfg)
+    assert pcfg["input_size"] == config["pretrained_cfg"]["input_size"]
