@@ -34,11 +34,12 @@ import yaml
 
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
 from timm_fcl import FCLConfig, FCLOutput, FeatureContrastiveRegularizer, PatchGaussian, run_folder
-from timm_fcl._cli import OneLineParser, UsageError, run_cli
+from timm_fcl._cli import OneLineParser, UsageError, first_line, run_cli
 from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
 from timm_fcl.config import METHODS
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
 from timm_fcl.model_io import create_model, default_in_chans
+from timm_fcl.run_lock import LockedError, RunLock
 
 _logger = logging.getLogger("train_fcl")
 
@@ -171,6 +172,55 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _read_config(path: str) -> dict:
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except OSError as exn:
+        raise ConfigError(f"cannot read --config {path}: {exn.strerror}") from None
+    except yaml.YAMLError as exn:
+        mark = getattr(exn, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"--config {path}: YAML syntax error{where}: "
+                          f"{getattr(exn, 'problem', None) or first_line(exn)}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected flag names and values, got a {type(values).__name__}")
+    return values
+
+
+def _config_value(action: argparse.Action, path: str, key: str, value):
+    """A YAML value checked and converted as argparse checks and converts the same value on the command line (YAML's
+    own types would slip past argparse: `epochs: 2.5`, `lr: [0.1]`, or `mixed_precision: no`, which YAML reads as
+    false)."""
+    kind = {int: "an integer", float: "a number"}.get(action.type, "a string")
+
+    def refuse(expected: str) -> ConfigError:
+        return ConfigError(f"--config {path}: {key}: expected {expected}, got {value!r}")
+
+    def scalar(item):
+        if isinstance(item, (bool, list, dict)) or item is None:
+            raise refuse(f"{kind} (quote words YAML reads as booleans)" if isinstance(item, bool) else kind)
+        try:
+            return (action.type or str)(item if isinstance(item, str) else str(item))
+        except (TypeError, ValueError):
+            raise refuse(kind) from None
+
+    if value is None and action.default is None:
+        return None
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        count = action.nargs if isinstance(action.nargs, int) else None
+        if not isinstance(value, list) or (count and len(value) != count) or (action.nargs == "+" and not value):
+            raise refuse(f"a list of {count or 'one or more'} values")
+        return [scalar(item) for item in value]
+    return scalar(value)
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Flags, with --config's YAML as defaults (command line wins), checked as argparse checks the command line."""
     parser = get_args_parser()
@@ -178,16 +228,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     config_parser.add_argument("--config", default=None)
     pre, _ = config_parser.parse_known_args(argv)
     if pre.config:
-        try:
-            with open(pre.config) as f:
-                values = yaml.safe_load(f) or {}
-        except OSError as exn:
-            raise ConfigError(f"cannot read --config {pre.config}: {exn.strerror}") from None
+        values = _read_config(pre.config)
         dests = {a.dest: a for a in parser._actions}
-        unknown = [k for k in values if k.replace("-", "_") not in dests]
+        unknown = [k for k in values if str(k).replace("-", "_") not in dests]
         if unknown:
-            raise ConfigError(f"{pre.config}: unknown setting(s) {', '.join(unknown)}")
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+            raise ConfigError(f"{pre.config}: unknown setting(s) {', '.join(map(str, unknown))}")
+        parser.set_defaults(**{k.replace("-", "_"): _config_value(dests[k.replace("-", "_")], pre.config, k, v)
+                               for k, v in values.items()})
     args = parser.parse_args(argv)
     for action in parser._actions:  # a YAML value bypasses argparse's choices check
         value = getattr(args, action.dest, None)
@@ -195,6 +242,87 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             raise ConfigError(f"argument {action.option_strings[-1]}: invalid choice: {value!r} "
                               f"(choose from {', '.join(map(str, action.choices))})")
     return args
+
+
+# the lowest value of each numeric flag (a flag's every value, for lists); FCLConfig checks the --fcl-* fields
+_AT_LEAST = {"epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "log_interval": 1, "lr_base_size": 1,
+             "train_subset": 1, "val_subset": 1, "num_classes": 1, "in_chans": 1, "img_size": 1, "input_size": 1,
+             "patch_gaussian_size": 1, "workers": 0, "shuffle_buffer": 0, "checkpoint_interval": 0,
+             "checkpoint_hist": 0, "seed": 0, "warmup_epochs": 0, "cooldown_epochs": 0, "decay_milestones": 0,
+             "warmup_lr": 0, "min_lr": 0, "momentum": 0, "weight_decay": 0, "hflip": 0, "reprob": 0,
+             "color_jitter": 0, "model_ema_decay": 0, "opt_betas": 0, "patch_gaussian_sigma": 0,
+             "fcl_start_epochs": 0, "fcl_ramp_epochs": 0}
+_ABOVE = {"lr": 0, "lr_base": 0, "decay_epochs": 0, "decay_rate": 0, "clip_grad": 0, "opt_eps": 0, "crop_pct": 0,
+          "std": 0, "scale": 0, "ratio": 0}
+_AT_MOST = {"hflip": 1, "reprob": 1, "model_ema_decay": 1, "crop_pct": 1, "scale": 1, "opt_betas": 1}
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")  # timm 1.0.31's
+
+
+def _values(args, dest: str) -> list:
+    value = getattr(args, dest, None)
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args) -> None:
+    for action in parser._actions:
+        flag = f"argument {action.option_strings[-1]}" if action.option_strings else action.dest
+        for v in _values(args, action.dest):
+            if action.type is float and not math.isfinite(v):
+                raise ConfigError(f"{flag}: must be a finite number, got {v}")
+            low, above, high = _AT_LEAST.get(action.dest), _ABOVE.get(action.dest), _AT_MOST.get(action.dest)
+            if (low is not None and v < low) or (above is not None and v <= above) or (high is not None and v > high):
+                bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+                          f"<= {high}" if high is not None else ""]
+                raise ConfigError(f"{flag}: must be {' and '.join(b for b in bounds if b)}, got {v}")
+
+
+def _check_names(args) -> None:
+    from timm.optim import list_optimizers
+
+    if args.sched not in SCHEDULERS:
+        raise ConfigError(f"argument --sched: unknown scheduler {args.sched!r} (choose from {', '.join(SCHEDULERS)})")
+    *prefix, name = args.opt.lower().split("_")  # timm reads 'lookahead_NAME' as NAME wrapped in Lookahead
+    if prefix not in ([], ["lookahead"]) or name not in list_optimizers():
+        raise ConfigError(f"argument --opt: unknown optimizer {args.opt!r} (timm.optim.list_optimizers() lists "
+                          f"them, optionally prefixed lookahead_)")
+
+
+def _check_channels(args) -> None:
+    channels = _in_chans(args) or default_in_chans(args.model)
+    for dest in ("mean", "std", "fcl_input_std"):
+        values = _values(args, dest)
+        if values and len(values) not in (1, channels):
+            raise ConfigError(f"argument --{dest.replace('_', '-')}: {len(values)} values for {channels} input "
+                              f"channels (give 1 or {channels})")
+
+
+def _writable(folder: Path) -> bool:
+    # root passes os.access on any folder; a folder without write bits is meant read-only all the same
+    return os.access(folder, os.W_OK | os.X_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def _check_output(output: Path) -> None:
+    existing = next(p for p in [output, *output.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--output {output}: {existing} is a file, not a folder")
+    if not _writable(existing):
+        raise ConfigError(f"--output {output}: {existing} is not writable")
+
+
+def validate_args(args) -> None:
+    """Every check that needs no model and no data, so a bad flag stops the run before any work or any write."""
+    parser = get_args_parser()
+    if not args.data_dir:
+        raise ConfigError("--data-dir is needed")
+    _check_numbers(parser, args)
+    _check_names(args)
+    _check_channels(args)
+    build_fcl_config(args, {"std": (1.0,)}, updates_per_epoch=1)  # FCLConfig's own checks
+    _check_output(output_folder(args))
+
+
+def output_folder(args) -> Path:
+    return Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
 
 
 # ------------------------------------------------------------------------------------------------------ building
@@ -222,9 +350,7 @@ def setup(args) -> tuple:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if not args.data_dir:
-        raise ConfigError("--data-dir is needed")
-    output = Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
+    output = output_folder(args)
     device_type = _device_type()
     check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=device_type == "cpu",
@@ -234,6 +360,24 @@ def setup(args) -> tuple:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     set_seed(args.seed)
     return accelerator, output
+
+
+def lock_output(accelerator, output: Path) -> RunLock:
+    """The main process locks the run folder for the whole run; it tells the other ranks, so every rank of a refused
+    run stops with the same line."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, refusal = RunLock(output / run_folder.LOCK), [None]
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except LockedError as exn:
+            refusal[0] = str(exn)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise ConfigError(refusal[0])
+    return lock
 
 
 def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
@@ -365,6 +509,10 @@ def build_training(args, accelerator, data: Data, output: Path) -> Training:
     updates_per_epoch = math.ceil(len(data.train) / args.grad_accum_steps)
     model = data.model.to(memory_format=torch.channels_last) if args.channels_last else data.model
     fcl = build_fcl_config(args, data.data_config, updates_per_epoch)
+    try:  # before the first step, even when the term starts epochs later
+        fcl.check_input(data.data_config["input_size"], args.batch_size)
+    except ValueError as exn:
+        raise ConfigError(f"FCL settings do not fit the model's input: {exn}") from None
     reg = FeatureContrastiveRegularizer(model, fcl, compile_backend=args.torchcompile)
     lr = args.lr if args.lr is not None else \
         args.lr_base * args.batch_size * world * args.grad_accum_steps / args.lr_base_size
@@ -591,22 +739,24 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
 
 # ---------------------------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> dict:
+    validate_args(args)
     accelerator, output = setup(args)
-    data = build_data(args, accelerator)
-    run = build_training(args, accelerator, data, output)
-    resume_or_start(args, accelerator, run, data)
+    with lock_output(accelerator, output):
+        data = build_data(args, accelerator)
+        run = build_training(args, accelerator, data, output)
+        resume_or_start(args, accelerator, run, data)
 
-    def save_on_interval():
-        if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
-                and run.progress.batch < len(data.train):
-            save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist)
+        def save_on_interval():
+            if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
+                    and run.progress.batch < len(data.train):
+                save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist)
 
-    metrics: dict = {}
-    while run.progress.epoch < run.num_epochs:
-        skipped_before = data.train.skipped()
-        train = train_one_epoch(args, accelerator, run, data, on_step=save_on_interval)
-        metrics = end_of_epoch(args, accelerator, run, data, train, skipped_before)
-    accelerator.end_training()
+        metrics: dict = {}
+        while run.progress.epoch < run.num_epochs:
+            skipped_before = data.train.skipped()
+            train = train_one_epoch(args, accelerator, run, data, on_step=save_on_interval)
+            metrics = end_of_epoch(args, accelerator, run, data, train, skipped_before)
+        accelerator.end_training()
     return metrics
 
 

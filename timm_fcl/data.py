@@ -282,12 +282,18 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     if not _is_url(root) and not os.path.isdir(root):
         raise DataError(f"data dir {root} does not exist")
     info = _load_info(root)
+    if not isinstance(info, dict):
+        raise DataError(f"{root}/_info.json: expected an object, got {type(info).__name__}")
+    if not isinstance(info.get("splits", {}), dict):
+        raise DataError(f"{root}/_info.json: 'splits' must be an object")
     listed = info.get("splits", {})
     if split in EVAL_SYNONYMS and split not in listed:  # as timm's folder reader: 'validation' finds 'val', 'test'
         found = next((name for name in EVAL_SYNONYMS if name in listed), None)
         if found is not None:
             _logger.info(f"split '{split}' not in {root}/_info.json, using '{found}'")
             split = found
+    if split in listed:
+        check_split_entry(f"{root}/_info.json, split '{split}'", listed[split])
     try:
         split_info = _parse_split_info(split, info)
     except (RuntimeError, KeyError) as exn:
@@ -306,6 +312,22 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
         if missing:
             raise DataError(f"{len(missing)} shard(s) of split '{split}' missing, e.g. {missing[0]}")
     return urls, lengths, info
+
+
+def check_split_entry(where: str, entry) -> None:
+    """A split of _info.json that the reader can trust: shard names, one non-negative length per shard, and a sample
+    count equal to their sum (a wrong length would silently shift which samples each rank reads)."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
+    files, lengths, total = entry.get("filenames"), entry.get("shard_lengths", []), entry.get("num_samples")
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise DataError(f"{where}: 'filenames' must be a non-empty list of shard names")
+    if not isinstance(lengths, list) or not all(type(n) is int and n >= 0 for n in lengths):
+        raise DataError(f"{where}: 'shard_lengths' must be non-negative integers, got {lengths!r}"[:300])
+    if lengths and len(lengths) != len(files):
+        raise DataError(f"{where}: {len(lengths)} shard lengths for {len(files)} files")
+    if total is not None and (type(total) is not int or (lengths and total != sum(lengths))):
+        raise DataError(f"{where}: num_samples {total!r} is not the sum of the shard lengths ({sum(lengths)})")
 
 
 def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, download: bool = False):
