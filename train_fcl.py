@@ -48,6 +48,10 @@ class ConfigError(UsageError):
     """A bad flag, config file or model choice: reported as one line."""
 
 
+class DivergedError(RuntimeError):
+    """The loss or the weights became NaN or infinite: reported as one line, nothing of it saved."""
+
+
 # ------------------------------------------------------------------------------------------------------ arguments
 
 
@@ -255,6 +259,10 @@ _AT_LEAST = {"epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "log_interval"
 _ABOVE = {"lr": 0, "lr_base": 0, "decay_epochs": 0, "decay_rate": 0, "clip_grad": 0, "opt_eps": 0, "crop_pct": 0,
           "std": 0, "scale": 0, "ratio": 0}
 _AT_MOST = {"hflip": 1, "reprob": 1, "model_ema_decay": 1, "crop_pct": 1, "scale": 1, "opt_betas": 1}
+# flags that change how a run goes, not what it computes: a resume may change them (README, "Resuming"); the data
+# may move (--data-dir) as long as it resolves to the same splits and sizes
+MAY_CHANGE_ON_RESUME = ("workers", "pin_mem", "log_interval", "no_progress", "checkpoint_interval", "checkpoint_hist",
+                        "resume", "output", "config", "dataset_download", "data_dir", "epochs")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")  # timm 1.0.31's
 
 
@@ -420,9 +428,10 @@ class Data:
     data_config: dict
 
 
-def build_data(args, accelerator) -> Data:
+def build_data(args, accelerator, streams: Optional[int] = None) -> Data:
     """The model (its class count may come from the data, its input config decides the transforms) and the streams;
-    each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule)."""
+    each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule). ``streams``: the
+    parts of each rank's training share (a resumed run's own; default one per loader worker)."""
     from timm.data import resolve_data_config
 
     in_chans = _in_chans(args) or default_in_chans(args.model)
@@ -439,7 +448,7 @@ def build_data(args, accelerator) -> Data:
     common = dict(seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
                   rank=accelerator.process_index, world_size=accelerator.num_processes)
     train = EpochStream(train_src, transform=train_tf, is_training=True, subset=args.train_subset,
-                        shuffle_buffer=args.shuffle_buffer, **common)
+                        shuffle_buffer=args.shuffle_buffer, streams=streams, **common)
     val = EpochStream(val_src, transform=eval_tf, is_training=False, subset=args.val_subset, **common)
     return Data(train=train, val=val, model=model, num_classes=model.num_classes, class_names=train_src.class_names,
                 data_config=data_config,
@@ -490,14 +499,20 @@ class Training:
     updates_per_epoch: int
     output: Path
     bare: torch.nn.Module  # the plain timm model inside the regularizer
+    finite: Optional[torch.Tensor] = None  # on the device: every loss of this process so far was finite
 
     def resolved(self, args, data: Data, world: int) -> dict:
+        """What the run computes, as YAML reads it back; a resume must resolve to the same (epochs may grow)."""
         epochs = {"start": self.fcl.start_step / self.updates_per_epoch,
                   "ramp": self.fcl.ramp_steps / self.updates_per_epoch}
-        return {"fcl": dataclasses.asdict(self.fcl), "fcl_schedule_epochs": epochs, "lr": self.lr,
-                "num_classes": data.num_classes, "data_config": dict(data.data_config), "world_size": world,
-                "global_batch": args.batch_size * world * args.grad_accum_steps,
-                "updates_per_epoch": self.updates_per_epoch, "epochs": self.num_epochs}
+        settings = {k: v for k, v in vars(args).items() if k not in MAY_CHANGE_ON_RESUME}
+        resolved = {"settings": settings, "fcl": dataclasses.asdict(self.fcl), "fcl_schedule_epochs": epochs,
+                    "lr": self.lr, "num_classes": data.num_classes, "data_config": dict(data.data_config),
+                    "world_size": world, "global_batch": args.batch_size * world * args.grad_accum_steps,
+                    "updates_per_epoch": self.updates_per_epoch, "epochs": self.num_epochs,
+                    "loader_streams": data.train.streams, "train_samples": len(data.train.source),
+                    "val_samples": len(data.val.source)}
+        return yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False))
 
 
 def build_training(args, accelerator, data: Data, output: Path) -> Training:
@@ -532,26 +547,56 @@ def build_training(args, accelerator, data: Data, output: Path) -> Training:
         accelerator.register_for_checkpointing(ema)
     return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=progress, fcl=fcl, lr=lr,
                     num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
-                    bare=accelerator.unwrap_model(reg).model)
+                    bare=accelerator.unwrap_model(reg).model,
+                    finite=torch.ones((), dtype=torch.bool, device=accelerator.device))
 
 
-def resume_or_start(args, accelerator, run: Training, data: Data) -> None:
-    """Load the newest state of --resume (or of the run folder); write the run's settings; start the trackers."""
+def previous_run(args, output: Path) -> tuple[Optional[Path], dict]:
+    """The run folder whose newest state this run resumes, and what that run's flags resolved to ({} when none)."""
+    state = resolve_state(args.resume) if args.resume else resolve_state(output)
+    if state is None or state.parent.name != run_folder.STATES:
+        return None, {}
+    return state.parent.parent, run_folder.read_resolved(state.parent.parent)
+
+
+def setting_changes(saved: dict, now: dict) -> list[str]:
+    """'name old -> new' for each setting of ``now`` that differs from ``saved`` (keys both know; flags by their name,
+    derived values by their path); the derived values are listed only when no flag differs, as a flag explains them."""
+    def diff(old, new, path: str) -> list[str]:
+        if isinstance(old, dict) and isinstance(new, dict):
+            return [d for k in old if k in new for d in diff(old[k], new[k], f"{path}{k}.")]
+        return [] if old == new else [f"{path[:-1]} {old} -> {new}"]
+
+    flags = diff(saved.get("settings", {}), now.get("settings", {}), "")
+    if flags:
+        return flags
+    changes = diff({k: v for k, v in saved.items() if k not in ("settings", "epochs")}, now, "")
+    if now.get("epochs", 0) < saved.get("epochs", 0):
+        changes.append(f"epochs {saved['epochs']} -> {now['epochs']} (a run's epochs may only grow)")
+    return changes
+
+
+def resume_or_start(args, accelerator, run: Training, data: Data, previous: tuple[Optional[Path], dict] = (None, {})):
+    """Load the newest state of --resume (or of the run folder) if it was made with the same settings; write the run's
+    settings; start the trackers."""
     resume = resolve_state(args.resume) if args.resume else resolve_state(run.output)
     if args.resume and resume is None:
         raise ConfigError(f"--resume {args.resume}: no saved state there")
+    world = accelerator.num_processes
+    resolved = run.resolved(args, data, world)
+    changes = setting_changes(previous[1], resolved) if resume is not None else []
+    if changes:
+        raise ConfigError(f"resume with other settings than the run in {previous[0]}: {', '.join(changes)}")
     if resume is not None:
         accelerator.load_state(str(resume))
         if accelerator.is_main_process:
             p = run.progress
             _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
-    world = accelerator.num_processes
     if accelerator.is_main_process:
         run.output.mkdir(parents=True, exist_ok=True)
-        if resume is None or not (run.output / run_folder.ARGS).exists():  # the run's first settings are kept
-            atomic_write_text(run.output / run_folder.ARGS, yaml.safe_dump(vars(args), sort_keys=False))
-            atomic_write_text(run.output / run_folder.RESOLVED,
-                              yaml.safe_dump(run.resolved(args, data, world), sort_keys=False))
+        # the settings match the saved ones but where they may differ (more epochs, other workers): the latest
+        atomic_write_text(run.output / run_folder.ARGS, yaml.safe_dump(vars(args), sort_keys=False))
+        atomic_write_text(run.output / run_folder.RESOLVED, yaml.safe_dump(resolved, sort_keys=False))
         _logger.info(f"{args.model}: {data.num_classes} classes, {world} process(es), {len(data.train)} batches of "
                      f"{args.batch_size} per process and epoch, {run.num_epochs} epochs, method {args.method}, "
                      f"output {run.output}")
@@ -588,6 +633,17 @@ class LossMeter:
 
     def images_per_second(self, processes: int) -> float:
         return self.images * processes / max(time.time() - self.start, 1e-9)
+
+
+def stop_if_diverged(accelerator, run: Training) -> None:
+    """Raise if any rank's loss was ever non-finite or the weights are: every rank calls this at the same step (it is
+    a collective), before each save and export, so a diverged run saves nothing after its last finite state."""
+    weights = torch.stack([q.isfinite().all() for q in run.bare.parameters()]).all()
+    bad = accelerator.reduce((~(run.finite & weights)).float().reshape(1), reduction="sum")
+    if bad.item():
+        p = run.progress
+        raise DivergedError(f"the loss or the weights became NaN or infinite by step {p.step} (epoch {p.epoch}); "
+                            f"stopped without saving anything after that (lower --lr, or set --clip-grad)")
 
 
 def _log_interval(args, accelerator, run: Training, window: LossMeter, out: FCLOutput, n_batches: int) -> None:
@@ -637,6 +693,7 @@ def train_one_epoch(args, accelerator, run: Training, data: Data, on_step: Optio
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         p.batch += 1
+        run.finite &= out.loss.detach().isfinite()  # no host sync here; stop_if_diverged reads it
         epoch.update(out, len(y))
         window.update(out, len(y))
         bar.update(1)
@@ -647,11 +704,15 @@ def train_one_epoch(args, accelerator, run: Training, data: Data, on_step: Optio
         if run.ema is not None:
             run.ema.update(run.bare, step=p.step)
         if p.step % args.log_interval == 0 or p.batch == n_batches:
+            stop_if_diverged(accelerator, run)
             _log_interval(args, accelerator, run, window, out, n_batches)
             window = LossMeter(accelerator.device)
         if on_step is not None:
             on_step()
     bar.close()
+    if p.batch < n_batches:  # the loader ended early: the ranks would fall out of step
+        raise DataError(f"epoch {p.epoch}: the training loader gave {p.batch} of {n_batches} batches")
+    stop_if_diverged(accelerator, run)
     return epoch.means()
 
 
@@ -742,13 +803,15 @@ def main(args: argparse.Namespace) -> dict:
     validate_args(args)
     accelerator, output = setup(args)
     with lock_output(accelerator, output):
-        data = build_data(args, accelerator)
+        previous = previous_run(args, output)
+        data = build_data(args, accelerator, streams=previous[1].get("loader_streams"))
         run = build_training(args, accelerator, data, output)
-        resume_or_start(args, accelerator, run, data)
+        resume_or_start(args, accelerator, run, data, previous)
 
         def save_on_interval():
             if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
                     and run.progress.batch < len(data.train):
+                stop_if_diverged(accelerator, run)
                 save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist)
 
         metrics: dict = {}
@@ -762,7 +825,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def cli(argv: Optional[list[str]] = None) -> int:
     """Run main; a bad input ends with one line on stderr (exit 2), never a traceback."""
-    return run_cli("train_fcl.py", lambda a: main(parse_args(a)), argv, errors=(DataError,))
+    return run_cli("train_fcl.py", lambda a: main(parse_args(a)), argv, errors=(DataError, DivergedError))
 
 
 if __name__ == "__main__":
