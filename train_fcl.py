@@ -38,6 +38,7 @@ from timm_fcl._cli import OneLineParser, UsageError, first_line, run_cli
 from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
 from timm_fcl.config import METHODS
 from timm_fcl.data import DataError, EpochStream, create_source, make_loader
+from timm_fcl.metrics import topk_hits
 from timm_fcl.model_io import create_model, default_in_chans
 from timm_fcl.run_lock import LockedError, RunLock
 
@@ -724,8 +725,7 @@ def evaluate(model, loader, accelerator, *, num_classes: int, split: str, channe
     end counts every sample once; no per-batch gather, so ranks may hold different numbers of batches.
     """
     model.eval()
-    k = min(5, num_classes)
-    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, topk, count
+    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, top5, count
     for x, y in loader:
         _check_labels(y, num_classes, split)
         x, y = x.to(accelerator.device), y.to(accelerator.device)
@@ -734,12 +734,9 @@ def evaluate(model, loader, accelerator, *, num_classes: int, split: str, channe
         with accelerator.autocast():
             logits = model(x)
         logits = logits.float()
-        top = logits.topk(k, dim=1).indices
-        hit = top == y[:, None]
-        totals += torch.stack([
-            torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-            hit[:, 0].sum().double(), hit.any(dim=1).sum().double(), torch.tensor(len(y), dtype=torch.float64,
-                                                                                  device=y.device)])
+        loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        totals += torch.cat([loss[None], topk_hits(logits, y, ks=(1, 5)).double(),
+                             torch.tensor([len(y)], dtype=torch.float64, device=y.device)])
     totals = accelerator.reduce(totals, reduction="sum")
     n = max(totals[3].item(), 1.0)
     return {"loss": totals[0].item() / n, "top1": 100.0 * totals[1].item() / n, "top5": 100.0 * totals[2].item() / n,

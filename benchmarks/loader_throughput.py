@@ -49,9 +49,10 @@ def step_rate(method: str, *, model_name: str, batch_size: int, img_size: int, s
 
 
 def main() -> None:
+    from timm_fcl.data import create_source, default_data_root
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Path(os.environ.get("TIMM_FCL_DATA", ROOT.parent / "shared" / "data")) / "cifar10-wds"
-    parser.add_argument("--data-dir", default=str(default))
+    parser.add_argument("--data-dir", default=str(default_data_root() / "cifar10-wds"))
     parser.add_argument("--samples", type=int, default=2048, help="images read per loader setting")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="resnet18")
@@ -63,7 +64,6 @@ def main() -> None:
         sys.exit(f"loader_throughput.py: error: no CIFAR-10 shards at {args.data_dir} (--data-dir)")
 
     from timm.data import create_transform
-    from timm_fcl.data import create_source
 
     source = create_source("wds/cifar10", args.data_dir, "train")
     # the quickstart recipe's train transforms

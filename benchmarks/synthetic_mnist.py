@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -35,7 +34,8 @@ import torch.nn as nn
 
 import timm
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility
-from timm_fcl.noise import nonuniform_noise, pixel_std, uniform_noise
+from timm_fcl import nonuniform_noise, pixel_std, uniform_noise
+from timm_fcl.data import default_data_root
 from timm_fcl.synthetic_mnist import CORNERS, build_synthetic_mnist, corner_slices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
                 sums[key] += getattr(out, key).item()
         scheduler.step()
         seconds = time.perf_counter() - start
-        lam = reg.scheduled_weight(step - 1)
+        lam = out.scheduled_weight  # the schedule's lambda at the epoch's last step
         entry = {"epoch": epoch + 1, "seconds": seconds, "weight": lam,
                  **{key: value / steps_per_epoch for key, value in sums.items()},
                  "fcl": sums["fcl"] / max(carried, 1),  # mean over the steps that computed it
@@ -323,7 +323,7 @@ def fcl_flag_fields() -> list[dataclasses.Field]:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Synthetic MNIST: paper Table 1 and Figure 4", add_help=add_help)
-    p.add_argument("--data-dir", default=os.environ.get("TIMM_FCL_DATA", str(REPO.parent / "shared" / "data")),
+    p.add_argument("--data-dir", default=str(default_data_root()),
                    help="folder holding MNIST/raw (torchvision layout); default $TIMM_FCL_DATA or ../shared/data")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST into --data-dir")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "synthetic_mnist"))

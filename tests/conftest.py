@@ -1,6 +1,5 @@
 """Shared fixtures: small real subsets of ../shared/data (override the folder with TIMM_FCL_DATA)."""
 import io
-import os
 import tarfile
 from pathlib import Path
 
@@ -8,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-DATA_DIR = Path(os.environ.get("TIMM_FCL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+from timm_fcl.data import default_data_root
+
+DATA_DIR = default_data_root()
 
 
 def _need(path: Path) -> Path:
@@ -20,6 +21,12 @@ def _need(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return _need(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def cifar_test_shard() -> Path:
+    """The first CIFAR-10 test shard (its images are in class order)."""
+    return _need(DATA_DIR / "cifar10-wds" / "cifar10-test-000000.tar.gz")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from timm_fcl.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, PRESETS, corrupt
+from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, PRESETS, corrupt
 
 # With the official CIFAR tables these five do not move monotonically away from the clean image in pixel distance:
 # glass blur (sev 2-3 blur more but shuffle no more, sev 4 shuffles twice), frost (the image weight drops while the
@@ -16,13 +16,10 @@ NOT_MONOTONE_IN_OFFICIAL_TABLES = {"glass_blur", "frost", "spatter", "saturate",
 
 
 @pytest.fixture(scope="module")
-def cifar_images(data_dir):
+def cifar_images(cifar_test_shard):
     """100 real CIFAR-10 test images, every 100th of the class-ordered test shard (so all 10 classes appear)."""
-    shard = data_dir / "cifar10-wds" / "cifar10-test-000000.tar.gz"
-    if not shard.exists():
-        pytest.skip(f"CIFAR-10 test shard not found at {shard} (set TIMM_FCL_DATA)")
     images = []
-    with tarfile.open(shard) as tar:
+    with tarfile.open(cifar_test_shard) as tar:
         pngs = (m for m in tar if m.name.endswith(".png"))
         for index, member in enumerate(pngs):
             if index % 100 == 0:

@@ -1,4 +1,5 @@
-"""Issue 6: publishing with --dry-run and loading with plain timm (local-dir: and an offline hf-hub: cache)."""
+"""Publishing with --dry-run and loading with plain timm (local-dir: and an offline hf-hub: cache)."""
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,9 @@ import pytest
 import torch
 import yaml
 
+from hfhub.model_card import build_model_card
 from hfhub.publish import PublishError, find_export, main as publish_main, get_args_parser
+from timm_fcl import FCLConfig
 from train_helpers import ROOT, make_shards, run, train_cmd
 
 LOGITS = r"""
@@ -119,4 +122,35 @@ def test_no_pickle_is_written_and_pickle_only_folders_are_refused(trained, publi
     proc = subprocess.run([sys.executable, "-m", "hfhub.publish", str(only_pth), "--repo-id", "a/b", "--dry-run",
                            str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.strip().startswith("hfhub.publish: error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def card_table(text: str, section: str) -> dict:
+    """{first cell: second cell} of the markdown table under ``## section``."""
+    body = text.split(f"## {section}\n")[1].split("\n## ")[0]
+    cells = [line.strip("|").split("|") for line in body.splitlines() if line.startswith("| ")]
+    return {c[0].strip(): c[1].strip() for c in cells[2:]}  # past the header and the --- row
+
+
+def test_card_takes_fcl_settings_from_resolved_yaml():
+    fcl = {f.name: f.default for f in dataclasses.fields(FCLConfig)}
+    fcl.update(method="fcl", k=64, start_step=500, ramp_steps=250, input_std=[0.25, 0.25, 0.25])
+    resolved = {"fcl": fcl, "fcl_schedule_epochs": {"start": 2, "ramp": 1}, "lr": 0.4, "global_batch": 1024,
+                "world_size": 8}
+    args = {"method": "fcl", "fcl_k": 8, "lr": None, "patch_gaussian": False, "patch_gaussian_size": 25}
+    text = build_model_card("org/name", {"architecture": "resnet18"}, train_args=args, resolved=resolved)
+    params = card_table(text, "FCL hyper-parameters")
+    assert set(params) == set(fcl)  # every FCLConfig field, from the resolved file rather than the flags
+    assert params["k"] == "64" and params["start_step"] == "500 (2 epochs)" and params["ramp_steps"] == "250 (1 epochs)"
+    recipe = card_table(text, "Training recipe")
+    assert recipe["lr"] == "0.4" and recipe["global_batch"] == "1024"
+    assert not any(k.startswith("patch_gaussian") for k in recipe)  # off: no Patch Gaussian settings
+
+
+def test_card_of_an_older_run_reads_the_fcl_flags_and_shows_patch_gaussian_when_on():
+    args = {"method": "xe_gauss", "fcl_sigma": 0.3, "fcl_start_epochs": None, "patch_gaussian": True,
+            "patch_gaussian_size": 16, "patch_gaussian_sigma": 0.2}
+    text = build_model_card("org/name", {"architecture": "resnet18"}, train_args=args)
+    assert card_table(text, "FCL hyper-parameters") == {"method": "xe_gauss", "sigma": "0.3"}
+    recipe = card_table(text, "Training recipe")
+    assert recipe["patch_gaussian_size"] == "16" and recipe["patch_gaussian_sigma"] == "0.2"

@@ -1,10 +1,15 @@
 """UN / NUN noise (paper section 4.1): replaced fraction, where NUN puts the noise, uniform gray levels."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from timm_fcl.noise import nonuniform_noise, nonuniform_noise_probability, pixel_std, uniform_noise
+import timm_fcl
+
+from timm_fcl.robustness.noise import nonuniform_noise, nonuniform_noise_probability, pixel_std, uniform_noise
 
 
 def replaced(clean, noisy):
@@ -133,3 +138,13 @@ def test_pixel_std_streaming_matches_torch():
     assert torch.allclose(pixel_std(x), expected, atol=1e-6)
     assert torch.allclose(pixel_std(iter(x.split(13))), expected, atol=1e-6)
     assert pixel_std(torch.ones(5, 1, 4, 4)).eq(0).all()
+
+
+def test_noise_is_public_and_the_robustness_package_imports_without_opencv():
+    assert timm_fcl.uniform_noise is uniform_noise and timm_fcl.pixel_std is pixel_std
+    code = ("import sys, timm_fcl.robustness; "
+            "print(sorted(m for m in ('cv2', 'imagecorruptions', 'numba') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -9,10 +9,12 @@ import torch
 from PIL import Image
 from timm.models import register_model
 
-from timm_fcl.corruptions import BENCHMARK_CORRUPTIONS
-from timm_fcl.eval import evaluate_accuracy, get_args_parser, main
-from timm_fcl.robustness_data import cifar_c_sets, generated_suite_dir, imagenet_c_sets
-from timm_fcl.robustness_metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, summarize_corruptions
+from timm_fcl.model_io import ModelError
+from timm_fcl.robustness.cli import get_args_parser, main
+from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS
+from timm_fcl.robustness.datasets import cifar_c_sets, generated_suite_dir, imagenet_c_sets
+from timm_fcl.robustness.evaluation import build_sets, evaluate_accuracy, load_models, model_label, run
+from timm_fcl.robustness.metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, summarize_corruptions
 
 NUM_CLASSES = 10
 
@@ -137,11 +139,11 @@ def test_eval_command_on_planted_benchmarks(tmp_path):
 
 def test_eval_command_clear_errors(tmp_path):
     parse = get_args_parser().parse_args
-    with pytest.raises(FileNotFoundError, match="checkpoint"):
+    with pytest.raises(ModelError, match="checkpoint"):
         main(parse(["--model", "resnet18", "--checkpoint", str(tmp_path / "missing.safetensors")]))
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(ModelError, match="model.safetensors"):
         main(parse(["--model", str(tmp_path)]))
-    with pytest.raises(ValueError, match="neither a timm model"):
+    with pytest.raises(ModelError, match="neither a timm model"):
         main(parse(["--model", "no_such_model_xyz"]))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(parse(["--model", "planted_label_reader", "--suites", "clean", "--data-dir", str(tmp_path / "nope")]))
@@ -219,12 +221,7 @@ def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
             image[0, 0, 0] = plant(label if i < 3 else 9)  # 3 of 4 images per class readable: clean accuracy 0.75
             image[8:24, 8:24] = np.random.RandomState(i).randint(0, 256, (16, 16, 3))
             Image.fromarray(image).save(folder / f"{i}.png")
-    suites = ["clean", "generated"]
-    try:
-        import timm_fcl.noise  # noqa: F401  (issue 4's module; UN / NUN are checked once it is there)
-        suites += ["un", "nun"]
-    except ImportError:
-        pass
+    suites = ["clean", "generated", "un", "nun"]
     argv = ["--model", "planted_label_reader", "--suites", *suites, "--data-dir", str(tmp_path / "clean"),
             "--split", "", "--train-split", "", "--corruptions", "contrast", "jpeg_compression", "--mean", "0", "0",
             "0", "--std", "1", "1", "1", "--img-size", "32", "--cache-dir", str(tmp_path / "cache"),
@@ -237,9 +234,8 @@ def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
     assert [(r["corruption"], r["severity"]) for r in by_suite["generated"]] == [
         (c, s) for c in ("contrast", "jpeg_compression") for s in range(1, 6)]
     assert all(r["total"] == 12 for r in rows)
-    if "un" in suites:
-        # 15% of the pixels replaced: the planted pixel survives in about 85% of the images
-        assert 0.3 <= by_suite["un"][0]["accuracy"] <= 0.75 and 0.0 <= by_suite["nun"][0]["accuracy"] <= 0.75
+    # 15% of the pixels replaced: the planted pixel survives in about 85% of the images
+    assert 0.3 <= by_suite["un"][0]["accuracy"] <= 0.75 and 0.0 <= by_suite["nun"][0]["accuracy"] <= 0.75
     again = main(get_args_parser().parse_args(argv))["planted_label_reader"]["rows"]
     assert again == rows  # cached corruptions and seeded noise: identical rerun
 
@@ -259,8 +255,27 @@ def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
         assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader"}
 
 
+def test_evaluation_as_a_library_with_keyword_arguments(tmp_path):
+    make_cifar_c(tmp_path, corruptions=("fog",), n=10)
+    models = load_models(["planted_label_reader"], data_overrides={"mean": (0, 0, 0), "std": (1, 1, 1)})
+    sets, presets = build_sets(suites=["cifar-c"], data_config=models[0].data_config, cifar_c_dir=str(tmp_path))
+    results = run(models=models, sets=sets, suite_presets=presets, batch_size=4)
+    assert [r["accuracy"] for r in results["planted_label_reader"]["rows"]] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    with pytest.raises(ValueError, match="unknown suite"):
+        build_sets(suites=["cifar"], data_config=models[0].data_config)
+
+
+def test_model_labels_name_runs_by_their_folder(tmp_path):
+    run = tmp_path / "cifar10_resnet18_fcl"
+    (run / "model").mkdir(parents=True)
+    assert model_label(str(run / "model")) == model_label(f"local-dir:{run / 'model_ema'}") == run.name
+    assert model_label("resnet18", "xe/model.safetensors") == "resnet18:model"
+    assert model_label("hf-hub:org/name") == "hf-hub:org/name"
+
+
 @pytest.mark.parametrize("args", [["--model", "/nonexistent", "--suites", "clean"],
-                                  ["--model", "resnet18", "--suites", "bogus", "--data-dir", "."]])
+                                  ["--model", "resnet18", "--suites", "bogus", "--data-dir", "."],
+                                  ["--suites", "clean"]])
 def test_eval_command_bad_input_is_one_error_line(args):
     import subprocess
     import sys

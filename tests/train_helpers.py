@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from conftest import DATA_DIR
 from timm_fcl.shards import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("TIMM_FCL_DATA", ROOT.parent / "shared" / "data"))  # as conftest.py
 CIFAR_WDS = DATA_DIR / "cifar10-wds"
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]])

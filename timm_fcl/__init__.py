@@ -1,12 +1,12 @@
 """timm-fcl: Feature Contrastive Learning for timm models.
 
-The robustness suite (``timm_fcl.corruptions``, ``timm_fcl.robustness_metrics``, ``timm_fcl.eval``) needs OpenCV and
-numba, so it is imported on use, not here."""
+The robustness suite (``timm_fcl.robustness``: corruptions, test sets, metrics, ``python -m timm_fcl.eval``) needs
+OpenCV and numba, so it is imported on use; only its light noise functions are re-exported here."""
 from .config import FCLConfig
 from .heads import embedding
 from .losses import fcl_loss
 from .models import LeNet
-from .noise import nonuniform_noise, nonuniform_noise_probability, pixel_std, uniform_noise
+from .robustness.noise import nonuniform_noise, nonuniform_noise_probability, pixel_std, uniform_noise
 from .patch_gaussian import PatchGaussian
 from .perturbations import gaussian_perturbation, utility_perturbations
 from .regularizer import FCLOutput, FeatureContrastiveRegularizer

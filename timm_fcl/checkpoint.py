@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
+from ._compat import save_timm_config
+
 STATE_DIR = "checkpoints"
 STATE_PATTERN = re.compile(r"^step_(\d+)$")
 
@@ -85,8 +87,6 @@ def export_model(model: torch.nn.Module, directory: str | os.PathLike, *, data_c
                  label_names: Optional[Sequence[str]] = None) -> Path:
     """The bare timm model as model.safetensors + timm config.json, loadable by plain timm with
     `timm.create_model("local-dir:DIRECTORY", pretrained=True)`; replaced atomically as a folder."""
-    from timm.models._hub import save_config_for_hf
-
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -95,6 +95,6 @@ def export_model(model: torch.nn.Module, directory: str | os.PathLike, *, data_c
     tensors = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(tmp / "model.safetensors"))
     model_config = {"label_names": list(label_names)} if label_names else None
-    save_config_for_hf(model, str(tmp / "config.json"), model_config=model_config, data_config=data_config)
+    save_timm_config(model, str(tmp / "config.json"), model_config=model_config, data_config=data_config)
     _swap_dir(tmp, directory)
     return directory

@@ -31,6 +31,7 @@ import random
 from collections import deque
 from contextlib import contextmanager
 from itertools import islice
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -38,13 +39,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ._compat import load_wds_info, parse_wds_split, wds_shuffle
+from . import _compat
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 EVAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation", "test")
 REFILL_POOL = 256  # raw samples a worker keeps to refill its quota after a bad shard
+
+
+def default_data_root() -> Path:
+    """The shared data folder: $TIMM_FCL_DATA, else ``shared/data`` beside the repository (a checkout's layout)."""
+    return Path(os.environ.get("TIMM_FCL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 class DataError(ValueError):
@@ -228,8 +234,8 @@ class EpochStream(IterableDataset):
         order_rng = np.random.default_rng([self.seed, self.epoch]) if self.is_training else None
         items = self.source.raw(positions, self.source.order(order_rng), self._on_bad_shard)
         if self.is_training and isinstance(self.source, WdsSource):
-            items = wds_shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
-                                rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
+            items = _compat.wds_shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
+                                        rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
         if self.is_training:
             items = self._fill(items, len(positions))
         numbered = enumerate(items)
@@ -308,7 +314,7 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     """Shard urls and lengths of a split: a name listed in root/_info.json, or a brace pattern 'PATTERN|N'."""
     if not _is_url(root) and not os.path.isdir(root):
         raise DataError(f"data dir {root} does not exist")
-    info = load_wds_info(root)
+    info = _compat.load_wds_info(root)
     if not isinstance(info, dict):
         raise DataError(f"{root}/_info.json: expected an object, got {type(info).__name__}")
     if not isinstance(info.get("splits", {}), dict):
@@ -322,7 +328,7 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     if split in listed:
         check_split_entry(f"{root}/_info.json, split '{split}'", listed[split])
     try:
-        split_info = parse_wds_split(split, info)
+        split_info = _compat.parse_wds_split(split, info)
     except (RuntimeError, KeyError) as exn:
         raise DataError(f"split '{split}' not found in {root} (no _info.json listing it, and not a shard "
                         f"pattern like 'name-{{000..009}}.tar|NUM_SAMPLES'): {exn}") from None

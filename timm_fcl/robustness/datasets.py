@@ -5,8 +5,9 @@ in their official layouts, and corruption suites generated from any clean test s
   plus ``labels.npy`` (50000,) with the labels repeated per severity.
 - ImageNet-C: ``<corruption>/<severity>/<wnid>/*.JPEG``, 224 px, read as is (no resize or crop). Class indices follow
   the sorted wnid folders, or a class map (timm's: a .txt with one wnid per line, or a dict).
-- generated: the 19 corruptions of ``timm_fcl.corruptions`` applied to a clean set and written in the CIFAR-C layout,
-  under a folder named by a hash of the clean images, labels, preset and seed, so a rerun only reads it back.
+- generated: the 19 corruptions of ``timm_fcl.robustness.corruptions`` applied to a clean set and written in the
+  CIFAR-C layout, under a folder named by a hash of the clean images, labels, preset and seed, so a rerun only reads
+  it back.
   Each image gets its own seed (base seed, corruption, severity, index): results do not depend on order or workers.
 """
 import hashlib

@@ -30,14 +30,17 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from imagecorruptions.corruptions import _motion_blur as _shifted_motion_blur
-from imagecorruptions.corruptions import _shuffle_pixels_njit_glass_blur, disk, plasma_fractal
+from imagecorruptions.corruptions import disk, plasma_fractal
 from PIL import Image
 from scipy.ndimage import map_coordinates
 from scipy.ndimage import zoom as scipy_zoom
 from skimage import color as sk_color
 from skimage.filters import gaussian
 from skimage.util import random_noise
+
+from .._compat import imagecorruptions_parts
+
+_shifted_motion_blur, _shuffle_pixels_njit_glass_blur = imagecorruptions_parts()
 
 CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise",

@@ -1,0 +1,249 @@
+"""Model x test set evaluation (paper sections 4.2.1-4.2.2, Tables 2-3, Appendix C): load the models, build the
+requested test sets once, count top-1 hits of every model on every set, and summarize the corruption suites.
+
+Inputs are scaled to [0, 1] and normalized with each model's own mean / std (``timm.data.resolve_model_data_config``);
+corrupted images are never resized. Results are plain dicts (they go to results.json as they are):
+``{label: {"spec", "rows": [{"model", "suite", "corruption", "severity", "accuracy", "correct", "total"}],
+"summaries": {suite: summarize_corruptions(...) + "preset"}}}``.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .. import model_io, run_folder
+from ..metrics import topk_hits
+from . import noise
+from .corruptions import CORRUPTIONS, preset_for_size
+from .datasets import (ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets, iter_clean_images,
+                       load_clean_images)
+from .metrics import summarize_corruptions
+
+SUITES = ("clean", "un", "nun", "cifar-c", "imagenet-c", "generated")
+CORRUPTION_SUITES = ("cifar-c", "imagenet-c", "generated")
+CLEAN_DERIVED_SUITES = ("clean", "un", "nun", "generated")
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "timm-fcl" / "corruptions"
+
+
+@dataclass
+class EvalModel:
+    """A model ready for evaluation: its name in tables, how the user named it, the model and its data config."""
+    label: str
+    spec: str
+    model: torch.nn.Module
+    data_config: dict
+
+
+@dataclass
+class EvalSet:
+    """One test set of a suite: the clean set, a noisy copy, or one corruption at one severity."""
+    suite: str
+    corruption: str  # the suite's own name for the clean / UN / NUN sets
+    severity: int  # 0 for the sets without severities
+    data: Dataset
+
+
+def model_label(spec: str, checkpoint: Optional[str] = None) -> str:
+    """A short name for tables: the run folder's name for exported models, else the timm name (+ checkpoint)."""
+    if checkpoint:
+        return f"{spec}:{Path(checkpoint).stem}"
+    if spec.startswith("local-dir:"):
+        return run_folder.run_name(spec[len("local-dir:"):])
+    return run_folder.run_name(spec) if Path(spec).is_dir() else spec
+
+
+def load_models(
+        specs: Sequence[str],
+        *,
+        checkpoints: Optional[Sequence[Optional[str]]] = None,
+        num_classes: Optional[int] = None,
+        data_overrides: Optional[Mapping] = None,
+        device: str = "cpu",
+) -> List[EvalModel]:
+    """Every model in eval mode on ``device``; ``checkpoints`` has one entry per spec (None or "none": no file);
+    ``data_overrides`` are ``resolve_model_data_config`` args (img_size, mean, std, crop_pct, interpolation)."""
+    import timm.data
+
+    if checkpoints and len(checkpoints) != len(specs):
+        raise ValueError("give one --checkpoint per --model (use 'none' for models that need none)")
+    checkpoints = [None if c in (None, "none") else c for c in checkpoints or [None] * len(specs)]
+    models = []
+    for spec, checkpoint in zip(specs, checkpoints):
+        model = model_io.create_model(spec, num_classes=num_classes, checkpoint=checkpoint).eval().to(device)
+        config = timm.data.resolve_model_data_config(model, args=dict(data_overrides or {}))
+        models.append(EvalModel(model_label(spec, checkpoint), spec, model, config))
+    return models
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+        model: torch.nn.Module,
+        dataset: Dataset,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int = 256,
+        workers: int = 0,
+        device: str = "cpu",
+) -> Tuple[int, int]:
+    """(correct, total) top-1 of ``model`` on (image, label) pairs; uint8 images are scaled to [0, 1] first."""
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    correct = total = 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+        images, labels = images.to(device), labels.to(device)
+        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        correct += int(topk_hits(model((images - mean_t) / std_t), labels, ks=(1,))[0])
+        total += len(labels)
+    return correct, total
+
+
+def noisy_test_sets(images: np.ndarray, labels: np.ndarray, *, suites: Sequence[str], pixel_std: Optional[torch.Tensor],
+                    seed: int) -> List[EvalSet]:
+    """The UN / NUN versions of the clean test set (section 4.1: 15% of the pixels replaced by a random grey level,
+    anywhere for UN, preferring pixels of low training std for NUN)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    out = []
+    if "un" in suites:
+        noisy = noise.uniform_noise(x, generator=torch.Generator().manual_seed(seed))
+        out.append(EvalSet("un", "uniform_noise", 0, ArrayDataset(noisy, labels)))
+    if "nun" in suites:
+        noisy = noise.nonuniform_noise(x, pixel_std, generator=torch.Generator().manual_seed(seed + 1))
+        out.append(EvalSet("nun", "nonuniform_noise", 0, ArrayDataset(noisy, labels)))
+    return out
+
+
+def train_pixel_std(*, dataset: str, root: str, split: str, max_samples: int, seed: int, size: int,
+                    crop_pct: float) -> torch.Tensor:
+    """[H, W] per-location std over (up to ``max_samples``) training images: NUN puts its noise where it is low."""
+
+    def batches() -> Iterator[torch.Tensor]:
+        stream = iter_clean_images(dataset=dataset, root=root, split=split, max_samples=max_samples, seed=seed,
+                                   size=size, crop_pct=crop_pct)
+        while chunk := [image for image, _ in itertools.islice(stream, 512)]:
+            yield torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).float() / 255.0
+
+    return noise.pixel_std(batches())
+
+
+@dataclass
+class CleanSource:
+    """Where the clean test set comes from (timm's ``dataset`` / ``split`` names under ``data_dir``), and how the
+    sets derived from it are made: a seeded subset, the training split whose pixel std places the NUN noise, the
+    generated corruptions' preset (None: by image size), cache folder and worker processes."""
+    data_dir: Optional[str]
+    dataset: str = ""
+    split: str = "test"
+    train_split: str = "train"
+    std_samples: int = 10000
+    max_samples: Optional[int] = None
+    seed: int = 0
+    preset: Optional[str] = None
+    cache_dir: str | Path = DEFAULT_CACHE_DIR
+    gen_workers: int = 0
+
+
+def clean_derived_sets(source: CleanSource, *, suites: Sequence[str], data_config: dict,
+                       corruptions: Optional[Sequence[str]] = None) -> Tuple[List[EvalSet], Optional[str]]:
+    """The clean, UN, NUN and generated sets from one read of the clean set at the model's input size, and the
+    parameter preset of the generated suite (None when not requested)."""
+    if not source.data_dir:
+        raise ValueError("the clean / un / nun / generated suites need --data-dir (and --dataset)")
+    size, crop_pct = data_config["input_size"][-1], data_config["crop_pct"]
+    read = dict(dataset=source.dataset, root=source.data_dir, seed=source.seed, size=size, crop_pct=crop_pct)
+    images, labels = load_clean_images(split=source.split, max_samples=source.max_samples, **read)
+    print(f"clean set: {len(images)} images of {images.shape[1]}x{images.shape[2]} from {source.data_dir}")
+    sets = [EvalSet("clean", "clean", 0, ArrayDataset(images, labels))] if "clean" in suites else []
+    if "un" in suites or "nun" in suites:
+        pixel_std = (train_pixel_std(split=source.train_split, max_samples=source.std_samples, **read)
+                     if "nun" in suites else None)
+        sets += noisy_test_sets(images, labels, suites=suites, pixel_std=pixel_std, seed=source.seed)
+    if "generated" not in suites:
+        return sets, None
+    preset = source.preset or preset_for_size(*images.shape[1:3])
+    folder = generated_suite_dir(images, labels, cache_dir=source.cache_dir, preset=preset, seed=source.seed,
+                                 corruptions=corruptions or CORRUPTIONS, workers=source.gen_workers)
+    print(f"generated corruptions ({preset} parameters): {folder}")
+    sets += [EvalSet("generated", c, s, d) for c, s, d in cifar_c_sets(folder, corruptions=corruptions)]
+    return sets, preset
+
+
+def build_sets(
+        *,
+        suites: Sequence[str],
+        data_config: dict,
+        clean: Optional[CleanSource] = None,
+        cifar_c_dir: Optional[str] = None,
+        imagenet_c_dir: Optional[str] = None,
+        class_map: Optional[str] = None,
+        corruptions: Optional[Sequence[str]] = None,
+) -> Tuple[List[EvalSet], Dict[str, str]]:
+    """Every requested test set, and the parameter preset of each corruption suite.
+
+    ``data_config`` is the (first) model's: the clean-derived suites (clean, un, nun, generated; they need ``clean``)
+    are read at its input size. ``corruptions`` None takes all 19 (those present on disk for the released suites).
+    """
+    unknown = sorted(set(suites) - set(SUITES))
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+    sets: List[EvalSet] = []
+    presets: Dict[str, str] = {}
+    if set(CLEAN_DERIVED_SUITES) & set(suites):
+        sets, generated = clean_derived_sets(clean or CleanSource(data_dir=None), suites=suites,
+                                             data_config=data_config, corruptions=corruptions)
+        presets.update({"generated": generated} if generated else {})
+    if "cifar-c" in suites:
+        if not cifar_c_dir:
+            raise ValueError("the cifar-c suite needs --cifar-c-dir (the folder with gaussian_noise.npy, labels.npy)")
+        presets["cifar-c"] = "cifar"
+        sets += [EvalSet("cifar-c", c, s, d) for c, s, d in cifar_c_sets(cifar_c_dir, corruptions=corruptions)]
+    if "imagenet-c" in suites:
+        if not imagenet_c_dir:
+            raise ValueError("the imagenet-c suite needs --imagenet-c-dir (the folder with gaussian_noise/1/<wnid>/)")
+        presets["imagenet-c"] = "imagenet"
+        sets += [EvalSet("imagenet-c", c, s, d) for c, s, d in
+                 imagenet_c_sets(imagenet_c_dir, corruptions=corruptions, class_map=class_map)]
+    return sets, presets
+
+
+def summarize_rows(rows: Sequence[dict], suite_presets: Mapping[str, str]) -> Dict[str, dict]:
+    """Table 3's summaries of each corruption suite in ``rows``, with the preset its images were made with."""
+    clean = next((r["accuracy"] for r in rows if r["suite"] == "clean"), None)
+    summaries = {}
+    for suite in CORRUPTION_SUITES:
+        accuracy = {(r["corruption"], r["severity"]): r["accuracy"] for r in rows if r["suite"] == suite}
+        if accuracy:
+            # AlexNet's errors are ImageNet-C numbers: mCE only means something with the ImageNet parameters
+            summaries[suite] = summarize_corruptions(accuracy, clean_accuracy=clean,
+                                                     with_mce=suite_presets[suite] == "imagenet")
+            summaries[suite]["preset"] = suite_presets[suite]
+    return summaries
+
+
+def run(
+        *,
+        models: Sequence[EvalModel],
+        sets: Sequence[EvalSet],
+        suite_presets: Mapping[str, str],
+        batch_size: int = 256,
+        workers: int = 0,
+        device: str = "cpu",
+) -> Dict[str, dict]:
+    """Evaluate every model on every set; returns {label: {"spec", "rows", "summaries"}} (see the module doc)."""
+    results = {}
+    for m in models:
+        rows = []
+        for s in tqdm(sets, desc=f"evaluating {m.label}"):
+            correct, total = evaluate_accuracy(m.model, s.data, mean=m.data_config["mean"], std=m.data_config["std"],
+                                               batch_size=batch_size, workers=workers, device=device)
+            rows.append({"model": m.label, "suite": s.suite, "corruption": s.corruption, "severity": s.severity,
+                         "accuracy": correct / total, "correct": correct, "total": total})
+        results[m.label] = {"spec": m.spec, "rows": rows, "summaries": summarize_rows(rows, suite_presets)}
+    return results

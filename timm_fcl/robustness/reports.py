@@ -1,0 +1,95 @@
+"""What an evaluation leaves behind: a plain-text table per model, one CSV row per model x set, and a bar plot that
+compares the models corruption by corruption."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from .corruptions import CORRUPTIONS, SEVERITIES
+from .evaluation import CORRUPTION_SUITES
+
+CSV_FIELDS = ("model", "suite", "corruption", "severity", "accuracy", "correct", "total")
+
+
+def format_table(results: Dict[str, dict]) -> str:
+    """Plain-text tables: the plain test sets, then corruption x severity per suite with Table 3's summaries."""
+    lines = []
+    for label, result in results.items():
+        lines.append(f"== {label}")
+        plain = [r for r in result["rows"] if r["severity"] == 0]
+        if plain:
+            lines.append("  ".join(f"{r['suite']}: {r['accuracy']:.4f}" for r in plain))
+        for suite, summary in result["summaries"].items():
+            lines.append(f"-- {suite} ({summary['preset']} parameters)")
+            lines.append(f"{'corruption':<18}" + "".join(f"{'s' + str(s):>8}" for s in SEVERITIES) + f"{'mean':>8}")
+            acc = {(r["corruption"], r["severity"]): r["accuracy"] for r in result["rows"] if r["suite"] == suite}
+            for name, mean in summary["per_corruption"].items():
+                cells = "".join(f"{acc[(name, s)]:8.4f}" if (name, s) in acc else f"{'-':>8}" for s in SEVERITIES)
+                lines.append(f"{name:<18}{cells}{mean:8.4f}")
+            parts = [f"{g} {v:.4f}" for g, v in summary["groups"].items()]
+            parts += [f"{k} {summary[k]:.4f}" for k in ("mean_19", "mean_15", "mce", "relative_mce")
+                      if summary.get(k) is not None]
+            if summary.get("mean_19") is None:
+                parts.append(f"mean over {len(summary['per_corruption'])} {summary['mean_all']:.4f}")
+            lines.append("   ".join(parts))
+    return "\n".join(lines)
+
+
+def write_csv(results: Dict[str, dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for result in results.values():
+            writer.writerows(result["rows"])
+
+
+def plot_comparison(results: Dict[str, dict], path: Path) -> None:
+    """Bars per corruption (mean over severities), one colour per model, one panel per suite (plus the test sets)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [s for s in ("plain",) + CORRUPTION_SUITES if any(
+        (s == "plain" and any(r["severity"] == 0 for r in res["rows"])) or s in res["summaries"]
+        for res in results.values())]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 3.6 * len(panels)), squeeze=False)
+    width = 0.8 / max(len(results), 1)
+    for ax, panel in zip(axes[:, 0], panels):
+        if panel == "plain":
+            names = list(dict.fromkeys(
+                r["suite"] for res in results.values() for r in res["rows"] if r["severity"] == 0))
+            values = {label: {r["suite"]: r["accuracy"] for r in res["rows"] if r["severity"] == 0}
+                      for label, res in results.items()}
+        else:
+            names = [c for c in CORRUPTIONS if any(c in res["summaries"].get(panel, {}).get("per_corruption", {})
+                                                   for res in results.values())]
+            values = {label: dict(res["summaries"][panel]["per_corruption"], mean=res["summaries"][panel]["mean_all"])
+                      if panel in res["summaries"] else {} for label, res in results.items()}
+            names.append("mean")
+        for i, label in enumerate(results):
+            ax.bar(np.arange(len(names)) + i * width, [values[label].get(n, np.nan) for n in names], width, label=label)
+        ax.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2)
+        ax.set_xticklabels(names, rotation=35, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title("clean and noisy test sets" if panel == "plain" else f"{panel}: mean accuracy over severities 1-5")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_reports(results: Dict[str, dict], output: str | Path) -> List[Path]:
+    """results.json, results.csv and corruptions.png in ``output``; returns their paths."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "results.csv", out / "corruptions.png"]
+    paths[0].write_text(json.dumps(results, indent=1))
+    write_csv(results, paths[1])
+    plot_comparison(results, paths[2])
+    return paths
