@@ -501,6 +501,7 @@ class Training:
     output: Path
     bare: torch.nn.Module  # the plain timm model inside the regularizer
     finite: Optional[torch.Tensor] = None  # on the device: every loss of this process so far was finite
+    settings: dict = dataclasses.field(default_factory=dict)  # resolved(), written beside every save
 
     def resolved(self, args, data: Data, world: int) -> dict:
         """What the run computes, as YAML reads it back; a resume must resolve to the same (epochs may grow)."""
@@ -577,9 +578,16 @@ def setting_changes(saved: dict, now: dict) -> list[str]:
     return changes
 
 
+def record_settings(args, run: Training) -> None:
+    """args.yaml and resolved.yaml of this start, written with each of its saves (main process): they describe what
+    the saved states and exports were made with, and a start that saves nothing changes nothing."""
+    atomic_write_text(run.output / run_folder.ARGS, yaml.safe_dump(vars(args), sort_keys=False))
+    atomic_write_text(run.output / run_folder.RESOLVED, yaml.safe_dump(run.settings, sort_keys=False))
+
+
 def resume_or_start(args, accelerator, run: Training, data: Data, previous: tuple[Optional[Path], dict] = (None, {})):
-    """Load the newest state of --resume (or of the run folder) if it was made with the same settings; write the run's
-    settings; start the trackers."""
+    """Load the newest state of --resume (or of the run folder) if it was made with the same settings; keep the
+    resolved settings for the saves (record_settings); start the trackers."""
     resume = resolve_state(args.resume) if args.resume else resolve_state(run.output)
     if args.resume and resume is None:
         raise ConfigError(f"--resume {args.resume}: no saved state there")
@@ -593,11 +601,8 @@ def resume_or_start(args, accelerator, run: Training, data: Data, previous: tupl
         if accelerator.is_main_process:
             p = run.progress
             _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
+    run.settings = resolved
     if accelerator.is_main_process:
-        run.output.mkdir(parents=True, exist_ok=True)
-        # the settings match the saved ones but where they may differ (more epochs, other workers): the latest
-        atomic_write_text(run.output / run_folder.ARGS, yaml.safe_dump(vars(args), sort_keys=False))
-        atomic_write_text(run.output / run_folder.RESOLVED, yaml.safe_dump(resolved, sort_keys=False))
         _logger.info(f"{args.model}: {data.num_classes} classes, {world} process(es), {len(data.train)} batches of "
                      f"{args.batch_size} per process and epoch, {run.num_epochs} epochs, method {args.method}, "
                      f"output {run.output}")
@@ -784,6 +789,7 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
     if accelerator.is_main_process:
         _logger.info(f"epoch {p.epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
                      f"loss {val['loss']:.4f} on {val['samples']} samples")
+        record_settings(args, run)
         update_summary(run.output / run_folder.SUMMARY, row)
         export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names)
         export(run.bare, run.output / run_folder.MODEL)
@@ -809,6 +815,8 @@ def main(args: argparse.Namespace) -> dict:
             if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
                     and run.progress.batch < len(data.train):
                 stop_if_diverged(accelerator, run)
+                if accelerator.is_main_process:
+                    record_settings(args, run)
                 save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist)
 
         metrics: dict = {}

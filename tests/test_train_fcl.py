@@ -229,7 +229,7 @@ def test_bad_inputs_give_one_error_line_and_keep_what_was_saved(toy, tmp_path):
     ckpt = tmp_path / "seven.safetensors"
     save_file(timm.create_model("resnet18", num_classes=7).state_dict(), str(ckpt))
     bad_labels = make_shards(tmp_path / "bad", bad_label_at=5)
-    base = [*TOY, "--workers", "0", "--output", str(out)]
+    base = [*TOY, "--workers", "0"]
     cases = {
         "data dir": ([*base, "--data-dir", str(tmp_path / "nowhere")], "does not exist"),
         "model": ([*base, "--data-dir", str(toy), "--model", "resnet_nonexistent"], "unknown model 'resnet_nonexistent'"),
@@ -239,8 +239,12 @@ def test_bad_inputs_give_one_error_line_and_keep_what_was_saved(toy, tmp_path):
         # resumes the finished run above and trains a second epoch, which meets label 13
         "labels": ([*base, "--data-dir", str(bad_labels), "--epochs", "2"], "outside [0, 10)"),
     }
-    procs = {k: subprocess.Popen(train_cmd(*argv), env=env(), cwd=ROOT, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for k, (argv, _) in cases.items()}
+    copies = {k: tmp_path / f"copy{i}" for i, k in enumerate(cases)}  # one each: a run locks its --output
+    for copy in copies.values():
+        shutil.copytree(out, copy)
+    procs = {k: subprocess.Popen(train_cmd(*argv, "--output", str(copies[k])), env=env(), cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, (argv, _) in cases.items()}
     for name, proc in procs.items():
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 2, f"{name}: {stderr[-3000:]}"
@@ -248,7 +252,7 @@ def test_bad_inputs_give_one_error_line_and_keep_what_was_saved(toy, tmp_path):
         errors = _errors(stderr)
         assert len(errors) == 1 and errors[0].startswith("train_fcl.py: error: "), f"{name}: {errors}"
         assert cases[name][1] in errors[0], f"{name}: {errors[0]}"
-    assert _tree_digest(out) == before  # nothing already saved was lost or changed
+        assert _tree_digest(copies[name]) == before, name  # nothing already saved was lost or changed
 
 
 def test_truncated_shard_is_skipped_counted_and_the_run_goes_on(toy, tmp_path):
