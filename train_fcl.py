@@ -274,7 +274,7 @@ def _values(args, dest: str) -> list:
 
 def _check_numbers(parser: argparse.ArgumentParser, args) -> None:
     for action in parser._actions:
-        flag = f"argument {action.option_strings[-1]}" if action.option_strings else action.dest
+        flag = f"argument {max(action.option_strings, key=len)}" if action.option_strings else action.dest
         for v in _values(args, action.dest):
             if action.type is float and not math.isfinite(v):
                 raise ConfigError(f"{flag}: must be a finite number, got {v}")

@@ -83,6 +83,9 @@ class FCLConfig:
             raise ValueError(f"need sigma >= 0, tau > 0, weight >= 0; got {self.sigma}, {self.tau}, {self.weight}")
         if self.start_step < 0 or self.ramp_steps < 0:
             raise ValueError("start_step and ramp_steps must be >= 0")
+        if self.min_utility < 0 or self.utility_grad_scale <= 0:
+            raise ValueError(f"need min_utility >= 0 and utility_grad_scale > 0; got {self.min_utility}, "
+                             f"{self.utility_grad_scale}")
         for name in ("every", "perturbed_chunks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
