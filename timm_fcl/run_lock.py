@@ -1,7 +1,7 @@
 """An exclusive lock on a run folder, so two runs never write one folder's states and exports at once.
 
-The lock is a file created with O_EXCL (atomic on local disks and NFS) holding the holder's host, pid and a run id.
-A lock whose holder is a dead process on this host is taken over with a warning; a holder on another host cannot be
+The lock is a file holding the holder's host, pid and a run id, published whole by a hard link that fails if the file
+exists (atomic on local disks and NFS). A lock whose holder is a dead process on this host is taken over with a warning; a holder on another host cannot be
 checked from here, so such a lock stays until it is removed by hand.
 """
 from __future__ import annotations
@@ -76,14 +76,18 @@ class RunLock:
         self._created = missing  # deepest first, the order rmdir needs
 
     def _create(self) -> bool:
+        """Publish our lock file whole: written under a private name, then hard-linked to the lock's name (atomic, and
+        failing if the name exists, on local disks and NFS alike), so a reader never sees a half-written holder."""
         me = {"host": socket.gethostname(), "pid": os.getpid(), "run_id": self.run_id,
               "started_ticks": _start_time(os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        mine = self.path.with_name(f"{self.path.name}.{self.run_id}.new")
+        mine.write_text(json.dumps(me))
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(mine, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+        finally:
+            mine.unlink()
         return True
 
     def _take_over(self, stale: dict) -> None:
