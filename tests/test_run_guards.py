@@ -75,13 +75,17 @@ def test_second_run_on_one_output_is_refused_naming_the_holder_and_the_first_tra
     first.send_signal(signal.SIGSTOP)  # the first run surely still holds the folder while the second starts
     try:
         second = run(train_cmd(*args, "--output", str(shared)))
-    finally:
         first.send_signal(signal.SIGCONT)
-    line = _one_error_line("second", second.returncode, second.stderr)
-    print(line)
-    assert f"host {socket.gethostname()}, pid {first.pid}" in line and "in use by another run" in line
-    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
-    assert solo.wait(timeout=600) == 0, solo.stderr.read()[-3000:]
+        line = _one_error_line("second", second.returncode, second.stderr)
+        print(line)
+        assert f"host {socket.gethostname()}, pid {first.pid}" in line and "in use by another run" in line
+        assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+        assert solo.wait(timeout=600) == 0, solo.stderr.read()[-3000:]
+    finally:
+        for proc in (first, solo):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
     assert _same_weights(_weights(shared), _weights(tmp_path / "solo"))
     assert not (shared / ".lock").exists()  # released at the end
 
