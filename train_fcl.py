@@ -19,6 +19,8 @@ import csv
 import dataclasses
 import functools
 import io
+import itertools
+import json
 import logging
 import math
 import os
@@ -35,9 +37,9 @@ import yaml
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
 from timm_fcl import FCLConfig, FCLOutput, FeatureContrastiveRegularizer, PatchGaussian, run_folder
 from timm_fcl._cli import OneLineParser, UsageError, first_line, run_cli
-from timm_fcl.checkpoint import atomic_write_text, export_model, resolve_state, save_state_atomic
+from timm_fcl.checkpoint import atomic_write_text, export_model, list_states, load_training_state, save_state_atomic
 from timm_fcl.config import METHODS
-from timm_fcl.data import DataError, EpochStream, create_source, make_loader
+from timm_fcl.data import AugMixViews, DataError, EpochStream, create_source, make_loader, seeded
 from timm_fcl.metrics import topk_hits
 from timm_fcl.model_io import create_model, default_in_chans
 from timm_fcl.run_lock import LockedError, RunLock
@@ -83,6 +85,43 @@ def _fcl_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--patch-gaussian", action="store_true", help="Patch Gaussian augmentation (Lopes et al.)")
     group.add_argument("--patch-gaussian-size", type=int, default=25)
     group.add_argument("--patch-gaussian-sigma", type=float, default=0.1)
+
+
+def _timm_flags(parser: argparse.ArgumentParser) -> None:
+    """The regularization, naming, metric, tracker and precision flags of timm's train.py, with its names, defaults and
+    meanings (--amp: see resolve_mixed_precision; --output keeps this script's meaning, the run folder itself)."""
+    from timm.utils import ParseKwargs
+
+    group = parser.add_argument_group("regularization (timm's train.py)")
+    group.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (timm's default 0.1; the paper "
+                       "trains with plain cross-entropy: 0)")
+    group.add_argument("--mixup", type=float, default=0.0, help="mixup alpha, mixup on if > 0")
+    group.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha, cutmix on if > 0")
+    group.add_argument("--cutmix-minmax", type=float, nargs="+", default=None,
+                       help="cutmix min/max area ratio; overrides the alpha and turns cutmix on")
+    group.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixup or cutmix per batch")
+    group.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                       help="probability of cutmix instead of mixup when both are on")
+    group.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"),
+                       help="mixup / cutmix parameters drawn per batch, pair or element")
+    group.add_argument("--mixup-off-epoch", type=int, default=0, help="no mixup / cutmix from this epoch on (0: never)")
+    group.add_argument("--drop", type=float, default=0.0, help="dropout rate of the model")
+    group.add_argument("--drop-path", type=float, default=None, help="drop path (stochastic depth) rate of the model")
+    group.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+                       help="more timm.create_model arguments")
+    group.add_argument("--aug-splits", type=int, default=0, help="AugMix views per image (0: off, else >= 2: a clean "
+                       "view and augmented ones, e.g. with --aa augmix-m3-w3); the FCL term is taken on the clean view")
+    group.add_argument("--jsd-loss", action="store_true", help="Jensen-Shannon consistency + CE over the --aug-splits")
+    group.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"), help="how --clip-grad clips")
+
+    group = parser.add_argument_group("run naming, metrics, trackers (timm's train.py)")
+    group.add_argument("--experiment", default="", help="run name: the run folder is output/train/NAME (OUTPUT/NAME "
+                       "with --output)")
+    group.add_argument("--eval-metric", default="top1", choices=("top1", "top5", "loss"),
+                       help="validation metric choosing model_best/ (lower is better for loss)")
+    group.add_argument("--log-wandb", action="store_true", help="also log to Weights & Biases (needs wandb)")
+    group.add_argument("--amp", action="store_true", help="mixed precision: the launch config's, else bf16 on a CPU "
+                       "and fp16 on a GPU (--mixed-precision, when given, wins)")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -162,11 +201,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--cooldown-epochs", type=int, default=0)
 
     _fcl_flags(parser)
+    _timm_flags(parser)
 
     group = parser.add_argument_group("run")
     group.add_argument("--seed", type=int, default=42)
-    group.add_argument("--output", default=None, help="run folder (default output/train/MODEL); a run finds "
-                       "its latest state there and resumes from it")
+    group.add_argument("--output", default=None, help="run folder (default: a new output/train/DATE-TIME-MODEL-SIZE); "
+                       "a run finds its latest state there and resumes from it")
     group.add_argument("--resume", default="", help="resume from this state folder (or run folder's latest)")
     group.add_argument("--checkpoint-interval", type=int, default=0, help="also save the state every N steps")
     group.add_argument("--checkpoint-hist", type=int, default=2, help="training states kept")
@@ -214,6 +254,10 @@ def _config_value(action: argparse.Action, path: str, key: str, value):
 
     if value is None and action.default is None:
         return None
+    if isinstance(action.default, dict):  # KEY=VALUE pairs on the command line (--model-kwargs): a mapping in YAML
+        if not isinstance(value, dict):
+            raise refuse("a mapping")
+        return value
     if action.nargs == 0:  # store_true
         if not isinstance(value, bool):
             raise refuse("true or false")
@@ -256,14 +300,17 @@ _AT_LEAST = {"epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "log_interval"
              "checkpoint_hist": 0, "seed": 0, "warmup_epochs": 0, "cooldown_epochs": 0, "decay_milestones": 0,
              "warmup_lr": 0, "min_lr": 0, "momentum": 0, "weight_decay": 0, "hflip": 0, "reprob": 0,
              "color_jitter": 0, "model_ema_decay": 0, "opt_betas": 0, "patch_gaussian_sigma": 0,
-             "fcl_start_epochs": 0, "fcl_ramp_epochs": 0}
+             "fcl_start_epochs": 0, "fcl_ramp_epochs": 0, "smoothing": 0, "mixup": 0, "cutmix": 0, "cutmix_minmax": 0,
+             "mixup_prob": 0, "mixup_switch_prob": 0, "mixup_off_epoch": 0, "drop": 0, "drop_path": 0}
 _ABOVE = {"lr": 0, "lr_base": 0, "decay_epochs": 0, "decay_rate": 0, "clip_grad": 0, "opt_eps": 0, "crop_pct": 0,
           "std": 0, "scale": 0, "ratio": 0}
-_AT_MOST = {"hflip": 1, "reprob": 1, "model_ema_decay": 1, "crop_pct": 1, "scale": 1, "opt_betas": 1}
+_AT_MOST = {"hflip": 1, "reprob": 1, "model_ema_decay": 1, "crop_pct": 1, "scale": 1, "opt_betas": 1, "smoothing": 1,
+            "cutmix_minmax": 1, "mixup_prob": 1, "mixup_switch_prob": 1, "drop": 1, "drop_path": 1}
 # flags that change how a run goes, not what it computes: a resume may change them (README, "Resuming"); the data
 # may move (--data-dir) as long as it resolves to the same splits and sizes
 MAY_CHANGE_ON_RESUME = ("workers", "pin_mem", "log_interval", "no_progress", "checkpoint_interval", "checkpoint_hist",
-                        "resume", "output", "config", "dataset_download", "data_dir", "epochs")
+                        "resume", "output", "experiment", "log_wandb", "config", "dataset_download", "data_dir",
+                        "epochs")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")  # timm 1.0.31's
 
 
@@ -323,6 +370,7 @@ def validate_args(args) -> None:
     parser = get_args_parser()
     if not args.data_dir:
         raise ConfigError("--data-dir is needed")
+    check_timm_flags(args)
     _check_numbers(parser, args)
     _check_names(args)
     _check_channels(args)
@@ -331,7 +379,9 @@ def validate_args(args) -> None:
 
 
 def output_folder(args) -> Path:
-    return Path(args.output or os.path.join("output", "train", args.model.replace("/", "_").replace(":", "_")))
+    """The run folder --experiment / --output name, or for an unnamed run the folder its new run folder is made in."""
+    base = Path(args.output or os.path.join("output", "train"))
+    return base / args.experiment if args.experiment else base
 
 
 # ------------------------------------------------------------------------------------------------------ building
@@ -353,17 +403,101 @@ def _in_chans(args) -> Optional[int]:
     return args.in_chans or (args.input_size[0] if args.input_size else None)
 
 
+def mixup_active(args) -> bool:
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
+def check_timm_flags(args) -> None:
+    """Combinations of timm's flags that cannot work, refused with one line before anything is written."""
+    if args.aug_splits < 0 or args.aug_splits == 1:
+        raise ConfigError("--aug-splits must be 0 (off) or >= 2 (a clean view and augmented ones)")
+    if args.jsd_loss and not args.aug_splits:
+        raise ConfigError("--jsd-loss needs --aug-splits >= 2 (it compares the views of each image)")
+    if args.aug_splits and mixup_active(args):
+        raise ConfigError("--mixup / --cutmix cannot mix AugMix views (--aug-splits); use one or the other")
+    if args.aug_splits and args.no_aug:
+        raise ConfigError("--aug-splits augments views of each image; it cannot be used with --no-aug")
+    if args.amp and args.mixed_precision == "no":
+        raise ConfigError("--amp contradicts --mixed-precision no")
+    if args.log_wandb:
+        from accelerate.utils import is_wandb_available
+        if not is_wandb_available():
+            raise ConfigError("--log-wandb needs wandb (pip install wandb)")
+
+
+def resolve_mixed_precision(args, device_type: str) -> Optional[str]:
+    """--amp as timm users type it: the launch config's mixed precision (accelerate launch --mixed_precision or
+    accelerate config) when it names one, else bf16 on a CPU (its only autocast) and fp16 on a GPU (timm's --amp
+    dtype); an explicit --mixed-precision wins."""
+    if args.mixed_precision or not args.amp:
+        return args.mixed_precision
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched != "no":
+        return launched
+    return "bf16" if device_type == "cpu" else "fp16"
+
+
+def _timestamped_name(args) -> str:
+    """timm's name for an unnamed run: DATE-TIME-MODEL-IMGSIZE."""
+    from timm.models import get_pretrained_cfg_value, safe_model_name
+
+    size = args.input_size[-1] if args.input_size else args.img_size
+    if size is None:
+        try:
+            size = (get_pretrained_cfg_value(args.model, "input_size") or [None])[-1]
+        except (RuntimeError, ValueError):  # hub names and folders carry their config elsewhere
+            size = None
+    parts = [time.strftime("%Y%m%d-%H%M%S"), safe_model_name(args.model)] + ([str(size)] if size else [])
+    return "-".join(parts)
+
+
+def _claim_new_folder(parent: Path, name: str) -> Path:
+    """A folder that did not exist, created here (NAME, else NAME-1, NAME-2, ...): runs started in the same second
+    never share one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():
+        path = parent / (name if n == 0 else f"{name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def run_output(args, state) -> Path:
+    """The run folder, named as timm names runs: --experiment NAME is output/train/NAME (OUTPUT/NAME with --output),
+    --output alone is the run folder itself; with neither, a new timestamped folder, so that two runs started with
+    default flags never resume each other (resuming needs a named run folder or --resume). The main process
+    claims the new folder and tells the others."""
+    from accelerate.utils import broadcast_object_list
+
+    if args.experiment or args.output:
+        return output_folder(args)
+    claimed = [str(_claim_new_folder(Path("output", "train"), _timestamped_name(args)))
+               if state.is_main_process else None]
+    broadcast_object_list(claimed)
+    return Path(claimed[0])
+
+
+def trackers(args, output: Path) -> list:
+    """Accelerate's trackers: TensorBoard in OUTPUT/tb, and Weights & Biases with --log-wandb."""
+    from accelerate.tracking import TensorBoardTracker
+
+    return [TensorBoardTracker("tb", str(output))] + (["wandb"] if args.log_wandb else [])
+
+
 def setup(args) -> tuple:
     """The Accelerator (cpu=True where no accelerator exists, so `accelerate launch --multi_gpu` there runs as MULTI_CPU
     over gloo instead of N unrelated single processes), logging, the seed, and the run folder's path."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
 
-    output = output_folder(args)
     device_type = _device_type()
-    check_mixed_precision(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=device_type == "cpu",
-                              log_with="tensorboard", project_dir=str(output))
+    mixed_precision = resolve_mixed_precision(args, device_type)
+    check_mixed_precision(mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
+    output = run_output(args, PartialState(cpu=device_type == "cpu"))
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device_type == "cpu",
+                              log_with=trackers(args, output), project_dir=str(output))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
@@ -396,22 +530,28 @@ def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
         raise ConfigError("--num-classes is needed: neither the data nor a checkpoint gives the class count")
     return create_model(args.model, num_classes=args.num_classes, default_num_classes=num_classes_from_data,
                         in_chans=_in_chans(args), pretrained=args.pretrained, pretrained_path=args.pretrained_path,
-                        checkpoint=args.initial_checkpoint or None, checkpoint_flag="--initial-checkpoint")
+                        checkpoint=args.initial_checkpoint or None, checkpoint_flag="--initial-checkpoint",
+                        drop_rate=args.drop, drop_path_rate=args.drop_path, **args.model_kwargs)
 
 
 def build_transforms(args, data_config: dict):
     from timm.data import create_transform
 
+    # with --aug-splits, timm's (primary, secondary, final) stages, which AugMixViews turns into the views
     train_tf = create_transform(
         **data_config, is_training=not args.no_aug, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
+        hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
+        separate=args.aug_splits > 0)
     if args.patch_gaussian:
         from torchvision.transforms import Normalize
-        steps = list(train_tf.transforms)
+        final = train_tf[-1] if args.aug_splits else train_tf
+        steps = list(final.transforms)
         at = next(i for i, t in enumerate(steps) if isinstance(t, Normalize))
         # on [0,1] pixels, before normalization (Lopes et al. 2019, as the paper uses it)
         steps.insert(at, PatchGaussian(patch_size=args.patch_gaussian_size, max_sigma=args.patch_gaussian_sigma))
-        train_tf.transforms = steps
+        final.transforms = steps
+    if args.aug_splits:
+        train_tf = AugMixViews(train_tf, args.aug_splits)
     eval_tf = create_transform(**data_config, is_training=False)
     return train_tf, eval_tf
 
@@ -500,6 +640,7 @@ class Training:
     updates_per_epoch: int
     output: Path
     bare: torch.nn.Module  # the plain timm model inside the regularizer
+    mixup: Optional[Callable] = None  # timm's Mixup (mixup / cutmix into soft targets), None when off
     finite: Optional[torch.Tensor] = None  # on the device: every loss of this process so far was finite
     settings: dict = dataclasses.field(default_factory=dict)  # resolved(), written beside every save
 
@@ -516,9 +657,43 @@ class Training:
                     "val_samples": len(data.val.source)}
         return yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False))
 
+    def state_parts(self, accelerator) -> dict:
+        """What a saved training state holds, by name (timm_fcl.checkpoint saves and loads it without pickles)."""
+        return {"model": accelerator.unwrap_model(self.reg), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "ema": self.ema, "progress": self.progress, "scaler": accelerator.scaler}
+
+
+def build_loss(args) -> tuple[Callable, Callable]:
+    """timm's training loss for these flags, and the label loss of one view that the FCL term uses (the utility's loss,
+    XE+Gaussian's loss): JSD + CE over the AugMix views (the FCL term: its CE of the clean view), soft-target CE under
+    mixup / cutmix (the smoothing is in the targets), label-smoothing CE, or plain CE (--smoothing 0)."""
+    from timm.loss import JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if args.jsd_loss:
+        jsd = JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
+        return jsd, jsd.cross_entropy_loss
+    if mixup_active(args):
+        loss = SoftTargetCrossEntropy()
+    elif args.smoothing:
+        loss = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        loss = torch.nn.CrossEntropyLoss()
+    return loss, loss
+
+
+def build_mixup(args, num_classes: int) -> Optional[Callable]:
+    """timm's Mixup for --mixup / --cutmix (its targets carry the label smoothing), None when both are off."""
+    if not mixup_active(args):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                 prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                 label_smoothing=args.smoothing, num_classes=num_classes)
+
 
 def build_training(args, accelerator, data: Data, output: Path) -> Training:
-    """The regularizer around the model, optimizer, scheduler (per update), EMA, all prepared and registered."""
+    """The regularizer around the model, optimizer, scheduler (per update), EMA, prepared for the processes."""
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
@@ -530,7 +705,9 @@ def build_training(args, accelerator, data: Data, output: Path) -> Training:
         fcl.check_input(data.data_config["input_size"], args.batch_size)
     except ValueError as exn:
         raise ConfigError(f"FCL settings do not fit the model's input: {exn}") from None
-    reg = FeatureContrastiveRegularizer(model, fcl, compile_backend=args.torchcompile)
+    loss_fn, label_loss_fn = build_loss(args)
+    reg = FeatureContrastiveRegularizer(model, fcl, loss_fn=loss_fn, compile_backend=args.torchcompile,
+                                        num_splits=max(args.aug_splits, 1), label_loss_fn=label_loss_fn)
     lr = args.lr if args.lr is not None else \
         args.lr_base * args.batch_size * world * args.grad_accum_steps / args.lr_base_size
     resolved_args = argparse.Namespace(**{**vars(args), "lr": lr})
@@ -543,36 +720,55 @@ def build_training(args, accelerator, data: Data, output: Path) -> Training:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(accelerator.unwrap_model(reg).model, decay=args.model_ema_decay,
                          use_warmup=args.model_ema_warmup)
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress, scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=progress, fcl=fcl, lr=lr,
+    return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=Progress(), fcl=fcl, lr=lr,
                     num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
-                    bare=accelerator.unwrap_model(reg).model,
+                    bare=accelerator.unwrap_model(reg).model, mixup=build_mixup(args, data.num_classes),
                     finite=torch.ones((), dtype=torch.bool, device=accelerator.device))
 
 
+def _flat(values: dict, prefix: str = "") -> dict:
+    """Nested settings as trackers take hyper-parameters: dotted names, values bool / int / float / str."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def start_trackers(args, accelerator, output: Path, resolved: dict) -> None:
+    """Start every tracker with the run's settings as its hyper-parameters: the flags and what they resolved to."""
+    config = {**_flat(vars(args)), **_flat(resolved, "resolved.")}
+    accelerator.init_trackers(args.experiment or "timm-fcl", config=config,
+                              init_kwargs={"wandb": {"name": output.name, "dir": str(output)}})
+
+
 def previous_run(args, output: Path) -> tuple[Optional[Path], dict]:
-    """The run folder whose newest state this run resumes, and what that run's flags resolved to ({} when none)."""
-    state = resolve_state(args.resume) if args.resume else resolve_state(output)
-    if state is None or state.parent.name != run_folder.STATES:
+    """The run folder a resume continues (--resume's, else --output when it holds states) and what its flags resolved
+    to; (None, {}) on a fresh start."""
+    source = Path(args.resume) if args.resume else output
+    folder = source.parent.parent if source.parent.name == run_folder.STATES else source
+    if not list_states(folder):
         return None, {}
-    return state.parent.parent, run_folder.read_resolved(state.parent.parent)
+    return folder, run_folder.read_resolved(folder)
 
 
 def setting_changes(saved: dict, now: dict) -> list[str]:
-    """'name old -> new' for each setting of ``now`` that differs from ``saved`` (keys both know; flags by their name,
-    derived values by their path); the derived values are listed only when no flag differs, as a flag explains them."""
-    def diff(old, new, path: str) -> list[str]:
-        if isinstance(old, dict) and isinstance(new, dict):
-            return [d for k in old if k in new for d in diff(old[k], new[k], f"{path}{k}.")]
-        return [] if old == new else [f"{path[:-1]} {old} -> {new}"]
+    """'name old -> new' for each setting of ``now`` that differs from ``saved`` (names both know: a run saved by an
+    older version lacks some); the derived values (by section.name) only when no flag differs, as a flag explains them."""
+    def diff(old: dict, new: dict, prefix: str) -> list[str]:
+        return [f"{prefix}{k} {old[k]} -> {new[k]}" for k in old if k in new and old[k] != new[k]]
 
     flags = diff(saved.get("settings", {}), now.get("settings", {}), "")
     if flags:
         return flags
-    changes = diff({k: v for k, v in saved.items() if k not in ("settings", "epochs")}, now, "")
+    changes = []
+    for key, value in saved.items():
+        if key in ("settings", "epochs") or key not in now:
+            continue
+        changes += diff(value, now[key], f"{key}.") if isinstance(value, dict) and isinstance(now[key], dict) \
+            else diff({key: value}, {key: now[key]}, "")
     if now.get("epochs", 0) < saved.get("epochs", 0):
         changes.append(f"epochs {saved['epochs']} -> {now['epochs']} (a run's epochs may only grow)")
     return changes
@@ -588,16 +784,15 @@ def record_settings(args, run: Training) -> None:
 def resume_or_start(args, accelerator, run: Training, data: Data, previous: tuple[Optional[Path], dict] = (None, {})):
     """Load the newest state of --resume (or of the run folder) if it was made with the same settings; keep the
     resolved settings for the saves (record_settings); start the trackers."""
-    resume = resolve_state(args.resume) if args.resume else resolve_state(run.output)
-    if args.resume and resume is None:
-        raise ConfigError(f"--resume {args.resume}: no saved state there")
     world = accelerator.num_processes
     resolved = run.resolved(args, data, world)
-    changes = setting_changes(previous[1], resolved) if resume is not None else []
+    changes = setting_changes(previous[1], resolved) if previous[0] is not None else []
     if changes:
         raise ConfigError(f"resume with other settings than the run in {previous[0]}: {', '.join(changes)}")
+    resume = load_training_state(accelerator, run.state_parts(accelerator), output=run.output, resume=args.resume)
+    if args.resume and resume is None:
+        raise ConfigError(f"--resume {args.resume}: no saved state there")
     if resume is not None:
-        accelerator.load_state(str(resume))
         if accelerator.is_main_process:
             p = run.progress
             _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
@@ -608,7 +803,7 @@ def resume_or_start(args, accelerator, run: Training, data: Data, previous: tupl
                      f"output {run.output}")
         if run.progress.epoch >= run.num_epochs:
             _logger.info(f"all {run.num_epochs} epochs are done in {run.output}; raise --epochs to train on")
-    accelerator.init_trackers("tb")
+    start_trackers(args, accelerator, run.output, resolved)
 
 
 # ------------------------------------------------------------------------------------------------- train and eval
@@ -666,6 +861,36 @@ def _log_interval(args, accelerator, run: Training, window: LossMeter, out: FCLO
                      "train/lr": lr, "train/img_per_s": rate}, step=p.step)
 
 
+def training_batch(args, accelerator, run: Training, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch as the regularizer takes it, on the device: AugMix views stacked [clean; augmented; ...] with the
+    labels repeated (timm's layout, which JsdCrossEntropy splits), or mixed by mixup / cutmix into soft targets."""
+    if isinstance(x, (list, tuple)):
+        x, y = torch.cat(x), y.repeat(len(x))
+    x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if run.mixup is not None:
+        p = run.progress
+        run.mixup.mixup_enabled = not (args.mixup_off_epoch and p.epoch >= args.mixup_off_epoch)
+        if len(y) % 2:  # timm's Mixup pairs the samples of a batch: an odd (last) batch gives up one
+            x, y = x[:-1], y[:-1]
+        # drawn from the batch's place, so a resumed run mixes exactly as the uninterrupted one did
+        with seeded(hash((args.seed, p.epoch, p.batch, accelerator.process_index)) & 0x7FFFFFFF):
+            x, y = run.mixup(x, y)
+    return x, y
+
+
+def clip_gradients(args, accelerator, reg) -> None:
+    """timm's --clip-grad in --clip-mode on the step's gradients (unscaled first under fp16)."""
+    if args.clip_mode == "norm":
+        accelerator.clip_grad_norm_(reg.parameters(), args.clip_grad)
+        return
+    from timm.utils import dispatch_clip_grad
+
+    accelerator.unscale_gradients()
+    dispatch_clip_grad(reg.parameters(), args.clip_grad, mode=args.clip_mode)
+
+
 def train_one_epoch(args, accelerator, run: Training, data: Data, on_step: Optional[Callable[[], None]] = None) -> dict:
     """Train from progress.batch to the end of the epoch; returns this rank's mean loss, ce and fcl."""
     from tqdm.auto import tqdm
@@ -684,18 +909,16 @@ def train_one_epoch(args, accelerator, run: Training, data: Data, on_step: Optio
     params = [q for q in reg.parameters() if q.requires_grad]
     for x, y in data.train_loader:
         _check_labels(y, data.num_classes, args.train_split)
-        x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = training_batch(args, accelerator, run, x, y)
         group_start = p.batch - p.batch % accum
         group_size = min(accum, n_batches - group_start)
         sync = p.batch + 1 == group_start + group_size
         with accelerator.no_sync(reg) if not sync else contextlib.nullcontext():
-            out = reg(x, y, step=p.step)
+            out = reg(x, y, step=p.step, group_size=group_size)
             accelerator.backward(out.loss / group_size, inputs=params)
         if sync:
             if args.clip_grad:
-                accelerator.clip_grad_norm_(reg.parameters(), args.clip_grad)
+                clip_gradients(args, accelerator, reg)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         p.batch += 1
@@ -748,12 +971,16 @@ def evaluate(model, loader, accelerator, *, num_classes: int, split: str, channe
             "samples": int(totals[3].item())}
 
 
+def read_summary(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def update_summary(path: Path, row: dict) -> None:
     """The CSV summary, one row per epoch; a re-run epoch (after a resume) replaces its row."""
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("epoch") != str(row["epoch"])]
+    rows = [r for r in read_summary(path) if r.get("epoch") != str(row["epoch"])]
     rows.append({k: str(v) for k, v in row.items()})
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
@@ -767,6 +994,22 @@ def _rounded(prefix: str, values: dict) -> dict:
     return {f"{prefix}_{k}": round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
 
 
+def keep_best(args, output: Path, row: dict, export: Callable[[Path], object]) -> None:
+    """The best epoch so far by --eval-metric (lower is better for the loss; the earliest of equals): exported to
+    model_best/ when it is this one, recorded in this row and in best.json. Earlier epochs come from summary.csv, so
+    a resumed run keeps its best, and epochs a resume re-runs are judged again."""
+    key = f"eval_{args.eval_metric}"
+    sign = -1.0 if args.eval_metric == "loss" else 1.0
+    earlier = [(int(r["epoch"]), int(r["step"]), float(r[key])) for r in read_summary(output / run_folder.SUMMARY)
+               if r.get(key) and int(r["epoch"]) < row["epoch"]]
+    epoch, step, value = max(sorted(earlier) + [(row["epoch"], row["step"], row[key])], key=lambda e: sign * e[2])
+    if epoch == row["epoch"]:
+        export(output / run_folder.MODEL_BEST)
+    row.update({"best_epoch": epoch, f"best_{key}": value})
+    best = {"eval_metric": args.eval_metric, "value": value, "epoch": epoch, "step": step}
+    atomic_write_text(output / run_folder.BEST, json.dumps(best, indent=2) + "\n")
+
+
 def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skipped_before: tuple) -> dict:
     """Validate (and the EMA), step the scheduler on the metric, log, write the summary row, export the model(s), and
     save the state of the finished epoch."""
@@ -776,7 +1019,7 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
                                         channels_last=args.channels_last)
     val = evaluate_on_val(run.bare)
     # the next epoch's lr, from the validation metric (the plateau scheduler needs it; the others ignore it)
-    run.scheduler.step(p.epoch + 1, metric=val["top1"])
+    run.scheduler.step(p.epoch + 1, metric=val[args.eval_metric])
     skipped = accelerator.reduce(torch.tensor([a - b for a, b in zip(data.train.skipped(), skipped_before)],
                                               device=accelerator.device), reduction="sum").tolist()
     row = {"epoch": p.epoch, "step": p.step, "lr": run.optimizer.param_groups[0]["lr"], **_rounded("train", train),
@@ -790,14 +1033,15 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
         _logger.info(f"epoch {p.epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
                      f"loss {val['loss']:.4f} on {val['samples']} samples")
         record_settings(args, run)
-        update_summary(run.output / run_folder.SUMMARY, row)
         export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names)
+        keep_best(args, run.output, row, functools.partial(export, run.bare))
+        update_summary(run.output / run_folder.SUMMARY, row)
         export(run.bare, run.output / run_folder.MODEL)
         if run.ema is not None:
             export(run.ema.module, run.output / run_folder.MODEL_EMA)
     accelerator.log({f"eval/{k}": v for k, v in val.items()}, step=p.step)
     p.epoch, p.batch = p.epoch + 1, 0
-    save_state_atomic(accelerator, run.output, p.step, args.checkpoint_hist)
+    save_state_atomic(accelerator, run.output, p.step, args.checkpoint_hist, run.state_parts(accelerator))
     return row
 
 
@@ -817,7 +1061,8 @@ def main(args: argparse.Namespace) -> dict:
                 stop_if_diverged(accelerator, run)
                 if accelerator.is_main_process:
                     record_settings(args, run)
-                save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist)
+                save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist,
+                                  run.state_parts(accelerator))
 
         metrics: dict = {}
         while run.progress.epoch < run.num_epochs:

@@ -1,24 +1,40 @@
-"""Crash-safe files for train_fcl.py: training states (accelerate save_state), the exported timm model
-(model.safetensors + config.json), and small text files.
+"""Crash-safe files for train_fcl.py: training states, the exported timm model (model.safetensors + config.json), and
+small text files.
 
-Every write goes to a temporary name in the same folder and is renamed into place, so a run killed during a
-save leaves the previous good state (or export) untouched; older states are deleted only after a new one is in place.
+A training state is a folder checkpoints/step_N of safetensors files (timm_fcl.state_files): one per part (model,
+optimizer, scheduler, EMA, progress, loss scaler), written by the main process since they are identical on every
+rank, and rng_R.safetensors with the random streams of each process R; state.json, written last, lists them with their
+sizes. Nothing in it is pickled, so resuming from a planted or damaged folder can at worst fail to parse it.
+
+Every write goes to a temporary name in the same folder, is flushed to the disk and renamed into place, so a run
+killed during a save leaves the previous good state (or export) untouched; older states are deleted only after a new
+one is in place. A damaged newest state is passed over for the newest intact one.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from safetensors.torch import save_file
 
-from ._compat import save_timm_config
+from timm_fcl import rng, run_folder
+from timm_fcl._cli import UsageError, first_line
+from timm_fcl._compat import save_timm_config
+from timm_fcl.state_files import StateError, fsync, read_part, write_part
 
-STATE_DIR = "checkpoints"
+STATE_DIR = run_folder.STATES
 STATE_PATTERN = re.compile(r"^step_(\d+)$")
+STALE_PATTERN = re.compile(r"^\.step_(\d+)\.(tmp|old)$")
+MANIFEST = "state.json"
+FORMAT = "timm-fcl training state 1"
+
+_logger = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -29,16 +45,71 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _swap_dir(tmp: Path, final: Path) -> None:
-    """Put a finished folder in place of `final`; the old one is removed only after the new one is there."""
+    """Put a finished folder in place of `final`; the old one is removed only after the new one is there.
+
+    Its files and entries reach the disk before the rename: otherwise a power loss could leave the new name on empty
+    files after the old folder is gone."""
+    for path in tmp.iterdir():
+        fsync(path)
+    fsync(tmp)
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    fsync(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _rng_file(rank: int) -> str:
+    return f"rng_{rank}.safetensors"
+
+
+def _part_file(name: str) -> str:
+    return f"{name}.safetensors"
+
+
+def _present(parts: Mapping[str, Any]) -> dict:
+    """The parts this run has (an EMA or a loss scaler only with the flags that make them)."""
+    return {name: obj for name, obj in parts.items() if obj is not None}
+
+
+# ----------------------------------------------------------------------------------------------------------- saving
+def _write_manifest(folder: Path, step: int, world: int, parts: Sequence[str]) -> None:
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    manifest = {"format": FORMAT, "step": step, "world_size": world, "parts": sorted(parts), "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def save_state_atomic(accelerator, output: str | os.PathLike, step: int, keep: int,
+                      parts: Mapping[str, Any]) -> Path:
+    """Every part's state_dict (each an object with state_dict/load_state_dict; None for an absent one) and each
+    process's random streams, in a temporary folder renamed to checkpoints/step_N once all of it is on the disk;
+    keeps the newest `keep` states. Called on every process."""
+    folder = Path(output) / STATE_DIR
+    final, tmp = folder / f"step_{step:09d}", folder / f".step_{step:09d}.tmp"
+    parts = _present(parts)
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    write_part(tmp / _rng_file(accelerator.process_index), rng.capture(accelerator.device.type))
+    if accelerator.is_main_process:
+        for name, obj in parts.items():
+            write_part(tmp / _part_file(name), obj.state_dict())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_manifest(tmp, step, accelerator.num_processes, list(parts))
+        _swap_dir(tmp, final)  # the same step is saved again at an epoch end right after an interval save
+        for stale in list_states(output)[:-keep] if keep > 0 else []:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------- finding
 def list_states(path: str | os.PathLike) -> list[Path]:
     """Complete training states under an output folder (or its checkpoints/ folder), oldest first."""
     path = Path(path)
@@ -49,40 +120,114 @@ def list_states(path: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_state(path: str | os.PathLike) -> Optional[Path]:
-    """A state folder itself, or the newest state of an output folder; None when there is none."""
+def _state_candidates(path: str | os.PathLike) -> list[Path]:
+    """The states to resume from, newest first: a state folder itself, or the states of an output folder."""
     path = Path(path)
     if STATE_PATTERN.match(path.name) and path.is_dir():
-        return path
-    states = list_states(path)
-    return states[-1] if states else None
+        return [path]
+    return list_states(path)[::-1]
 
 
-def save_state_atomic(accelerator, output: str | os.PathLike, step: int, keep: int) -> Path:
-    """accelerator.save_state into a temporary folder, renamed to checkpoints/step_N; keeps the newest `keep`.
-
-    Called on every process (each writes its RNG state); the main process renames and prunes.
-    """
+def _remove_stale(output: str | os.PathLike) -> None:
+    """Clear what a killed save leaves behind: an unfinished .step_N.tmp, and a .step_N.old (a state that was being
+    replaced; put back when its replacement never got into place)."""
     folder = Path(output) / STATE_DIR
-    final = folder / f"step_{step:09d}"
-    tmp = folder / f".step_{step:09d}.tmp"
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():  # the same step saved again (epoch end right after an interval save)
-            _swap_dir(tmp, final)
+    for path in folder.iterdir() if folder.is_dir() else []:
+        m = STALE_PATTERN.match(path.name)
+        if m is None:
+            continue
+        final = folder / f"step_{m.group(1)}"
+        if m.group(2) == "old" and not final.exists():
+            os.replace(path, final)
+            _logger.warning(f"{final} put back: the save that was replacing it did not finish")
         else:
-            os.replace(tmp, final)
-        for stale in list_states(output)[:-keep] if keep > 0 else []:
-            shutil.rmtree(stale, ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+def _read_manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest["format"] != FORMAT:
+            raise ValueError(f"format {manifest['format']!r}")
+        manifest["world_size"], manifest["parts"] = int(manifest["world_size"]), list(manifest["parts"])
+        manifest["files"] = {str(k): int(v) for k, v in manifest["files"].items()}
+        return manifest
+    except FileNotFoundError:
+        raise StateError(f"{MANIFEST} is missing (a state of accelerate's save_state holds pickles and is not "
+                         f"loaded)") from None
+    except Exception as exn:  # untrusted content
+        raise StateError(f"{MANIFEST} is unreadable ({first_line(exn)})") from None
+
+
+def read_state(folder: Path, needed: Sequence[str], rank: int, world: int) -> tuple[dict, dict]:
+    """The state_dicts of the `needed` parts and this process's random streams, each file checked; StateError when
+    the state is damaged, UsageError when it cannot be this run's."""
+    manifest = _read_manifest(folder)
+    if manifest["world_size"] != world:
+        raise UsageError(f"{folder} was saved by {manifest['world_size']} process(es) and this run has {world}: "
+                         f"resume with as many (each keeps its own place in the data and random streams)")
+    missing = [name for name in needed if name not in manifest["parts"]]
+    if missing:
+        raise UsageError(f"{folder} holds no {', '.join(missing)} state, which this run needs")
+    for name, size in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise StateError(f"{name} is missing")
+        if path.stat().st_size != size:
+            raise StateError(f"{name} has {path.stat().st_size} bytes instead of {size}")
+    states = {name: read_part(folder / _part_file(name)) for name in needed}
+    streams = read_part(folder / _rng_file(rank))
+    try:
+        rng.check(streams)
+    except Exception as exn:  # untrusted content
+        raise StateError(f"{_rng_file(rank)} holds no usable random streams ({first_line(exn)})") from None
+    return states, streams
+
+
+def _apply(folder: Path, states: dict, streams: dict, parts: Mapping[str, Any], device_type: str) -> None:
+    for name, obj in parts.items():
+        try:
+            obj.load_state_dict(states[name])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exn:
+            raise UsageError(f"{folder}: the saved {name} does not fit this run ({first_line(exn)})") from None
+    rng.restore(streams, device_type)
+
+
+def load_training_state(accelerator, parts: Mapping[str, Any], *, output: str | os.PathLike,
+                        resume: str | os.PathLike = "") -> Optional[Path]:
+    """Load `resume` (a state folder, or an output folder's newest state) or else the newest state of `output` into
+    `parts` and restore every process's random streams. The state used is the newest that every process finds intact;
+    passing over a damaged one is logged with both names. None when there is no state; a UsageError when none is
+    intact or the state does not fit this run."""
+    if accelerator.is_main_process:
+        _remove_stale(output)
     accelerator.wait_for_everyone()
-    return final
+    parts = _present(parts)
+    candidates = _state_candidates(resume or output)
+    problems = []
+    for folder in candidates:
+        try:
+            states, streams = read_state(folder, list(parts), accelerator.process_index, accelerator.num_processes)
+            problem = None
+        except StateError as exn:
+            problem = str(exn)
+            if not accelerator.is_main_process:  # the main process names it when it passes the state over
+                _logger.warning(f"{folder} cannot be resumed from on process {accelerator.process_index}: {problem}")
+        intact = accelerator.reduce(torch.tensor([problem is None], dtype=torch.float32, device=accelerator.device),
+                                    reduction="sum")
+        if int(intact.item()) == accelerator.num_processes:
+            _apply(folder, states, streams, parts, accelerator.device.type)
+            if folder != candidates[0] and accelerator.is_main_process:
+                _logger.warning(f"resuming from {folder} instead of {candidates[0]}, which is damaged ({problems[0]})")
+            return folder
+        problems.append(problem or "damaged on another process")
+    if candidates:
+        raise StateError(f"no intact training state in {resume or output}: {candidates[0]}: {problems[0]}")
+    return None
 
 
+# ----------------------------------------------------------------------------------------------------------- export
 def export_model(model: torch.nn.Module, directory: str | os.PathLike, *, data_config: dict,
                  label_names: Optional[Sequence[str]] = None) -> Path:
     """The bare timm model as model.safetensors + timm config.json, loadable by plain timm with

@@ -25,8 +25,9 @@ class FCLConfig:
         weight: lambda, the weight of the extra term once fully ramped up.
         reduction: how the per-sample extra terms are combined. "sum" (default) is Algorithm 1's
             l_FCL = sum_i l^i over the (global) batch, beside the mean cross-entropy: the paper's lambdas (1e-3 on
-            MNIST at batch 128, 1e-4 on CIFAR/ImageNet at batch 1024) are for that sum. Under DDP the local sum is
-            multiplied by the world size, so that gradient averaging gives lambda * sum over the global batch.
+            MNIST at batch 128, 1e-4 on CIFAR/ImageNet at batch 1024) are for that sum. Under DDP and gradient
+            accumulation the local sum is multiplied by the world size and the accumulation group, so that gradient
+            averaging gives lambda * sum over the images of the optimizer step.
             "mean" averages over the batch instead (lambda then weighs one sample's term).
         variant: "xe" (Eq. 5, the paper's choice for all experiments) or "margin" (Eq. 4).
         margin: gamma of Eq. 4, in cosine-distance units (distances lie in [0, 2]).

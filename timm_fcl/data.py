@@ -32,12 +32,12 @@ from collections import deque
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from . import _compat
 
@@ -95,15 +95,42 @@ def subset_positions(num_samples: int, subset: Optional[int], *, spread: bool) -
 
 @contextmanager
 def seeded(seed: int):
-    """Run a transform with python's and torch's CPU RNG seeded, leaving the caller's RNG streams untouched."""
-    py_state, torch_state = random.getstate(), torch.get_rng_state()
+    """Run a transform with python's, numpy's and torch's CPU RNG seeded, leaving the caller's RNG streams untouched
+    (timm's AugMix, RandAugment and Mixup draw from numpy)."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
+    np.random.seed(seed)
     torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
         random.setstate(py_state)
+        np.random.set_state(np_state)
         torch.set_rng_state(torch_state)
+
+
+class _OneImage:
+    """A stand-in data set whose item is the image it is indexed with, so that timm's AugMixDataset, which splits
+    items of a map-style data set, can split the images of a stream one at a time."""
+    transform: Optional[Callable] = None
+
+    def __getitem__(self, image):
+        return self.transform(image), None
+
+
+class AugMixViews:
+    """Transform an image into ``num_splits`` views as timm's AugMixDataset does: the clean view (the primary
+    transform: crop and flip) and ``num_splits`` - 1 augmented ones (the secondary transform, e.g. AugMix), each
+    normalized. ``transforms`` is the (primary, secondary, final) tuple of ``create_transform(..., separate=True)``."""
+
+    def __init__(self, transforms: Sequence[Callable], num_splits: int):
+        from timm.data import AugMixDataset
+
+        self.views = AugMixDataset(_OneImage(), num_splits=num_splits)
+        self.views.transform = tuple(transforms)
+
+    def __call__(self, image) -> tuple:
+        return self.views[image][0]
 
 
 # ----------------------------------------------------------------------------------------------------- sources
@@ -242,7 +269,7 @@ class EpochStream(IterableDataset):
         while batch := list(islice(numbered, self.batch_size)):
             yield batch
 
-    def _decode(self, stream: int, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(self, stream: int, batch: list) -> tuple:
         """An undecodable sample is replaced by the nearest decodable one of its batch, so the batch keeps its size
         (the ranks stay in step) whichever worker decodes it."""
         decoded = []
@@ -262,7 +289,7 @@ class EpochStream(IterableDataset):
             self.repeated.value += len(batch) - len(good)
         filled = [d if d is not None else decoded[min(good, key=lambda g: (abs(g - k), g))]
                   for k, d in enumerate(decoded)]
-        return torch.stack([x for x, _ in filled]), torch.tensor([y for _, y in filled])
+        return default_collate(filled)  # as the DataLoader would: AugMix's views stay a tuple of batches
 
     def __iter__(self):
         info = get_worker_info()

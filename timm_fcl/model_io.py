@@ -126,7 +126,7 @@ def create_model(
         kwargs["num_classes"] = num_classes
     try:
         model = timm.create_model(spec, pretrained=pretrained, **kwargs)
-    except (RuntimeError, ValueError, OSError) as exn:
+    except (RuntimeError, ValueError, OSError, TypeError) as exn:  # TypeError: a model argument it does not take
         raise ModelError(f"cannot create model '{spec}': {str(exn).splitlines()[0]}") from None
     if checkpoint:
         try:

@@ -19,9 +19,15 @@ def _noise_scale(x: torch.Tensor, sigma: float, input_std: Optional[Sequence[flo
     return sigma / std
 
 
+def generator_device(generator: Optional[torch.Generator], default: torch.device) -> torch.device:
+    """Where random numbers are drawn: on the generator's device when one is given (a CPU generator keeps noise
+    reproducible across devices), else on ``default``."""
+    return generator.device if generator is not None else default
+
+
 def _randn(shape, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    on = generator_device(generator, x.device)
+    return torch.randn(shape, generator=generator, device=on, dtype=x.dtype).to(x.device)
 
 
 def utility_perturbations(

@@ -13,7 +13,7 @@ from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import head_mode, logits_from_embedding
 from .losses import fcl_loss
-from .perturbations import gaussian_perturbation, perturbed_batch
+from .perturbations import gaussian_perturbation, generator_device, perturbed_batch
 from .schedule import scheduled_weight, step_weight
 from .utility import utility_from_loss
 
@@ -23,10 +23,11 @@ class FCLOutput:
     """What one forward returns: ``loss`` to back-propagate and the parts to log."""
     loss: torch.Tensor      # ce + weight * scale * fcl
     logits: torch.Tensor    # clean logits, exactly the plain model's
-    ce: torch.Tensor        # the classification loss on the clean batch
+    ce: torch.Tensor        # the classification loss (loss_fn) on the clean pass
     fcl: torch.Tensor       # the method's extra term before weighting, mean per sample of the subset (0 when off)
     weight: float           # the factor on the term at this step: lambda (x config.every on the steps that carry it)
-    scale: float = 1.0      # loss = ce + weight * scale * fcl: the global batch size for reduction "sum", else 1
+    scale: float = 1.0      # loss = ce + weight * scale * fcl: for reduction "sum" the images of the optimizer step
+    #                         over all ranks (local batch x world size x accumulation group), else 1
     scheduled_weight: float = 0.0  # lambda of the schedule at this step, whether or not this step carries the term
 
 
@@ -55,6 +56,14 @@ class FeatureContrastiveRegularizer(nn.Module):
     samples (BatchNorm with the subset's batch statistics, running statistics untouched), not from the clean graph,
     whose input gradient would cost half a backward over all B samples whatever the fraction.
 
+    ``loss_fn`` is the classification loss of the clean pass (e.g. timm's LabelSmoothingCrossEntropy, or
+    SoftTargetCrossEntropy for mixup / cutmix soft targets: the utility is then the gradient of that loss at the mixed
+    images). With ``num_splits`` > 1 the batch holds that many views of the same images stacked as timm's AugMix
+    splits are ([clean; augmented 1; ...], labels repeated); ``loss_fn`` sees all of them (JsdCrossEntropy), while the
+    extra term is taken on the clean view only: its anchors and negatives are the clean embeddings, its utility (and
+    XE+Gaussian's loss) is ``label_loss_fn`` of the clean view, which defaults to ``loss_fn`` and must be a per-view
+    label loss (JsdCrossEntropy's ``cross_entropy_loss``) when ``loss_fn`` couples the views.
+
     ``compile_backend`` (e.g. "inductor") compiles the two calls the regularizer makes, ``forward_features`` and
     ``forward_head`` (compiling ``model.forward`` would not reach them). The compiled functions are the model class's,
     called with the model as an argument, so copies of the model (EMA) never run through this instance.
@@ -66,6 +75,9 @@ class FeatureContrastiveRegularizer(nn.Module):
             config: Optional[FCLConfig] = None,
             loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
             compile_backend: Optional[str] = None,
+            *,
+            num_splits: int = 1,
+            label_loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
     ):
         super().__init__()
         if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
@@ -75,7 +87,11 @@ class FeatureContrastiveRegularizer(nn.Module):
             raise ValueError("the model has no classifier (num_classes=0); create it with num_classes > 0")
         self.model = model
         self.config = config or FCLConfig()
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.label_loss_fn = label_loss_fn or self.loss_fn
+        self.num_splits = num_splits
         self.head_mode = head_mode(model)
         self.compile_backend = compile_backend
         self._compiled = None
@@ -135,15 +151,15 @@ class FeatureContrastiveRegularizer(nn.Module):
         m = self.subset_size(batch)
         if m == batch:
             return _Batch(x, y, None)
-        on = generator.device if generator is not None else x.device
-        index = torch.randperm(batch, generator=generator, device=on)[:m].to(x.device)
+        index = torch.randperm(batch, generator=generator, device=generator_device(generator, x.device))
+        index = index[:m].to(x.device)
         return _Batch(x[index], y[index], index)
 
     def _subset_utility(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """|d ce / d x| of the subset from its own forward and input-only backward (graph freed right after)."""
         xs = xs.detach().requires_grad_(True)
         with frozen_bn_stats(self.model):
-            ce = self.loss_fn(self._head(self._features(xs)), ys)
+            ce = self.label_loss_fn(self._head(self._features(xs)), ys)
         return utility_from_loss(ce, xs, self._utility_scale(xs), retain_graph=False)
 
     # ---------------------------------------------------------------------------------------- the methods' terms
@@ -151,7 +167,7 @@ class FeatureContrastiveRegularizer(nn.Module):
         """Cross-entropy on an all-pixel Gaussian copy of the samples, same labels."""
         cfg = self.config
         x_noisy = gaussian_perturbation(part.x, cfg.sigma, generator, cfg.input_std)
-        return self.loss_fn(self._perturbed_pass(x_noisy, logits=True), part.y)
+        return self.label_loss_fn(self._perturbed_pass(x_noisy, logits=True), part.y)
 
     def _cl_gauss_term(self, part: _Batch, z: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         """The contrastive loss with an all-pixel Gaussian positive and the other samples as negatives."""
@@ -176,7 +192,9 @@ class FeatureContrastiveRegularizer(nn.Module):
 
     # ---------------------------------------------------------------------------------------- one step
     def forward(self, x: torch.Tensor, y: torch.Tensor, step: int = 0,
-                generator: Optional[torch.Generator] = None) -> FCLOutput:
+                generator: Optional[torch.Generator] = None, group_size: int = 1) -> FCLOutput:
+        """One step's loss. ``group_size``: the micro-batches accumulated into this optimizer step (each loss divided
+        by it before backward), so that lambda keeps weighing the sum of the term over all the step's images."""
         cfg = self.config
         lam = scheduled_weight(cfg, step)
         weight = step_weight(cfg, step) if self.training else 0.0
@@ -186,10 +204,13 @@ class FeatureContrastiveRegularizer(nn.Module):
             return FCLOutput(loss=ce, logits=logits, ce=ce, fcl=ce.detach().new_zeros(()), weight=0.0,
                              scheduled_weight=lam)
 
-        part = self._draw_subset(x, y, generator)
+        images = x.shape[0] // self.num_splits  # the clean view's rows come first
+        part = self._draw_subset(x[:images], y[:images], generator)
         if cfg.method == "fcl" and part.index is None:
-            x = x.detach().requires_grad_(True)  # a leaf, so the utility is an input gradient of the clean graph
-            part = _Batch(x, y, None)
+            # a leaf, so the utility is an input gradient of the clean graph
+            x_clean = x[:images].detach().requires_grad_(True)
+            x = x_clean if self.num_splits == 1 else torch.cat([x_clean, x[images:]])
+            part = _Batch(x_clean, y[:images], None)
         features = self._features(x)
         if cfg.method == "xe_gauss":
             logits = self._head(features)
@@ -198,18 +219,27 @@ class FeatureContrastiveRegularizer(nn.Module):
         else:
             logits, z = self._logits_and_embedding(features)
             ce = self.loss_fn(logits, y)
+            z = z[:images]
             extra = (self._cl_gauss_term(part, z, generator) if cfg.method == "cl_gauss"
-                     else self._fcl_term(part, z, ce, generator))
+                     else self._fcl_term(part, z, self._label_loss(logits, y, ce, images), generator))
         # the subset's mean times the batch's scale: an unbiased estimate of the whole batch's term
-        scale = self.reduction_scale(x.shape[0])
+        scale = self.reduction_scale(images, group_size)
         return FCLOutput(loss=ce + (weight * scale) * extra, logits=logits, ce=ce, fcl=extra.detach(), weight=weight,
                          scale=scale, scheduled_weight=lam)
 
-    def reduction_scale(self, local_batch: int) -> float:
-        """Factor from the per-sample mean of the extra term to the configured reduction: for "sum", the global
-        batch (local batch x world size, so DDP's gradient averaging yields the sum over all ranks' samples)."""
+    def _label_loss(self, logits: torch.Tensor, y: torch.Tensor, ce: torch.Tensor, images: int) -> torch.Tensor:
+        """The clean view's label loss, which the utility differentiates: the classification loss itself when the
+        batch is a single view and no separate label loss was given."""
+        if self.num_splits == 1 and self.label_loss_fn is self.loss_fn:
+            return ce
+        return self.label_loss_fn(logits[:images], y[:images])
+
+    def reduction_scale(self, local_batch: int, group_size: int = 1) -> float:
+        """Factor from the per-sample mean of the extra term to the configured reduction: for "sum", the images of the
+        optimizer step (local batch x world size x accumulated micro-batches, so that DDP's gradient averaging and the
+        division of each micro-batch's loss by ``group_size`` yield lambda x the sum over all of them)."""
         if self.config.reduction == "mean":
             return 1.0
         world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
             torch.distributed.is_initialized() else 1
-        return float(local_batch * world)
+        return float(local_batch * world * group_size)

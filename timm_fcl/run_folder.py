@@ -3,10 +3,12 @@
     OUTPUT/
       model/           the last epoch's bare timm model: model.safetensors + config.json (``local-dir:`` loads it)
       model_ema/       the same for the EMA weights (--model-ema)
-      checkpoints/     training states step_N/ (the newest few), for resuming
+      model_best/      the same for the epoch with the best validation --eval-metric (the trained weights')
+      checkpoints/     training states step_N/ (the newest few; safetensors + state.json, no pickles), for resuming
       args.yaml        the flags the run was started with
       resolved.yaml    what those flags resolved to: FCLConfig (schedule in steps), lr, classes, data, world size
-      summary.csv      one row per epoch
+      summary.csv      one row per epoch (with the best epoch so far and its metric)
+      best.json        the best epoch: metric, value, epoch, step
       .lock            held by the run writing the folder (host, pid, run id)
       eval/results.json  robustness results of the exported model (python -m timm_fcl.eval --output OUTPUT/eval)
 """
@@ -20,12 +22,15 @@ import yaml
 
 MODEL = "model"
 MODEL_EMA = "model_ema"
+MODEL_BEST = "model_best"
 STATES = "checkpoints"
 ARGS = "args.yaml"
 RESOLVED = "resolved.yaml"
 SUMMARY = "summary.csv"
+BEST = "best.json"
 LOCK = ".lock"
 EVAL_RESULTS = os.path.join("eval", "results.json")
+_EXPORTS = (MODEL, MODEL_EMA, MODEL_BEST)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
@@ -44,15 +49,16 @@ def find_export(path: str | os.PathLike, *, ema: bool = False) -> Optional[Path]
 
 
 def run_name(export: str | os.PathLike) -> str:
-    """A short name for an export in tables: its run folder's name for model/ and model_ema/, else its own."""
+    """A short name for an export in tables: its run folder's name for model/, model_ema/ and model_best/, else its
+    own."""
     path = Path(export).resolve()
-    return path.parent.name if path.name in (MODEL, MODEL_EMA) else path.name
+    return path.parent.name if path.name in _EXPORTS else path.name
 
 
 def run_of(export: str | os.PathLike) -> Path:
-    """The run folder an export belongs to (the export itself when it is not a run's model/ or model_ema/)."""
+    """The run folder an export belongs to (the export itself when it is not one of a run's exports)."""
     path = Path(export)
-    return path.parent if path.name in (MODEL, MODEL_EMA) else path
+    return path.parent if path.name in _EXPORTS else path
 
 
 def _read_yaml(path: Path) -> dict:

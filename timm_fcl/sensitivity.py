@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from .batchnorm import frozen_bn_stats
 from .heads import embedding
+from .perturbations import generator_device
 
 
 def contextual_sensitivity(
@@ -50,8 +51,8 @@ def contextual_sensitivity(
             v = torch.zeros_like(z)
             v[:, i] = 1.0
         else:
-            device = generator.device if generator is not None else z.device
-            v = torch.randint(0, 2, (b, e), generator=generator, device=device).to(z) * 2 - 1
+            on = generator_device(generator, z.device)
+            v = torch.randint(0, 2, (b, e), generator=generator, device=on).to(z) * 2 - 1
         (g,) = torch.autograd.grad(z, x, grad_outputs=v, retain_graph=i + 1 < passes)
         total += g.detach() ** 2
     if num_projections is not None:

@@ -23,6 +23,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from timm_fcl._cli import OneLineParser, UsageError, run_cli
 from timm_fcl.checkpoint import atomic_write_text
 
 
@@ -91,22 +92,22 @@ class _SyntheticPIL:
         return Image.fromarray(self.split.images[index, 0].numpy(), mode="L"), int(self.split.labels[index])
 
 
-def _open(parser, args, split: str):
+def _open(args, split: str):
     from timm.data import create_dataset
 
     try:
         dataset = create_dataset("" if args.source == "folder" else args.source, root=args.root, split=split,
                                  search_split=True, download=args.download)
     except (RuntimeError, FileNotFoundError, ValueError) as exn:
-        parser.error(f"cannot read {args.source} split {split} from {args.root}: {exn}")
+        raise UsageError(f"cannot read {args.source} split {split} from {args.root}: {exn}") from None
     if args.source == "folder":
         class_to_idx = dataset.reader.class_to_idx
         return dataset, sorted(class_to_idx, key=class_to_idx.get)
     return dataset, list(getattr(dataset, "classes", []) or [])
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Write WebDataset shards + _info.json for train_fcl.py")
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(description="Write WebDataset shards + _info.json for train_fcl.py")
     parser.add_argument("--source", required=True, help="'folder' (class subfolders), torch/NAME (torchvision) "
                         "or synthetic-mnist (section 4.1; splits train, val, test)")
     parser.add_argument("--root", required=True, help="image folder, or torchvision / MNIST root")
@@ -118,12 +119,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed of a training split")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the source order")
     parser.add_argument("--download", action="store_true", help="let torchvision download the source")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
 
     if args.source not in ("folder", "synthetic-mnist") and not args.source.startswith("torch/"):
-        parser.error(f"--source {args.source}: use 'folder', torch/NAME or synthetic-mnist")
+        raise UsageError(f"--source {args.source}: use 'folder', torch/NAME or synthetic-mnist")
     if not args.download and not os.path.isdir(args.root):
-        parser.error(f"--root {args.root} does not exist")
+        raise UsageError(f"--root {args.root} does not exist")
     splits = args.split.split(",")
     synthetic = None
     if args.source == "synthetic-mnist":
@@ -131,12 +136,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         synthetic = build_synthetic_mnist(args.root, seed=args.seed, download=args.download)
         unknown = set(splits) - set(synthetic)
         if unknown:
-            parser.error(f"synthetic-mnist has splits {', '.join(synthetic)}, not {', '.join(sorted(unknown))}")
+            raise UsageError(f"synthetic-mnist has splits {', '.join(synthetic)}, not {', '.join(sorted(unknown))}")
     for split in splits:
         if synthetic is not None:
             dataset, names = _SyntheticPIL(synthetic[split]), [str(c) for c in range(NUM_CLASSES)]
         else:
-            dataset, names = _open(parser, args, split)
+            dataset, names = _open(args, split)
         n = len(dataset)
         shuffle = split == "train" and not args.no_shuffle
         order = np.random.default_rng(args.seed).permutation(n) if shuffle else np.arange(n)
@@ -151,4 +156,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("timm_fcl.shards", main))
