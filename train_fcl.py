@@ -761,8 +761,8 @@ def setting_changes(saved: dict, now: dict) -> list[str]:
         return [f"{prefix}{k} {old[k]} -> {new[k]}" for k in old if k in new and old[k] != new[k]]
 
     flags = diff(saved.get("settings", {}), now.get("settings", {}), "")
-    if flags:
-        return flags
+    if flags or saved.get("world_size", now.get("world_size")) != now.get("world_size"):
+        return flags  # another world size: load_training_state refuses it, saying why (each rank's own streams)
     changes = []
     for key, value in saved.items():
         if key in ("settings", "epochs") or key not in now:

@@ -141,6 +141,16 @@ def test_resume_with_a_setting_that_changes_the_result_is_refused_naming_it(toy,
         assert _tree_digest(copies[difference]) == before  # a refused resume loads nothing and writes nothing
 
 
+def test_setting_changes_name_flags_first_then_derived_values_and_epochs_may_only_grow():
+    from train_fcl import setting_changes
+
+    saved = {"settings": {"batch_size": 16, "workers": 2}, "fcl": {"k": 64}, "world_size": 1, "epochs": 4}
+    assert setting_changes(saved, {**saved, "settings": {"batch_size": 32}, "fcl": {"k": 32}}) == ["batch_size 16 -> 32"]
+    assert setting_changes(saved, {**saved, "fcl": {"k": 32}}) == ["fcl.k 64 -> 32"]
+    assert setting_changes(saved, {**saved, "epochs": 6}) == []
+    assert setting_changes(saved, {**saved, "epochs": 2}) == ["epochs 4 -> 2 (a run's epochs may only grow)"]
+
+
 def test_resume_mid_epoch_with_other_workers_ends_with_the_weights_of_the_straight_run(toy, tmp_path):
     straight = tmp_path / "straight"
     args = [*FAST, "--data-dir", str(toy), "--epochs", "2", "--checkpoint-interval", "3", "--checkpoint-hist", "10"]
