@@ -175,6 +175,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--color-jitter", type=float, default=0.4)
     group.add_argument("--aa", default=None, help="auto-augment policy, e.g. rand-m9-mstd0.5")
     group.add_argument("--reprob", type=float, default=0.0)
+    group.add_argument("--crop-pad", type=int, default=0, metavar="PAD",
+                       help="the standard CIFAR augmentation instead of timm's: zero-pad by PAD, random crop of the "
+                            "input size, flip with --hflip (--scale, --ratio, --color-jitter, --aa, --reprob unused)")
 
     group = parser.add_argument_group("optimization")
     group.add_argument("-b", "--batch-size", type=int, default=128, help="per process")
@@ -417,6 +420,8 @@ def check_timm_flags(args) -> None:
         raise ConfigError("--mixup / --cutmix cannot mix AugMix views (--aug-splits); use one or the other")
     if args.aug_splits and args.no_aug:
         raise ConfigError("--aug-splits augments views of each image; it cannot be used with --no-aug")
+    if args.aug_splits and args.crop_pad:
+        raise ConfigError("--crop-pad replaces timm's augmentation stages that --aug-splits builds its views from")
     if args.amp and args.mixed_precision == "no":
         raise ConfigError("--amp contradicts --mixed-precision no")
     if args.log_wandb:
@@ -534,14 +539,28 @@ def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
                         drop_rate=args.drop, drop_path_rate=args.drop_path, **args.model_kwargs)
 
 
+def pad_crop_transform(data_config: dict, *, pad: int, hflip: float):
+    """CIFAR's "random cropping and flipping" (He et al. 2016; the paper's section 4.2): zero-pad by ``pad``, crop
+    the input size at a random place, flip horizontally with probability ``hflip``, normalize. timm's
+    create_transform only has the random-resized crop, which rescales as well as shifts."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomCrop(data_config["input_size"][-2:], padding=pad), transforms.RandomHorizontalFlip(hflip),
+        transforms.ToTensor(), transforms.Normalize(data_config["mean"], data_config["std"])])
+
+
 def build_transforms(args, data_config: dict):
     from timm.data import create_transform
 
-    # with --aug-splits, timm's (primary, secondary, final) stages, which AugMixViews turns into the views
-    train_tf = create_transform(
-        **data_config, is_training=not args.no_aug, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
-        separate=args.aug_splits > 0)
+    if args.crop_pad and not args.no_aug:
+        train_tf = pad_crop_transform(data_config, pad=args.crop_pad, hflip=args.hflip)
+    else:
+        # with --aug-splits, timm's (primary, secondary, final) stages, which AugMixViews turns into the views
+        train_tf = create_transform(
+            **data_config, is_training=not args.no_aug, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
+            hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
+            separate=args.aug_splits > 0)
     if args.patch_gaussian:
         from torchvision.transforms import Normalize
         final = train_tf[-1] if args.aug_splits else train_tf

@@ -80,7 +80,20 @@ def _cfg(**kwargs) -> dict:
             "first_conv": "conv1", "classifier": "fc", **kwargs}
 
 
-default_cfgs = generate_default_cfgs({"resnet20_cifar.untrained": _cfg(), "resnet56_cifar.untrained": _cfg()})
+# The robust checkpoint zoo (zoo/ in the repository, benchmarks/cifar_robustness.py trains it): one Hugging Face
+# organisation holds one repository per tag, so timm.create_model("resnet20_cifar.fcl_cifar10", pretrained=True)
+# downloads it. The untrained config stays each architecture's default (the "*").
+HUB_ORG = "timm-fcl"
+ZOO_TAGS = ("fcl_cifar10", "xe_cifar10", "pg_fcl_cifar10")
+
+
+def _zoo_cfgs(arch: str) -> dict:
+    return {f"{arch}.{tag}": _cfg(hf_hub_id=f"{HUB_ORG}/{arch}.{tag}", license="apache-2.0") for tag in ZOO_TAGS}
+
+
+# timm makes the first tag with weights the default unless a later "*" tag claims it, so the zoo's tags come first
+default_cfgs = generate_default_cfgs({**_zoo_cfgs("resnet20_cifar"), "resnet20_cifar.untrained*": _cfg(),
+                                      **_zoo_cfgs("resnet56_cifar"), "resnet56_cifar.untrained*": _cfg()})
 
 
 @register_model

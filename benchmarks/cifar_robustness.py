@@ -1,0 +1,573 @@
+"""CIFAR-10 robustness: the paper's Tables 2 and 3 (section 4.2, Appendix B) scaled to a 2-core CPU.
+
+The paper trains ResNet-56 for 450 epochs and switches FCL and CL+Gaussian on after 300. Here one cross-entropy
+pre-training of a CIFAR ResNet (``--pretrain-epochs``, lr 0.1 decayed x0.1 at 2/3) is shared by every method, and
+each method continues from it for ``--continue-epochs`` (lr 0.001, x0.1 at 2/3: the paper's lr after epoch 300 and
+400, relative to its peak) with its extra term on from the first step (contrastive terms ramped over half the
+continuation). The methods are XE, XE+Gaussian, CL+Gaussian, FCL, Patch Gaussian + XE and Patch Gaussian + FCL
+(Patch Gaussian only in the continuation: the pre-training is shared). Every run goes through train_fcl.py with the
+standard CIFAR augmentation (--crop-pad 4), every evaluation through ``python -m timm_fcl.eval``.
+
+Pairing: a seed gives every method the same start (the pre-trained weights) and the same data order and crops.
+Hyper-parameters are chosen on a validation split carved from the training shards (``timm_fcl.holdout``), by the
+mean of validation UN and NUN accuracy among settings whose clean validation accuracy is within 1 point of XE's;
+the sweep runs are the seed-0 continuation runs, so the chosen setting's seed-0 run is reused.
+
+Parts (each resumable; a finished run's results JSON under benchmarks/results/cifar_robustness/ marks it done):
+
+    python benchmarks/cifar_robustness.py --part carve pretrain           # held-out split + shared XE pre-training
+    python benchmarks/cifar_robustness.py --part sweep --methods fcl      # validation sweep (seed 0)
+    python benchmarks/cifar_robustness.py --part continue eval --seeds 1 --methods xe fcl
+    python benchmarks/cifar_robustness.py --part tables zoo               # Tables 2 and 3, PNGs, the zoo
+
+``--hours`` stops a part at a wall-time limit (a training run is killed and resumes from its last saved state when the
+command is run again). benchmarks/README.md holds the budget and the plan in parts.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from timm_fcl import run_folder  # noqa: E402
+from timm_fcl.data import default_data_root  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "cifar_robustness"
+PARTS = ("carve", "pretrain", "sweep", "continue", "eval", "tables", "zoo")
+SUITES = ("clean", "un", "nun")
+GROUPS = ("noise", "blur", "weather", "digital")
+MAX_CLEAN_DROP = 0.01  # a setting may cost at most 1 point of XE's clean validation accuracy
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    objective: str  # train_fcl.py --method
+    patch_gaussian: bool
+    paper_t2: tuple  # Table 2, noisy CIFAR-10: (clean, UN, NUN) means over 5 runs
+    paper_t3: tuple  # Table 3, CIFAR-10-C: (mean of 19, noise, blur, weather, digital)
+
+
+METHODS = {m.name: m for m in (
+    Method("xe", "XE", "xe", False, (0.9389, 0.1317, 0.1256), (0.7137, 0.4967, 0.6833, 0.8309, 0.7537)),
+    Method("xe_gauss", "XE+Gaussian", "xe_gauss", False, (0.9375, 0.3409, 0.3175),
+           (0.7379, 0.5800, 0.6967, 0.8389, 0.7572)),
+    Method("cl_gauss", "CL+Gaussian", "cl_gauss", False, (0.9362, 0.2646, 0.2464),
+           (0.7253, 0.5446, 0.6939, 0.8312, 0.7530)),
+    Method("fcl", "FCL", "fcl", False, (0.9375, 0.3749, 0.3432), (0.7446, 0.6416, 0.6886, 0.8338, 0.7530)),
+    Method("pg_xe", "PG+XE", "xe", True, (0.9334, 0.7842, 0.7669), (0.8311, 0.8951, 0.7625, 0.8540, 0.8021)),
+    Method("pg_fcl", "PG+FCL", "fcl", True, (0.9354, 0.8210, 0.8066), (0.8319, 0.8993, 0.7639, 0.8536, 0.8000)),
+)}
+# The paper's lambda (1e-4) weighs the sum over a batch of 1024; over our batch of 128 the same pull on the weights
+# relative to the mean cross-entropy needs 8x that, so 8e-4 is the paper's setting at our batch size.
+PAPER_LAMBDA = 8e-4
+SWEEPS = {  # one factor at a time around Appendix B's CIFAR-10 settings (the paper's grid has 192 points)
+    "xe": [{}],
+    "xe_gauss": [{"sigma": s, "weight": PAPER_LAMBDA} for s in (0.1, 0.3, 0.5)] + [{"sigma": 0.3, "weight": 3.2e-3}],
+    "cl_gauss": [{"sigma": 0.5, "tau": 0.5, "weight": PAPER_LAMBDA}, {"sigma": 0.3, "tau": 0.5, "weight": PAPER_LAMBDA},
+                 {"sigma": 0.5, "tau": 2.0, "weight": PAPER_LAMBDA}, {"sigma": 0.5, "tau": 0.5, "weight": 3.2e-3}],
+    "fcl": [{"k": 256, "sigma": 0.5, "tau": 2.0, "weight": PAPER_LAMBDA},
+            {"k": 256, "sigma": 0.5, "tau": 2.0, "weight": 2e-4}, {"k": 256, "sigma": 0.5, "tau": 2.0, "weight": 3.2e-3},
+            {"k": 256, "sigma": 0.5, "tau": 0.5, "weight": PAPER_LAMBDA},
+            {"k": 1024, "sigma": 0.5, "tau": 2.0, "weight": PAPER_LAMBDA},
+            {"k": 256, "sigma": 0.3, "tau": 2.0, "weight": PAPER_LAMBDA}],
+    "pg_xe": [{}],  # Lopes et al.'s CIFAR-10 setting (patch 25, sigma 0.1), as the paper uses it
+    "pg_fcl": [{"k": 256, "sigma": 0.5, "tau": 1.0, "weight": PAPER_LAMBDA},
+               {"k": 256, "sigma": 0.5, "tau": 1.0, "weight": 3.2e-3}],
+}
+SWEEP_SEED = 0
+ZOO_TAGS = {"fcl": "fcl_cifar10", "xe": "xe_cifar10", "pg_fcl": "pg_fcl_cifar10"}
+
+
+class PartStopped(Exception):
+    """The --hours limit was reached; the same command resumes."""
+
+
+# ---------------------------------------------------------------------------------------------- names and files
+def hp_key(hp: dict) -> str:
+    """A run's folder name for its settings, e.g. k256-sigma0.5-tau2-weight0.0008 ('default' for none)."""
+    return "-".join(f"{k}{v:g}" for k, v in sorted(hp.items())) or "default"
+
+
+def read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def epochs_done(run: Path) -> int:
+    """Epochs a train_fcl.py run folder has finished (rows of its summary.csv)."""
+    path = run / run_folder.SUMMARY
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        return len(list(csv.DictReader(f)))
+
+
+def last_val_top1(run: Path) -> Optional[float]:
+    with open(run / run_folder.SUMMARY, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["eval_top1"]) / 100 if rows else None
+
+
+@dataclasses.dataclass
+class Bench:
+    """The parsed flags and the paths derived from them; ``deadline`` is when --hours runs out."""
+    args: argparse.Namespace
+    deadline: float
+
+    @property
+    def work(self) -> Path:
+        return Path(self.args.work)
+
+    @property
+    def results(self) -> Path:
+        return Path(self.args.results)
+
+    @property
+    def holdout(self) -> Path:
+        return self.work / "holdout"
+
+    @property
+    def pretrain_run(self) -> Path:
+        return self.work / "runs" / "pretrain"
+
+    def run_dir(self, method: str, hp: dict, seed: int) -> Path:
+        # flat and unique: timm_fcl.eval labels a model by its run folder's name
+        return self.work / "runs" / f"{method}-{hp_key(hp)}-s{seed}"
+
+    def run(self, cmd: list[str], log: Path) -> None:
+        """A command with the thread limit, its output appended to ``log``; killed at the deadline."""
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            raise PartStopped()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                   OMP_NUM_THREADS=str(self.args.threads), TQDM_DISABLE="1")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as out:
+            try:
+                proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                      timeout=remaining)
+            except subprocess.TimeoutExpired:
+                raise PartStopped() from None
+        if proc.returncode != 0:
+            tail = log.read_text().splitlines()[-15:]
+            raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); {log}:\n" + "\n".join(tail))
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def train_flags(b: Bench, *, output: Path, epochs: int, lr: float, seed: int) -> list[str]:
+    """train_fcl.py's flags shared by the pre-training and every continuation. timm's multistep schedule lowers the lr
+    from epoch index m - 1 on for a milestone m, so m = 2/3 of the epochs + 1 trains 2/3 of them at the full lr."""
+    a = b.args
+    flags = [sys.executable, str(REPO / "train_fcl.py"), "--model", a.model, "--dataset", "wds/cifar10",
+             "--data-dir", str(b.holdout), "--train-split", "train", "--val-split", "validation", "--num-classes", "10",
+             "--img-size", "32", "--crop-pct", "1", "--crop-pad", "4", "-b", str(a.batch_size), "--epochs", str(epochs),
+             "--opt", "sgd", "--momentum", "0.9", "--weight-decay", "1e-4", "--lr", str(lr), "--sched", "multistep",
+             "--decay-milestones", str(round(2 * epochs / 3) + 1), "--decay-rate", "0.1", "--seed", str(seed),
+             "--workers", "1", "--no-progress", "--log-interval", "50", "--checkpoint-interval", "100",
+             "--output", str(output)]
+    if a.train_subset:
+        flags += ["--train-subset", str(a.train_subset)]
+    if a.val_subset:
+        flags += ["--val-subset", str(a.val_subset)]
+    return flags
+
+
+def continuation_flags(b: Bench, method: Method, hp: dict) -> list[str]:
+    """The method's own flags: its objective, its settings, the ramp of a contrastive term, Patch Gaussian."""
+    flags = ["--method", method.objective, "--initial-checkpoint",
+             str(b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS), "--warmup-epochs", "0"]
+    flags += list(itertools.chain.from_iterable((f"--fcl-{k}", str(v)) for k, v in sorted(hp.items())))
+    if method.objective in ("fcl", "cl_gauss"):
+        flags += ["--fcl-ramp-epochs", str(b.args.continue_epochs / 2)]
+    if method.patch_gaussian:
+        flags += ["--patch-gaussian", "--patch-gaussian-size", "25", "--patch-gaussian-sigma", "0.1"]
+    return flags
+
+
+def train(b: Bench, cmd: list[str], run: Path, epochs: int) -> None:
+    """Run (or resume) a training run until it has ``epochs`` epochs; its wall time accumulates in bench_wall.json."""
+    if epochs_done(run) >= epochs:
+        return
+    print(f"training {run} ...", flush=True)
+    start = time.time()
+    try:
+        b.run(cmd, run.parent / f"{run.name}.log")
+    finally:
+        spent = (read_json(run / "bench_wall.json") or {}).get("seconds", 0.0) + time.time() - start
+        if run.is_dir():
+            write_json(run / "bench_wall.json", {"seconds": spent})
+
+
+def part_carve(b: Bench) -> None:
+    from timm_fcl.holdout import carve_validation
+
+    info = carve_validation(b.args.data_dir, b.holdout, val_size=b.args.val_size, seed=0, shard_size=9000)
+    print(f"held-out split: {info['splits']['train']['num_samples']} train, "
+          f"{info['splits']['validation']['num_samples']} validation in {b.holdout}")
+
+
+def part_pretrain(b: Bench) -> None:
+    done = b.results / "pretrain.json"
+    if done.is_file():
+        return
+    a = b.args
+    cmd = train_flags(b, output=b.pretrain_run, epochs=a.pretrain_epochs, lr=0.1, seed=0) + [
+        "--method", "xe", "--warmup-epochs", str(max(1, round(a.pretrain_epochs / 30))), "--warmup-lr", "0.01"]
+    train(b, cmd, b.pretrain_run, a.pretrain_epochs)
+    write_json(done, {"model": a.model, "epochs": a.pretrain_epochs, "val_top1": last_val_top1(b.pretrain_run),
+                      "train_seconds": read_json(b.pretrain_run / "bench_wall.json")["seconds"]})
+
+
+def train_continuation(b: Bench, method: Method, hp: dict, seed: int) -> Path:
+    run = b.run_dir(method.name, hp, seed)
+    cmd = train_flags(b, output=run, epochs=b.args.continue_epochs, lr=0.001, seed=seed)
+    train(b, cmd + continuation_flags(b, method, hp), run, b.args.continue_epochs)
+    return run
+
+
+def train_all(b: Bench, todo: list[tuple[str, dict, int]]) -> list[Path]:
+    """Continuation runs (method, settings, seed), --jobs of them at a time; their run folders, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=b.args.jobs) as pool:
+        futures = [pool.submit(train_continuation, b, METHODS[name], hp, seed) for name, hp, seed in todo]
+        return [f.result() for f in futures]
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def evaluate(b: Bench, runs: list[Path], *, suites: list[str], split: str, data_dir: Path, out: Path,
+             max_samples: Optional[int] = None) -> dict:
+    """``python -m timm_fcl.eval`` over several run folders at once; {run folder name: its results}."""
+    a = b.args
+    cmd = [sys.executable, "-m", "timm_fcl.eval", "--dataset", "wds/cifar10", "--data-dir", str(data_dir),
+           "--split", split, "--train-split", "train", "--suites", *suites, "--threads", str(a.threads),
+           "--batch-size", "500", "--cache-dir", str(b.work / "corruptions"), "--output", str(out)]
+    cmd += list(itertools.chain.from_iterable(("--model", str(r)) for r in runs))
+    if max_samples:
+        cmd += ["--max-samples", str(max_samples)]
+    if "generated" in suites and a.corruptions:
+        cmd += ["--corruptions", *a.corruptions]
+    shutil.rmtree(out, ignore_errors=True)
+    b.run(cmd, out.parent / f"{out.name}.log")
+    results = read_json(out / "results.json")
+    return {r.name: results[run_folder.run_name(r)] for r in runs}
+
+
+def condense(result: dict) -> dict:
+    """The numbers the tables need from one model's timm_fcl.eval results."""
+    plain = {r["suite"]: r["accuracy"] for r in result["rows"] if r["severity"] == 0}
+    out = {s: plain[s] for s in SUITES if s in plain}
+    summary = result["summaries"].get("generated")
+    if summary:
+        mean = summary["mean_19"] if summary.get("mean_19") is not None else summary["mean_all"]
+        out["c10c"] = {"mean": mean, "groups": summary["groups"], "per_corruption": summary["per_corruption"],
+                       "images": next(r["total"] for r in result["rows"] if r["suite"] == "generated")}
+    return out
+
+
+def sweep_result(b: Bench, name: str, hp: dict) -> Path:
+    return b.results / "sweep" / f"{name}-{hp_key(hp)}.json"
+
+
+def part_sweep(b: Bench) -> None:
+    """Seed-0 continuations of every setting in SWEEPS, scored on the held-out validation split."""
+    names = [n for n in b.args.methods if len(SWEEPS[n]) > 1]
+    todo = [(name, hp) for name in (["xe"] if names else []) + names  # XE's clean accuracy is the reference
+            for hp in SWEEPS[name] if not sweep_result(b, name, hp).is_file()]
+    runs = train_all(b, [(name, hp, SWEEP_SEED) for name, hp in todo])
+    for start in range(0, len(todo), b.args.eval_group):
+        group = list(zip(todo, runs))[start:start + b.args.eval_group]
+        results = evaluate(b, [run for _, run in group], suites=list(SUITES), split="validation", data_dir=b.holdout,
+                           out=b.work / "eval" / "sweep" / f"group-{int(time.time())}-{start}")
+        for (name, hp), run in group:
+            write_json(sweep_result(b, name, hp), {"method": name, "hp": hp, "seed": SWEEP_SEED,
+                                                   **condense(results[run.name])})
+    for name in names:
+        print(f"{METHODS[name].label}: chosen {chosen_hp(b, name)}")
+
+
+def choose(entries: list[dict], xe_clean: float) -> dict:
+    """The setting with the best mean of validation UN and NUN among those within MAX_CLEAN_DROP of XE's clean
+    validation accuracy (the most accurate one when none is)."""
+    eligible = [e for e in entries if e["clean"] >= xe_clean - MAX_CLEAN_DROP] or [max(entries, key=lambda e: e["clean"])]
+    return max(eligible, key=lambda e: (e["un"] + e["nun"]) / 2)["hp"]
+
+
+def chosen_hp(b: Bench, name: str) -> dict:
+    if len(SWEEPS[name]) == 1 or b.args.paper_settings:
+        return SWEEPS[name][0]
+    entries = [read_json(sweep_result(b, name, hp)) for hp in SWEEPS[name]]
+    xe = read_json(sweep_result(b, "xe", {}))
+    if xe is None or None in entries:
+        raise RuntimeError(f"the {name} sweep is unfinished: run --part sweep --methods {name} first")
+    return choose(entries, xe["clean"])
+
+
+def part_continue(b: Bench) -> None:
+    train_all(b, [(name, chosen_hp(b, name), seed) for seed, name in itertools.product(b.args.seeds, b.args.methods)])
+
+
+def run_result(b: Bench, name: str, seed: int) -> Path:
+    return b.results / "runs" / f"{name}-s{seed}.json"
+
+
+def part_eval(b: Bench) -> None:
+    """Test-set evaluation of every finished continuation: clean / UN / NUN on --test-samples (default all 10,000),
+    the generated CIFAR-10-C on --corruption-samples, in groups of --eval-group models per command."""
+    a = b.args
+    pending = []
+    for seed, name in itertools.product(a.seeds, a.methods):
+        run = b.run_dir(name, chosen_hp(b, name), seed)
+        if not run_result(b, name, seed).is_file() and epochs_done(run) >= a.continue_epochs:
+            pending.append((name, seed, run))
+    for start in range(0, len(pending), a.eval_group):
+        group = pending[start:start + a.eval_group]
+        runs, began = [run for _, _, run in group], time.time()
+        out = b.work / "eval" / "test" / f"group-{int(began)}-{start}"
+        noisy = evaluate(b, runs, suites=list(SUITES), split="test", data_dir=Path(a.data_dir), out=out / "noisy",
+                         max_samples=a.test_samples)
+        corrupted = evaluate(b, runs, suites=["generated"], split="test", data_dir=Path(a.data_dir),
+                             out=out / "generated", max_samples=a.corruption_samples)
+        seconds = (time.time() - began) / len(group)
+        for name, seed, run in group:
+            merged = {"spec": str(run), "rows": noisy[run.name]["rows"] + corrupted[run.name]["rows"],
+                      "summaries": corrupted[run.name]["summaries"]}
+            write_json(run / run_folder.EVAL_RESULTS, {run.name: merged})  # the run folder's own results (cards)
+            write_json(run_result(b, name, seed), {
+                "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
+                "val_top1": last_val_top1(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
+                "eval_seconds": seconds})
+
+
+# -------------------------------------------------------------------------------------------------------- tables
+T2_COLUMNS = (("clean", "Clean"), ("un", "UN"), ("nun", "NUN"))
+T3_COLUMNS = (("mean", "mean of 19"),) + tuple((g, g) for g in GROUPS)
+
+
+def t2_value(entry: dict, column: str) -> Optional[float]:
+    return entry.get(column)
+
+
+def t3_value(entry: dict, column: str) -> Optional[float]:
+    c10c = entry.get("c10c") or {}
+    return c10c.get("mean") if column == "mean" else (c10c.get("groups") or {}).get(column)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def load_runs(b: Bench) -> dict:
+    """{method: {seed: condensed results}} of every evaluated continuation."""
+    runs: dict = {name: {} for name in METHODS}
+    for path in sorted((b.results / "runs").glob("*.json")):
+        entry = read_json(path)
+        runs.setdefault(entry["method"], {})[entry["seed"]] = entry
+    return runs
+
+
+def paired(runs: dict, name: str, baseline: str, value, column: str) -> str:
+    """Mean ± std over the shared seeds of (method - baseline): the paired difference."""
+    seeds = sorted(set(runs[name]) & set(runs[baseline]))
+    diffs = [value(runs[name][s], column) - value(runs[baseline][s], column) for s in seeds
+             if value(runs[name][s], column) is not None and value(runs[baseline][s], column) is not None]
+    if not diffs:
+        return "-"
+    std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.4f} ± {std:.4f}"
+
+
+def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str) -> str:
+    """A markdown table: ours (mean ± std over seeds), the paper's means, then paired differences."""
+    head = [c for _, c in columns]
+    lines = [f"### {title}", "", "| method | seeds | " + " | ".join(head) + " | paper: " + " / ".join(head) + " |",
+             "|" + " --- |" * (len(head) + 3)]
+    for name, method in METHODS.items():
+        seeds = sorted(runs.get(name, {}))
+        cells = [mean_std([v for s in seeds if (v := value(runs[name][s], col)) is not None]) for col, _ in columns]
+        paper = " / ".join(f"{v:.3f}" for v in getattr(method, paper_index)[:len(columns)])
+        lines.append(f"| {method.label} | {len(seeds)} | " + " | ".join(cells) + f" | {paper} |")
+    lines += ["", "Paired differences (same seed), mean ± std over seeds:", "",
+              "| method | vs | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 2)]
+    for baseline in ("xe", "xe_gauss"):
+        for name, method in METHODS.items():
+            if name != baseline and runs.get(name) and runs.get(baseline):
+                cells = [paired(runs, name, baseline, value, col) for col, _ in columns]
+                lines.append(f"| {method.label} | {METHODS[baseline].label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_table(runs: dict, path: Path, title: str, columns: tuple, value, paper_index: str) -> None:
+    """One panel per column: our mean over seeds (std as error bar) beside the paper's mean, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(METHODS)
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
+    for i, (ax, (col, head)) in enumerate(zip(axes[0], columns)):
+        ours = [[v for s in runs.get(n, {}) if (v := value(runs[n][s], col)) is not None] for n in names]
+        means = [statistics.mean(v) if v else np.nan for v in ours]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in ours]
+        paper = [getattr(METHODS[n], paper_index)[i] for n in names]
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=3, label="ours")
+        ax.bar(x + 0.2, paper, 0.4, hatch="//", alpha=0.6, label="paper (ResNet-56)")
+        ax.set_xticks(x)
+        ax.set_xticklabels([METHODS[n].label for n in names], rotation=40, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(head)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def part_tables(b: Bench) -> str:
+    runs = load_runs(b)
+    c10c = [e["c10c"] for seeds in runs.values() for e in seeds.values() if e.get("c10c")]
+    sizes = "/".join(sorted({str(c["images"]) for c in c10c}))
+    counts = "/".join(sorted({str(len(c["per_corruption"])) for c in c10c}))
+    t2 = ("Table 2: noisy CIFAR-10 test set (clean, UN, NUN)", T2_COLUMNS, t2_value, "paper_t2")
+    t3 = (f"Table 3: generated CIFAR-10-C ({counts} corruptions x 5 severities, {sizes} images each; the mean is "
+          f"over the corruptions present)", T3_COLUMNS, t3_value, "paper_t3")
+    text = f"{b.args.model}, pre-training {b.args.pretrain_epochs} + continuation {b.args.continue_epochs} epochs\n\n"
+    text += "\n\n".join(format_table(runs, *t) for t in (t2, t3))
+    print(text)
+    b.results.mkdir(parents=True, exist_ok=True)  # beside the JSON files, but not committed (made from them)
+    (b.results / "tables.md").write_text(text + "\n")
+    for t, png in ((t2, "table2.png"), (t3, "table3.png")):
+        plot_table(runs, b.results / png, *t)
+    print(f"wrote {b.results / 'tables.md'}, {b.results / 'table2.png'}, {b.results / 'table3.png'}")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------- zoo
+def zoo_picks(runs: dict) -> list[tuple[str, int]]:
+    """The FCL seed with the best clean validation accuracy (no choice on the test set) and its XE twin (same seed);
+    PG+FCL's best seed too when PG+FCL beats PG+XE on the mean test UN, NUN and CIFAR-10-C accuracy."""
+    fcl = runs.get("fcl") or {}
+    if not fcl:
+        raise RuntimeError("no evaluated FCL run yet: run --part continue eval first")
+    seed = max(fcl, key=lambda s: (fcl[s]["val_top1"], -s))
+    picks = [("fcl", seed)] + ([("xe", seed)] if seed in runs.get("xe", {}) else [])
+    pg, pg_xe = runs.get("pg_fcl") or {}, runs.get("pg_xe") or {}
+
+    def avg(entries: dict, value, col: str) -> float:
+        return statistics.mean(value(e, col) for e in entries.values())
+
+    if pg and pg_xe and all(avg(pg, v, c) > avg(pg_xe, v, c) for v, c in
+                            ((t2_value, "un"), (t2_value, "nun"), (t3_value, "mean"))):
+        picks.append(("pg_fcl", max(pg, key=lambda s: (pg[s]["val_top1"], -s))))
+    return picks
+
+
+def export_to_zoo(b: Bench, name: str, seed: int) -> Path:
+    """zoo/ARCH.TAG/: the run's export, settings and evaluation, and the model card hfhub.publish writes for them."""
+    import timm
+
+    run = b.run_dir(name, chosen_hp(b, name), seed)
+    tag = f"{b.args.model}.{ZOO_TAGS[name]}"
+    repo_id = timm.models.get_pretrained_cfg(tag).hf_hub_id
+    dest = Path(b.args.zoo) / tag
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "eval").mkdir(parents=True)
+    export = run / run_folder.MODEL
+    for src, rel in ((export / run_folder.WEIGHTS, run_folder.WEIGHTS), (export / run_folder.CONFIG, run_folder.CONFIG),
+                     (run / run_folder.ARGS, run_folder.ARGS), (run / run_folder.RESOLVED, run_folder.RESOLVED),
+                     (run / run_folder.EVAL_RESULTS, run_folder.EVAL_RESULTS)):
+        shutil.copyfile(src, dest / rel)
+    with tempfile.TemporaryDirectory() as tmp:
+        card = Path(tmp) / "card"
+        b.run([sys.executable, "-m", "hfhub.publish", str(dest), "--repo-id", repo_id, "--dry-run", str(card)],
+              b.work / "zoo.log")
+        shutil.copyfile(card / "README.md", dest / "README.md")
+    print(f"zoo: {dest} ({name} seed {seed}) -> {repo_id}")
+    return dest
+
+
+def part_zoo(b: Bench) -> None:
+    for name, seed in zoo_picks(load_runs(b)):
+        export_to_zoo(b, name, seed)
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+PART_FUNCTIONS = {"carve": part_carve, "pretrain": part_pretrain, "sweep": part_sweep, "continue": part_continue,
+                  "eval": part_eval, "tables": part_tables, "zoo": part_zoo}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (default: everything)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="continuation seeds (paired)")
+    p.add_argument("--data-dir", default=str(default_data_root() / "cifar10-wds"), help="CIFAR-10 shards (train, test)")
+    p.add_argument("--work", default=str(REPO / "runs" / "cifar_robustness"), help="runs, held-out shards, caches")
+    p.add_argument("--results", default=str(RESULTS), help="the small JSON results (committed)")
+    p.add_argument("--zoo", default=str(REPO / "zoo"), help="where --part zoo writes the checkpoints")
+    p.add_argument("--model", default="resnet20_cifar", choices=("resnet20_cifar", "resnet56_cifar"))
+    p.add_argument("--pretrain-epochs", type=int, default=30)
+    p.add_argument("--continue-epochs", type=int, default=6)
+    p.add_argument("-b", "--batch-size", type=int, default=128)
+    p.add_argument("--paper-settings", action="store_true",
+                   help="no sweep: every method takes the first setting of its grid (Appendix B's, at our batch)")
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for the sweep")
+    p.add_argument("--train-subset", type=int, help="train on N images per epoch (smoke runs)")
+    p.add_argument("--val-subset", type=int, help="validate on N images per epoch (smoke runs)")
+    p.add_argument("--test-samples", type=int, help="clean / UN / NUN test images (default: all 10,000)")
+    p.add_argument("--corruption-samples", type=int, default=2000, help="test images behind the generated CIFAR-10-C")
+    p.add_argument("--corruptions", nargs="+", help="generate only these (default: all 19)")
+    p.add_argument("--eval-group", type=int, default=3, help="models per evaluation command")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of every training and evaluation")
+    p.add_argument("--jobs", type=int, default=2, help="continuation runs trained at once (each with --threads)")
+    p.add_argument("--hours", type=float, default=2.5, help="stop (resumably) after this much wall time")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    b = Bench(args, deadline=time.time() + args.hours * 3600)
+    start = time.time()
+    try:
+        for part in PARTS:
+            if part in args.part:
+                PART_FUNCTIONS[part](b)
+    except PartStopped:
+        print(f"stopped at the --hours {args.hours} limit after {time.time() - start:.0f} s; "
+              "run the same command again to go on")
+        return 3
+    print(f"done ({', '.join(args.part)}) in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Publish the robust checkpoint zoo: every folder of zoo/ goes to the Hub repository its timm tag names.
+
+    python -m hfhub.zoo [ZOO] --dry-run FOLDER     # write what would be uploaded, FOLDER/<tag>/ per model
+    python -m hfhub.zoo [ZOO]                      # upload (token from huggingface_hub's usual sources)
+
+A zoo folder is named ``ARCH.TAG`` (e.g. ``resnet20_cifar.fcl_cifar10``), a pretrained tag registered in timm by
+timm_fcl.models, whose ``hf_hub_id`` is the repository it is published to; so once published,
+``timm.create_model("resnet20_cifar.fcl_cifar10", pretrained=True)`` downloads exactly that folder's weights. Each
+folder is handed to ``python -m hfhub.publish`` (weights, config.json, model card from its args.yaml, resolved.yaml
+and eval/results.json).
+"""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from timm_fcl import run_folder
+from timm_fcl._cli import OneLineParser, UsageError, run_cli
+
+PROG = "hfhub.zoo"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def zoo_entries(zoo: Path) -> list[tuple[Path, str]]:
+    """(folder, Hub repository) of every model in ``zoo``; a folder that is not a registered tag with an
+    hf_hub_id, or holds no export, is an error."""
+    import timm
+
+    import timm_fcl  # noqa: F401  (registers the CIFAR ResNets and their zoo tags)
+
+    if not zoo.is_dir():
+        raise UsageError(f"{zoo} is not a folder")
+    entries = []
+    for folder in sorted(p for p in zoo.iterdir() if p.is_dir()):
+        try:
+            cfg = timm.models.get_pretrained_cfg(folder.name) if "." in folder.name else None
+        except RuntimeError:  # timm's answer to a tag it does not know
+            cfg = None
+        if cfg is None or not cfg.hf_hub_id or cfg.tag != folder.name.split(".", 1)[1]:
+            raise UsageError(f"{folder}: '{folder.name}' is not a pretrained tag with an hf_hub_id in timm's "
+                             f"registry (add it to timm_fcl/models)")
+        if not run_folder.is_export(folder):
+            raise UsageError(f"{folder} holds no {run_folder.WEIGHTS} + {run_folder.CONFIG}")
+        entries.append((folder, cfg.hf_hub_id))
+    if not entries:
+        raise UsageError(f"{zoo} holds no model folder")
+    return entries
+
+
+def publish_zoo(zoo: Path, *, dry_run: Optional[Path] = None) -> list[str]:
+    """Run ``python -m hfhub.publish`` for every zoo entry; returns the repositories (dry run: the folders written)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = []
+    for folder, repo_id in zoo_entries(zoo):
+        cmd = [sys.executable, "-m", "hfhub.publish", str(folder), "--repo-id", repo_id]
+        if dry_run is not None:
+            cmd += ["--dry-run", str(dry_run / folder.name)]
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise UsageError(f"publishing {folder.name} failed: {last}")
+        print(proc.stdout.strip())
+        done.append(str(dry_run / folder.name) if dry_run is not None else repo_id)
+    return done
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description="Publish every model of the zoo to the Hugging Face Hub",
+                      add_help=add_help)
+    p.add_argument("zoo", type=Path, nargs="?", default=REPO / "zoo", help="the zoo folder (default: zoo/)")
+    p.add_argument("--dry-run", type=Path, default=None, metavar="FOLDER",
+                   help="write the exact folders that would be uploaded here (one per model), upload nothing")
+    return p
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Publish the zoo; a bad folder or a refused upload ends as one error line (exit 2)."""
+    def main(args: argparse.Namespace) -> list[str]:
+        return publish_zoo(args.zoo, dry_run=args.dry_run)
+
+    return run_cli(PROG, lambda a: main(get_args_parser().parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,79 @@
+"""benchmarks/cifar_robustness.py: a smoke run of every part on tiny data, and the choices it makes."""
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from timm_fcl.shards import write_shards
+from train_helpers import ROOT, synthetic_samples
+
+spec = importlib.util.spec_from_file_location("cifar_robustness", ROOT / "benchmarks" / "cifar_robustness.py")
+bench = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+spec.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Every part but the sweep (paper settings) and the zoo, a few steps per method, on 32 px toy shards."""
+    root = tmp_path_factory.mktemp("cifar")
+    data = root / "data"
+    write_shards(synthetic_samples(160, size=32, seed=1), output=data, name="toy", split="train", shard_size=80,
+                 num_classes=10)
+    write_shards(synthetic_samples(32, size=32, seed=2), output=data, name="toy", split="test", shard_size=32,
+                 num_classes=10)
+    argv = ["--data-dir", str(data), "--work", str(root / "work"), "--results", str(root / "results"),
+            "--pretrain-epochs", "1", "--continue-epochs", "1", "--val-size", "32", "-b", "32", "--train-subset", "64",
+            "--val-subset", "16", "--test-samples", "16", "--corruption-samples", "4", "--corruptions",
+            "gaussian_noise", "defocus_blur", "--seeds", "0", "--paper-settings", "--threads", "1", "--jobs", "3",
+            "--eval-group", "6", "--part", "carve", "pretrain", "continue", "eval", "tables"]
+    assert bench.main(argv) == 0
+    return root, argv
+
+
+def test_smoke_run_fills_both_tables_for_all_six_methods(smoke, capsys):
+    root, _ = smoke
+    results = root / "results"
+    for name in bench.METHODS:
+        entry = json.loads((results / "runs" / f"{name}-s0.json").read_text())
+        assert entry["method"] == name and entry["hp"] == bench.SWEEPS[name][0]
+        assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun"))
+        assert set(entry["c10c"]["per_corruption"]) == {"gaussian_noise", "defocus_blur"}
+        assert entry["c10c"]["images"] == 4
+    tables = (results / "tables.md").read_text()
+    for method in bench.METHODS.values():
+        assert f"| {method.label} | 1 |" in tables
+    assert "0.375 / 0.343" in tables and "| FCL | XE+Gaussian |" in tables  # the paper's FCL UN / NUN, a pair
+    assert (results / "table2.png").stat().st_size > 0 and (results / "table3.png").stat().st_size > 0
+    # a finished part is skipped: nothing is trained or evaluated again
+    evaluations = sorted((root / "work" / "eval" / "test").iterdir())
+    capsys.readouterr()
+    assert bench.main(smoke[1]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("training ")]
+    assert sorted((root / "work" / "eval" / "test").iterdir()) == evaluations
+
+
+def test_continuations_start_from_the_pretraining_with_the_methods_flags(smoke):
+    root, _ = smoke
+    import yaml
+    runs = root / "work" / "runs"
+    pg_fcl = yaml.safe_load((runs / "pg_fcl-k256-sigma0.5-tau1-weight0.0008-s0" / "args.yaml").read_text())
+    assert pg_fcl["method"] == "fcl" and pg_fcl["patch_gaussian"] and pg_fcl["crop_pad"] == 4
+    assert pg_fcl["initial_checkpoint"].endswith("pretrain/model/model.safetensors")
+    xe = yaml.safe_load((runs / "xe-default-s0" / "args.yaml").read_text())
+    assert xe["seed"] == pg_fcl["seed"] == 0 and xe["lr"] == 0.001 and not xe["patch_gaussian"]
+
+
+def entry(hp, clean, un, nun):
+    return {"hp": hp, "clean": clean, "un": un, "nun": nun}
+
+
+def test_choice_is_the_most_robust_setting_within_a_point_of_xe():
+    entries = [entry({"w": 1}, 0.90, 0.30, 0.30), entry({"w": 2}, 0.895, 0.40, 0.38), entry({"w": 3}, 0.85, 0.7, 0.7)]
+    assert bench.choose(entries, xe_clean=0.902) == {"w": 2}  # w=3 is more robust but costs 5 points
+    assert bench.choose(entries[2:], xe_clean=0.902) == {"w": 3}  # nothing eligible: the most accurate
+
+
+def test_paired_difference_is_taken_per_seed():
+    runs = {"fcl": {0: {"un": 0.5}, 1: {"un": 0.7}, 2: {"un": 0.9}}, "xe": {0: {"un": 0.4}, 1: {"un": 0.6}}}
+    assert bench.paired(runs, "fcl", "xe", bench.t2_value, "un") == "+0.1000 ± 0.0000"

@@ -1,0 +1,89 @@
+"""The checkpoint zoo: a zoo folder published with hfhub.zoo --dry-run loads offline from a Hugging Face cache both
+as hf-hub:timm-fcl/NAME and as the pretrained tag registered in timm."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_helpers import ROOT, make_shards, run, train_cmd
+
+TAG = "resnet20_cifar.fcl_cifar10"
+REPO_ID = f"timm-fcl/{TAG}"
+LOGITS = r"""
+import json, sys
+import timm, torch
+import timm_fcl  # registers resnet20_cifar and its zoo tags
+model = timm.create_model(sys.argv[1], pretrained=True).eval()
+with torch.no_grad():
+    print(json.dumps(model(torch.load(sys.argv[2], weights_only=True)).tolist()))
+"""
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """zoo/resnet20_cifar.fcl_cifar10 from a few FCL steps on toy shards: export, settings and results."""
+    root = tmp_path_factory.mktemp("zoo")
+    out = root / "run"
+    proc = run(train_cmd("--model", "resnet20_cifar", "--dataset", "wds/toy", "--data-dir",
+                         str(make_shards(root / "shards")), "--img-size", "16", "--crop-pct", "1", "-b", "32",
+                         "--epochs", "1", "--sched", "step", "--warmup-epochs", "0", "--lr", "0.05", "--method", "fcl",
+                         "--fcl-k", "64", "--crop-pad", "2", "--no-progress", "--output", str(out)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = root / "zoo" / TAG
+    (folder / "eval").mkdir(parents=True)
+    for name in ("model/model.safetensors", "model/config.json", "args.yaml", "resolved.yaml"):
+        shutil.copyfile(out / name, folder / Path(name).name)
+    (folder / "eval" / "results.json").write_text(json.dumps({"run": {"rows": [
+        {"suite": "clean", "corruption": "clean", "severity": 0, "accuracy": 0.9},
+        {"suite": "un", "corruption": "uniform_noise", "severity": 0, "accuracy": 0.4}], "summaries": {}}}))
+    return folder.parent
+
+
+def zoo_cmd(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "hfhub.zoo", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_zoo_dry_run_loads_offline_as_hub_name_and_as_pretrained_tag(zoo, tmp_path):
+    proc = zoo_cmd(str(zoo), "--dry-run", str(tmp_path / "staged"))
+    assert proc.returncode == 0, proc.stderr
+    staged = tmp_path / "staged" / TAG
+    assert {"README.md", "config.json", "model.safetensors"} <= {p.name for p in staged.iterdir()}
+    assert "0.9" in (staged / "README.md").read_text()  # the card carries the robustness table
+    cache = tmp_path / "hub"
+    repo = cache / ("models--" + REPO_ID.replace("/", "--"))
+    shutil.copytree(staged, repo / "snapshots" / ("1" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+
+    from safetensors.torch import load_file
+    import timm
+    import timm_fcl  # noqa: F401
+    model = timm.create_model("resnet20_cifar").eval()
+    model.load_state_dict(load_file(zoo / TAG / "model.safetensors"))
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")  # a test input, not a checkpoint
+    with torch.no_grad():
+        want = model(x)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
+               HF_HOME=str(tmp_path / "home"))
+    for name in (f"hf-hub:{REPO_ID}", TAG):
+        proc = subprocess.run([sys.executable, "-c", LOGITS, name, str(tmp_path / "x.pt")], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert torch.equal(torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1])), want), name
+
+
+def test_a_folder_that_is_no_registered_tag_is_refused_in_one_line(zoo, tmp_path):
+    bad = tmp_path / "zoo"
+    shutil.copytree(zoo / TAG, bad / "resnet20_cifar.mystery")
+    proc = zoo_cmd(str(bad), "--dry-run", str(tmp_path / "staged"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "not a pretrained tag" in proc.stderr and not (tmp_path / "staged").exists()
