@@ -775,7 +775,7 @@ def previous_run(args, output: Path) -> tuple[Optional[Path], dict]:
 
 def setting_changes(saved: dict, now: dict) -> list[str]:
     """'name old -> new' for each setting of ``now`` that differs from ``saved`` (names both know: a run saved by an
-    older version lacks some); the derived values (by section.name) only when no flag differs, as a flag explains them."""
+    older version lacks some); derived values (as section.name) only when no flag differs, as a flag explains them."""
     def diff(old: dict, new: dict, prefix: str) -> list[str]:
         return [f"{prefix}{k} {old[k]} -> {new[k]}" for k in old if k in new and old[k] != new[k]]
 

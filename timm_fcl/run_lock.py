@@ -1,8 +1,8 @@
 """An exclusive lock on a run folder, so two runs never write one folder's states and exports at once.
 
 The lock is a file holding the holder's host, pid and a run id, published whole by a hard link that fails if the file
-exists (atomic on local disks and NFS). A lock whose holder is a dead process on this host is taken over with a warning; a holder on another host cannot be
-checked from here, so such a lock stays until it is removed by hand.
+exists (atomic on local disks and NFS). A lock whose holder is a dead process on this host is taken over with a
+warning; a holder on another host cannot be checked from here, so such a lock stays until it is removed by hand.
 """
 from __future__ import annotations
 
