@@ -36,18 +36,24 @@ import yaml
 
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
 from timm_fcl import FCLConfig, FCLOutput, FeatureContrastiveRegularizer, PatchGaussian, run_folder
-from timm_fcl._cli import OneLineParser, UsageError, run_cli
-from timm_fcl.checkpoint import atomic_write_text, export_model, load_training_state, run_tag, save_state_atomic
+from timm_fcl._cli import OneLineParser, UsageError, first_line, run_cli
+from timm_fcl.checkpoint import (atomic_write_text, export_model, list_states, load_training_state, run_tag,
+                                 save_state_atomic)
 from timm_fcl.config import METHODS
 from timm_fcl.data import AugMixViews, DataError, EpochStream, create_source, make_loader, seeded
 from timm_fcl.metrics import topk_hits
 from timm_fcl.model_io import create_model, default_in_chans
+from timm_fcl.run_lock import LockedError, RunLock
 
 _logger = logging.getLogger("train_fcl")
 
 
 class ConfigError(UsageError):
     """A bad flag, config file or model choice: reported as one line."""
+
+
+class DivergedError(RuntimeError):
+    """The loss or the weights became NaN or infinite: reported as one line, nothing of it saved."""
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
@@ -215,6 +221,59 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _read_config(path: str) -> dict:
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except OSError as exn:
+        raise ConfigError(f"cannot read --config {path}: {exn.strerror}") from None
+    except yaml.YAMLError as exn:
+        mark = getattr(exn, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"--config {path}: YAML syntax error{where}: "
+                          f"{getattr(exn, 'problem', None) or first_line(exn)}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected flag names and values, got a {type(values).__name__}")
+    return values
+
+
+def _config_value(action: argparse.Action, path: str, key: str, value):
+    """A YAML value checked and converted as argparse checks and converts the same value on the command line (YAML's
+    own types would slip past argparse: `epochs: 2.5`, `lr: [0.1]`, or `mixed_precision: no`, which YAML reads as
+    false)."""
+    kind = {int: "an integer", float: "a number"}.get(action.type, "a string")
+
+    def refuse(expected: str) -> ConfigError:
+        return ConfigError(f"--config {path}: {key}: expected {expected}, got {value!r}")
+
+    def scalar(item):
+        if isinstance(item, (bool, list, dict)) or item is None:
+            raise refuse(f"{kind} (quote words YAML reads as booleans)" if isinstance(item, bool) else kind)
+        try:
+            return (action.type or str)(item if isinstance(item, str) else str(item))
+        except (TypeError, ValueError):
+            raise refuse(kind) from None
+
+    if value is None and action.default is None:
+        return None
+    if isinstance(action.default, dict):  # KEY=VALUE pairs on the command line (--model-kwargs): a mapping in YAML
+        if not isinstance(value, dict):
+            raise refuse("a mapping")
+        return value
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        count = action.nargs if isinstance(action.nargs, int) else None
+        if not isinstance(value, list) or (count and len(value) != count) or (action.nargs == "+" and not value):
+            raise refuse(f"a list of {count or 'one or more'} values")
+        return [scalar(item) for item in value]
+    return scalar(value)
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Flags, with --config's YAML as defaults (command line wins), checked as argparse checks the command line."""
     parser = get_args_parser()
@@ -222,16 +281,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     config_parser.add_argument("--config", default=None)
     pre, _ = config_parser.parse_known_args(argv)
     if pre.config:
-        try:
-            with open(pre.config) as f:
-                values = yaml.safe_load(f) or {}
-        except OSError as exn:
-            raise ConfigError(f"cannot read --config {pre.config}: {exn.strerror}") from None
+        values = _read_config(pre.config)
         dests = {a.dest: a for a in parser._actions}
-        unknown = [k for k in values if k.replace("-", "_") not in dests]
+        unknown = [k for k in values if str(k).replace("-", "_") not in dests]
         if unknown:
-            raise ConfigError(f"{pre.config}: unknown setting(s) {', '.join(unknown)}")
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+            raise ConfigError(f"{pre.config}: unknown setting(s) {', '.join(map(str, unknown))}")
+        parser.set_defaults(**{k.replace("-", "_"): _config_value(dests[k.replace("-", "_")], pre.config, k, v)
+                               for k, v in values.items()})
     args = parser.parse_args(argv)
     for action in parser._actions:  # a YAML value bypasses argparse's choices check
         value = getattr(args, action.dest, None)
@@ -239,6 +295,97 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             raise ConfigError(f"argument {action.option_strings[-1]}: invalid choice: {value!r} "
                               f"(choose from {', '.join(map(str, action.choices))})")
     return args
+
+
+# the lowest value of each numeric flag (a flag's every value, for lists); FCLConfig checks the --fcl-* fields
+_AT_LEAST = {"epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "log_interval": 1, "lr_base_size": 1,
+             "train_subset": 1, "val_subset": 1, "num_classes": 1, "in_chans": 1, "img_size": 1, "input_size": 1,
+             "patch_gaussian_size": 1, "workers": 0, "shuffle_buffer": 0, "checkpoint_interval": 0,
+             "checkpoint_hist": 0, "seed": 0, "warmup_epochs": 0, "cooldown_epochs": 0, "decay_milestones": 0,
+             "warmup_lr": 0, "min_lr": 0, "momentum": 0, "weight_decay": 0, "hflip": 0, "reprob": 0,
+             "color_jitter": 0, "model_ema_decay": 0, "opt_betas": 0, "patch_gaussian_sigma": 0,
+             "fcl_start_epochs": 0, "fcl_ramp_epochs": 0, "smoothing": 0, "mixup": 0, "cutmix": 0, "cutmix_minmax": 0,
+             "mixup_prob": 0, "mixup_switch_prob": 0, "mixup_off_epoch": 0, "drop": 0, "drop_path": 0, "crop_pad": 0}
+_ABOVE = {"lr": 0, "lr_base": 0, "decay_epochs": 0, "decay_rate": 0, "clip_grad": 0, "opt_eps": 0, "crop_pct": 0,
+          "std": 0, "scale": 0, "ratio": 0}
+_AT_MOST = {"hflip": 1, "reprob": 1, "model_ema_decay": 1, "crop_pct": 1, "scale": 1, "opt_betas": 1, "smoothing": 1,
+            "cutmix_minmax": 1, "mixup_prob": 1, "mixup_switch_prob": 1, "drop": 1, "drop_path": 1}
+# flags that change how a run goes, not what it computes: a resume may change them (README, "Resuming"); the data
+# may move (--data-dir) as long as it resolves to the same splits and sizes
+MAY_CHANGE_ON_RESUME = ("workers", "pin_mem", "log_interval", "no_progress", "checkpoint_interval", "checkpoint_hist",
+                        "resume", "output", "experiment", "log_wandb", "config", "dataset_download", "data_dir",
+                        "epochs")
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")  # timm 1.0.31's
+
+
+def _values(args, dest: str) -> list:
+    value = getattr(args, dest, None)
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args) -> None:
+    for action in parser._actions:
+        flag = f"argument {max(action.option_strings, key=len)}" if action.option_strings else action.dest
+        for v in _values(args, action.dest):
+            if action.type is float and not math.isfinite(v):
+                raise ConfigError(f"{flag}: must be a finite number, got {v}")
+            low, above, high = _AT_LEAST.get(action.dest), _ABOVE.get(action.dest), _AT_MOST.get(action.dest)
+            if (low is not None and v < low) or (above is not None and v <= above) or (high is not None and v > high):
+                bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+                          f"<= {high}" if high is not None else ""]
+                raise ConfigError(f"{flag}: must be {' and '.join(b for b in bounds if b)}, got {v}")
+
+
+def _check_names(args) -> None:
+    from timm.optim import list_optimizers
+
+    if args.sched not in SCHEDULERS:
+        raise ConfigError(f"argument --sched: unknown scheduler {args.sched!r} (choose from {', '.join(SCHEDULERS)})")
+    *prefix, name = args.opt.lower().split("_")  # timm reads 'lookahead_NAME' as NAME wrapped in Lookahead
+    if prefix not in ([], ["lookahead"]) or name not in list_optimizers():
+        raise ConfigError(f"argument --opt: unknown optimizer {args.opt!r} (timm.optim.list_optimizers() lists "
+                          f"them, optionally prefixed lookahead_)")
+
+
+def _check_channels(args) -> None:
+    channels = _in_chans(args) or default_in_chans(args.model)
+    for dest in ("mean", "std", "fcl_input_std"):
+        values = _values(args, dest)
+        if values and len(values) not in (1, channels):
+            raise ConfigError(f"argument --{dest.replace('_', '-')}: {len(values)} values for {channels} input "
+                              f"channels (give 1 or {channels})")
+
+
+def _writable(folder: Path) -> bool:
+    # root passes os.access on any folder; a folder without write bits is meant read-only all the same
+    return os.access(folder, os.W_OK | os.X_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def _check_output(output: Path) -> None:
+    existing = next(p for p in [output, *output.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--output {output}: {existing} is a file, not a folder")
+    if not _writable(existing):
+        raise ConfigError(f"--output {output}: {existing} is not writable")
+
+
+def validate_args(args) -> None:
+    """Every check that needs no model and no data, so a bad flag stops the run before any work or any write."""
+    parser = get_args_parser()
+    if not args.data_dir:
+        raise ConfigError("--data-dir is needed")
+    check_timm_flags(args)
+    _check_numbers(parser, args)
+    _check_names(args)
+    _check_channels(args)
+    build_fcl_config(args, {"std": (1.0,)}, updates_per_epoch=1)  # FCLConfig's own checks
+    _check_output(output_folder(args))
+
+
+def output_folder(args) -> Path:
+    """The run folder --experiment / --output name, or for an unnamed run the folder its new run folder is made in."""
+    base = Path(args.output or os.path.join("output", "train"))
+    return base / args.experiment if args.experiment else base
 
 
 # ------------------------------------------------------------------------------------------------------ building
@@ -330,10 +477,8 @@ def run_output(args, state) -> Path:
     claims the new folder and tells the others."""
     from accelerate.utils import broadcast_object_list
 
-    if args.experiment:
-        return Path(args.output or os.path.join("output", "train")) / args.experiment
-    if args.output:
-        return Path(args.output)
+    if args.experiment or args.output:
+        return output_folder(args)
     claimed = [str(_claim_new_folder(Path("output", "train"), _timestamped_name(args)))
                if state.is_main_process else None]
     broadcast_object_list(claimed)
@@ -353,8 +498,6 @@ def setup(args) -> tuple:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
 
-    if not args.data_dir:
-        raise ConfigError("--data-dir is needed")
     device_type = _device_type()
     mixed_precision = resolve_mixed_precision(args, device_type)
     check_mixed_precision(mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"), device_type)
@@ -366,6 +509,24 @@ def setup(args) -> tuple:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     set_seed(args.seed)
     return accelerator, output
+
+
+def lock_output(accelerator, output: Path) -> RunLock:
+    """The main process locks the run folder for the whole run; it tells the other ranks, so every rank of a refused
+    run stops with the same line."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, refusal = RunLock(output / run_folder.LOCK), [None]
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except LockedError as exn:
+            refusal[0] = str(exn)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise ConfigError(refusal[0])
+    return lock
 
 
 def build_model(args, num_classes_from_data: Optional[int]) -> torch.nn.Module:
@@ -428,9 +589,10 @@ class Data:
     data_config: dict
 
 
-def build_data(args, accelerator) -> Data:
+def build_data(args, accelerator, streams: Optional[int] = None) -> Data:
     """The model (its class count may come from the data, its input config decides the transforms) and the streams;
-    each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule)."""
+    each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule). ``streams``: the
+    parts of each rank's training share (a resumed run's own; default one per loader worker)."""
     from timm.data import resolve_data_config
 
     in_chans = _in_chans(args) or default_in_chans(args.model)
@@ -447,7 +609,7 @@ def build_data(args, accelerator) -> Data:
     common = dict(seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
                   rank=accelerator.process_index, world_size=accelerator.num_processes)
     train = EpochStream(train_src, transform=train_tf, is_training=True, subset=args.train_subset,
-                        shuffle_buffer=args.shuffle_buffer, **common)
+                        shuffle_buffer=args.shuffle_buffer, streams=streams, **common)
     val = EpochStream(val_src, transform=eval_tf, is_training=False, subset=args.val_subset, **common)
     return Data(train=train, val=val, model=model, num_classes=model.num_classes, class_names=train_src.class_names,
                 data_config=data_config,
@@ -499,14 +661,21 @@ class Training:
     output: Path
     bare: torch.nn.Module  # the plain timm model inside the regularizer
     mixup: Optional[Callable] = None  # timm's Mixup (mixup / cutmix into soft targets), None when off
+    finite: Optional[torch.Tensor] = None  # on the device: every loss of this process so far was finite
+    settings: dict = dataclasses.field(default_factory=dict)  # resolved(), written beside every save
 
     def resolved(self, args, data: Data, world: int) -> dict:
+        """What the run computes, as YAML reads it back; a resume must resolve to the same (epochs may grow)."""
         epochs = {"start": self.fcl.start_step / self.updates_per_epoch,
                   "ramp": self.fcl.ramp_steps / self.updates_per_epoch}
-        return {"fcl": dataclasses.asdict(self.fcl), "fcl_schedule_epochs": epochs, "lr": self.lr,
-                "num_classes": data.num_classes, "data_config": dict(data.data_config), "world_size": world,
-                "global_batch": args.batch_size * world * args.grad_accum_steps,
-                "updates_per_epoch": self.updates_per_epoch, "epochs": self.num_epochs}
+        settings = {k: v for k, v in vars(args).items() if k not in MAY_CHANGE_ON_RESUME}
+        resolved = {"settings": settings, "fcl": dataclasses.asdict(self.fcl), "fcl_schedule_epochs": epochs,
+                    "lr": self.lr, "num_classes": data.num_classes, "data_config": dict(data.data_config),
+                    "world_size": world, "global_batch": args.batch_size * world * args.grad_accum_steps,
+                    "updates_per_epoch": self.updates_per_epoch, "epochs": self.num_epochs,
+                    "loader_streams": data.train.streams, "train_samples": len(data.train.source),
+                    "val_samples": len(data.val.source)}
+        return yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False))
 
     def state_parts(self, accelerator) -> dict:
         """What a saved training state holds, by name (timm_fcl.checkpoint saves and loads it without pickles)."""
@@ -552,6 +721,10 @@ def build_training(args, accelerator, data: Data, output: Path) -> Training:
     updates_per_epoch = math.ceil(len(data.train) / args.grad_accum_steps)
     model = data.model.to(memory_format=torch.channels_last) if args.channels_last else data.model
     fcl = build_fcl_config(args, data.data_config, updates_per_epoch)
+    try:  # before the first step, even when the term starts epochs later
+        fcl.check_input(data.data_config["input_size"], args.batch_size)
+    except ValueError as exn:
+        raise ConfigError(f"FCL settings do not fit the model's input: {exn}") from None
     loss_fn, label_loss_fn = build_loss(args)
     reg = FeatureContrastiveRegularizer(model, fcl, loss_fn=loss_fn, compile_backend=args.torchcompile,
                                         num_splits=max(args.aug_splits, 1), label_loss_fn=label_loss_fn)
@@ -569,7 +742,8 @@ def build_training(args, accelerator, data: Data, output: Path) -> Training:
                          use_warmup=args.model_ema_warmup)
     return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=Progress(), fcl=fcl, lr=lr,
                     num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
-                    bare=accelerator.unwrap_model(reg).model, mixup=build_mixup(args, data.num_classes))
+                    bare=accelerator.unwrap_model(reg).model, mixup=build_mixup(args, data.num_classes),
+                    finite=torch.ones((), dtype=torch.bool, device=accelerator.device))
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -590,8 +764,51 @@ def start_trackers(args, accelerator, output: Path, resolved: dict) -> None:
                               init_kwargs={"wandb": {"name": output.name, "dir": str(output)}})
 
 
-def resume_or_start(args, accelerator, run: Training, data: Data) -> None:
-    """Load the newest state of --resume (or of the run folder); write the run's settings; start the trackers."""
+def previous_run(args, output: Path) -> tuple[Optional[Path], dict]:
+    """The run folder a resume continues (--resume's, else --output when it holds states) and what its flags resolved
+    to; (None, {}) on a fresh start."""
+    source = Path(args.resume) if args.resume else output
+    folder = source.parent.parent if source.parent.name == run_folder.STATES else source
+    if not list_states(folder):
+        return None, {}
+    return folder, run_folder.read_resolved(folder)
+
+
+def setting_changes(saved: dict, now: dict) -> list[str]:
+    """'name old -> new' for each setting of ``now`` that differs from ``saved`` (names both know: a run saved by an
+    older version lacks some); derived values (as section.name) only when no flag differs, as a flag explains them."""
+    def diff(old: dict, new: dict, prefix: str) -> list[str]:
+        return [f"{prefix}{k} {old[k]} -> {new[k]}" for k in old if k in new and old[k] != new[k]]
+
+    flags = diff(saved.get("settings", {}), now.get("settings", {}), "")
+    if flags or saved.get("world_size", now.get("world_size")) != now.get("world_size"):
+        return flags  # another world size: load_training_state refuses it, saying why (each rank's own streams)
+    changes = []
+    for key, value in saved.items():
+        if key in ("settings", "epochs") or key not in now:
+            continue
+        changes += diff(value, now[key], f"{key}.") if isinstance(value, dict) and isinstance(now[key], dict) \
+            else diff({key: value}, {key: now[key]}, "")
+    if now.get("epochs", 0) < saved.get("epochs", 0):
+        changes.append(f"epochs {saved['epochs']} -> {now['epochs']} (a run's epochs may only grow)")
+    return changes
+
+
+def record_settings(args, run: Training) -> None:
+    """args.yaml and resolved.yaml of this start, written with each of its saves (main process): they describe what
+    the saved states and exports were made with, and a start that saves nothing changes nothing."""
+    atomic_write_text(run.output / run_folder.ARGS, yaml.safe_dump(vars(args), sort_keys=False))
+    atomic_write_text(run.output / run_folder.RESOLVED, yaml.safe_dump(run.settings, sort_keys=False))
+
+
+def resume_or_start(args, accelerator, run: Training, data: Data, previous: tuple[Optional[Path], dict] = (None, {})):
+    """Load the newest state of --resume (or of the run folder) if it was made with the same settings; keep the
+    resolved settings for the saves (record_settings); start the trackers."""
+    world = accelerator.num_processes
+    resolved = run.resolved(args, data, world)
+    changes = setting_changes(previous[1], resolved) if previous[0] is not None else []
+    if changes:
+        raise ConfigError(f"resume with other settings than the run in {previous[0]}: {', '.join(changes)}")
     resume = load_training_state(accelerator, run.state_parts(accelerator), output=run.output, resume=args.resume)
     if args.resume and resume is None:
         raise ConfigError(f"--resume {args.resume}: no saved state there")
@@ -599,19 +816,14 @@ def resume_or_start(args, accelerator, run: Training, data: Data) -> None:
         if accelerator.is_main_process:
             p = run.progress
             _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
-    world = accelerator.num_processes
+    run.settings = resolved
     if accelerator.is_main_process:
-        run.output.mkdir(parents=True, exist_ok=True)
-        if resume is None or not (run.output / run_folder.ARGS).exists():  # the run's first settings are kept
-            atomic_write_text(run.output / run_folder.ARGS, yaml.safe_dump(vars(args), sort_keys=False))
-            atomic_write_text(run.output / run_folder.RESOLVED,
-                              yaml.safe_dump(run.resolved(args, data, world), sort_keys=False))
         _logger.info(f"{args.model}: {data.num_classes} classes, {world} process(es), {len(data.train)} batches of "
                      f"{args.batch_size} per process and epoch, {run.num_epochs} epochs, method {args.method}, "
                      f"output {run.output}")
         if run.progress.epoch >= run.num_epochs:
             _logger.info(f"all {run.num_epochs} epochs are done in {run.output}; raise --epochs to train on")
-    start_trackers(args, accelerator, run.output, run.resolved(args, data, world))
+    start_trackers(args, accelerator, run.output, resolved)
 
 
 # ------------------------------------------------------------------------------------------------- train and eval
@@ -642,6 +854,17 @@ class LossMeter:
 
     def images_per_second(self, processes: int) -> float:
         return self.images * processes / max(time.time() - self.start, 1e-9)
+
+
+def stop_if_diverged(accelerator, run: Training) -> None:
+    """Raise if any rank's loss was ever non-finite or the weights are: every rank calls this at the same step (it is
+    a collective), before each save and export, so a diverged run saves nothing after its last finite state."""
+    weights = torch.stack([q.isfinite().all() for q in run.bare.parameters()]).all()
+    bad = accelerator.reduce((~(run.finite & weights)).float().reshape(1), reduction="sum")
+    if bad.item():
+        p = run.progress
+        raise DivergedError(f"the loss or the weights became NaN or infinite by step {p.step} (epoch {p.epoch}); "
+                            f"stopped without saving anything after that (lower --lr, or set --clip-grad)")
 
 
 def _log_interval(args, accelerator, run: Training, window: LossMeter, out: FCLOutput, n_batches: int) -> None:
@@ -719,6 +942,7 @@ def train_one_epoch(args, accelerator, run: Training, data: Data, on_step: Optio
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         p.batch += 1
+        run.finite &= out.loss.detach().isfinite()  # no host sync here; stop_if_diverged reads it
         epoch.update(out, len(y))
         window.update(out, len(y))
         bar.update(1)
@@ -729,11 +953,15 @@ def train_one_epoch(args, accelerator, run: Training, data: Data, on_step: Optio
         if run.ema is not None:
             run.ema.update(run.bare, step=p.step)
         if p.step % args.log_interval == 0 or p.batch == n_batches:
+            stop_if_diverged(accelerator, run)
             _log_interval(args, accelerator, run, window, out, n_batches)
             window = LossMeter(accelerator.device)
         if on_step is not None:
             on_step()
     bar.close()
+    if p.batch < n_batches:  # the loader ended early: the ranks would fall out of step
+        raise DataError(f"epoch {p.epoch}: the training loader gave {p.batch} of {n_batches} batches")
+    stop_if_diverged(accelerator, run)
     return epoch.means()
 
 
@@ -824,6 +1052,7 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
     if accelerator.is_main_process:
         _logger.info(f"epoch {p.epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
                      f"loss {val['loss']:.4f} on {val['samples']} samples")
+        record_settings(args, run)
         export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names,
                                    tag=run_tag(args.method, args.dataset))
         keep_best(args, run.output, row, functools.partial(export, run.bare))
@@ -839,30 +1068,35 @@ def end_of_epoch(args, accelerator, run: Training, data: Data, train: dict, skip
 
 # ---------------------------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> dict:
-    check_timm_flags(args)
+    validate_args(args)
     accelerator, output = setup(args)
-    data = build_data(args, accelerator)
-    run = build_training(args, accelerator, data, output)
-    resume_or_start(args, accelerator, run, data)
+    with lock_output(accelerator, output):
+        previous = previous_run(args, output)
+        data = build_data(args, accelerator, streams=previous[1].get("loader_streams"))
+        run = build_training(args, accelerator, data, output)
+        resume_or_start(args, accelerator, run, data, previous)
 
-    def save_on_interval():
-        if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
-                and run.progress.batch < len(data.train):
-            save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist,
-                              run.state_parts(accelerator))
+        def save_on_interval():
+            if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
+                    and run.progress.batch < len(data.train):
+                stop_if_diverged(accelerator, run)
+                if accelerator.is_main_process:
+                    record_settings(args, run)
+                save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist,
+                                  run.state_parts(accelerator))
 
-    metrics: dict = {}
-    while run.progress.epoch < run.num_epochs:
-        skipped_before = data.train.skipped()
-        train = train_one_epoch(args, accelerator, run, data, on_step=save_on_interval)
-        metrics = end_of_epoch(args, accelerator, run, data, train, skipped_before)
-    accelerator.end_training()
+        metrics: dict = {}
+        while run.progress.epoch < run.num_epochs:
+            skipped_before = data.train.skipped()
+            train = train_one_epoch(args, accelerator, run, data, on_step=save_on_interval)
+            metrics = end_of_epoch(args, accelerator, run, data, train, skipped_before)
+        accelerator.end_training()
     return metrics
 
 
 def cli(argv: Optional[list[str]] = None) -> int:
     """Run main; a bad input ends with one line on stderr (exit 2), never a traceback."""
-    return run_cli("train_fcl.py", lambda a: main(parse_args(a)), argv, errors=(DataError,))
+    return run_cli("train_fcl.py", lambda a: main(parse_args(a)), argv, errors=(DataError, DivergedError))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Hyper-parameters of Feature Contrastive Learning and its baselines (paper sections 3, 4.1, 4.2, Appendix B)."""
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 METHODS = ("xe", "xe_gauss", "cl_gauss", "fcl")
 VARIANTS = ("xe", "margin")
@@ -66,6 +68,10 @@ class FCLConfig:
     perturbed_chunks: int = 1
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field.name} must be finite, got {value}")
         if self.method not in METHODS:
             raise ValueError(f"unknown FCL method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.variant not in VARIANTS:
@@ -78,6 +84,9 @@ class FCLConfig:
             raise ValueError(f"need sigma >= 0, tau > 0, weight >= 0; got {self.sigma}, {self.tau}, {self.weight}")
         if self.start_step < 0 or self.ramp_steps < 0:
             raise ValueError("start_step and ramp_steps must be >= 0")
+        if self.min_utility < 0 or self.utility_grad_scale <= 0:
+            raise ValueError(f"need min_utility >= 0 and utility_grad_scale > 0; got {self.min_utility}, "
+                             f"{self.utility_grad_scale}")
         for name in ("every", "perturbed_chunks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -89,3 +98,22 @@ class FCLConfig:
             self.input_std = tuple(float(s) for s in self.input_std)
             if any(s <= 0 for s in self.input_std):
                 raise ValueError(f"input_std must be positive, got {self.input_std}")
+
+    def subset_size(self, batch: int) -> int:
+        """m, the number of samples of a batch of ``batch`` given the extra term."""
+        return batch if self.fraction == 1.0 else max(1, round(self.fraction * batch))
+
+    def check_input(self, input_size: Sequence[int], batch_size: int) -> None:
+        """Raise ValueError where these settings cannot apply to batches of ``batch_size`` inputs shaped
+        ``input_size`` (C, H, W), so a run learns it before its first step, not when the term starts."""
+        if self.method == "xe":
+            return
+        channels, elements = input_size[0], math.prod(input_size)
+        if self.method == "fcl" and self.k > elements:
+            raise ValueError(f"k {self.k} exceeds the {elements} elements of one input "
+                             f"({' x '.join(map(str, input_size))})")
+        if self.input_std is not None and len(self.input_std) not in (1, channels):
+            raise ValueError(f"input_std has {len(self.input_std)} values for {channels} input channels")
+        if self.perturbed_chunks > self.subset_size(batch_size):
+            raise ValueError(f"perturbed_chunks {self.perturbed_chunks} exceeds the {self.subset_size(batch_size)} "
+                             f"samples per batch given the extra term")

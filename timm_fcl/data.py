@@ -6,17 +6,19 @@ loader. What this module adds over timm's `ReaderWds` is what exact, resumable m
 
 - Every epoch has a fixed global order: the shard order (WebDataset) or the index permutation (map-style sets) is
   drawn from (seed, epoch), identically on every rank.
-- That order is cut into ranks x workers equal contiguous quotas, so with 1 or N processes every sample of the epoch
+- That order is cut into ranks x streams equal contiguous quotas (streams: the loader workers a run started with,
+  kept when it resumes with other --workers), so with 1 or N processes every sample of the epoch
   is read exactly once (timm's reader splits whole shards and pads each worker with `with_epoch`, which repeats
   some samples and drops others whenever shards do not divide evenly, e.g. CIFAR's 5 shards over 2 ranks).
   Training quotas are equal so all ranks take the same number of steps (DDP needs that); the at most
-  ranks x workers - 1 samples left over are a different set every epoch. Validation quotas may differ by one:
+  ranks x streams - 1 samples left over are a different set every epoch. Validation quotas may differ by one:
   metrics are summed once at the end, never gathered per batch.
 - Augmentation randomness is seeded per (seed, epoch, stream, sample), so a run resumed mid-epoch with
   `set_epoch(epoch, skip_batches)` sees the same images in the same order with the same crops, without decoding
   the skipped ones, whatever the number of loader workers.
-- A corrupt or truncated shard is skipped with a warning and counted; the worker refills its quota by repeating
-  samples it already read, so the ranks stay in step and the run goes on.
+- A corrupt or truncated shard is skipped with a warning and counted; the stream refills its quota by repeating
+  samples it already read, so the ranks stay in step and the run goes on. An undecodable image is replaced by another
+  sample of its batch; a batch with no decodable sample stops the run.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from . import _compat
 
@@ -53,6 +55,13 @@ def default_data_root() -> Path:
 
 class DataError(ValueError):
     """Bad data input (missing directory, unreadable split, label out of range): reported as one line."""
+
+    def __init__(self, message: str = ""):
+        # raised in a loader worker, it comes back as "Caught DataError in DataLoader worker process N." and the
+        # worker's traceback, whose last line holds the message worth the user's line
+        if message.startswith("Caught DataError") and "Traceback" in message:
+            message = message.rstrip().splitlines()[-1].partition(": ")[2]
+        super().__init__(message)
 
 
 # ---------------------------------------------------------------------------------------------- partition arithmetic
@@ -82,11 +91,6 @@ def subset_positions(num_samples: int, subset: Optional[int], *, spread: bool) -
     if not spread:
         return range(subset)
     return [i * num_samples // subset for i in range(subset)]
-
-
-def batches_done_by(stream: int, num_streams: int, batches: int) -> int:
-    """Batches a loader worker produced after the loader yielded `batches` (DataLoader serves workers round-robin)."""
-    return batches // num_streams + (1 if stream < batches % num_streams else 0)
 
 
 @contextmanager
@@ -204,23 +208,30 @@ class MapSource:
 
 # ------------------------------------------------------------------------------------------------- the stream
 class EpochStream(IterableDataset):
-    """One epoch of (image tensor, label) for this rank, split over its loader workers (see the module docstring)."""
+    """One epoch of batches (images [B, C, H, W], labels [B]) for this rank (see the module docstring).
+
+    A rank's share is cut into ``streams`` fixed parts (default: one per loader worker) and its batches are dealt
+    round-robin over the parts: batch i is batch i // streams of part i % streams. Training batches depend on the
+    parts only, never on the loader workers that read them, so a run may resume with another --workers and compute the
+    same steps; a worker reads (without decoding) the parts of every batch it is dealt, which costs nothing extra when
+    the workers divide the parts. Validation parts are the workers' own and may differ by one sample.
+    """
 
     def __init__(self, source, *, transform: Callable, is_training: bool, seed: int, batch_size: int,
                  num_workers: int, rank: int = 0, world_size: int = 1, subset: Optional[int] = None,
-                 shuffle_buffer: int = 2048):
+                 shuffle_buffer: int = 2048, streams: Optional[int] = None):
         self.source, self.transform, self.is_training = source, transform, is_training
         self.seed, self.batch_size, self.subset, self.shuffle_buffer = seed, batch_size, subset, shuffle_buffer
         self.num_workers, self.rank, self.world_size = max(1, num_workers), rank, world_size
+        self.streams = streams if streams and is_training else self.num_workers
         self.epoch, self.skip_batches = 0, 0
         self.selected = subset_positions(len(source), subset, spread=not is_training)
         # shared with the loader's worker processes, which inherit them
         self.bad_shards = mp.Value("i", 0)
         self.repeated = mp.Value("i", 0)
-        n_streams = self.world_size * self.num_workers
-        if len(self.selected) < n_streams:
+        if len(self.selected) < self.world_size * self.streams:
             raise DataError(f"{len(self.selected)} samples cannot feed {self.world_size} processes x "
-                            f"{self.num_workers} loader workers; use fewer --workers or more data")
+                            f"{self.streams} loader streams; use fewer --workers or more data")
 
     def skipped(self) -> tuple[int, int]:
         """(unreadable shards skipped, samples repeated to keep the quota) so far, on this rank."""
@@ -231,12 +242,12 @@ class EpochStream(IterableDataset):
         self.epoch, self.skip_batches = epoch, skip_batches
 
     def _range(self, stream: int) -> range:
-        return stream_range(len(self.selected), self.world_size * self.num_workers, stream,
+        return stream_range(len(self.selected), self.world_size * self.streams, stream,
                             equal=self.is_training, batch_size=self.batch_size)
 
     def __len__(self) -> int:
         """Batches this rank yields in a full epoch."""
-        streams = range(self.rank * self.num_workers, (self.rank + 1) * self.num_workers)
+        streams = range(self.rank * self.streams, (self.rank + 1) * self.streams)
         return sum(math.ceil(len(self._range(s)) / self.batch_size) for s in streams)
 
     def _on_bad_shard(self, url: str, why: str) -> None:
@@ -244,42 +255,59 @@ class EpochStream(IterableDataset):
             self.bad_shards.value += 1
         _logger.warning(f"skipping unreadable shard {url} ({why})")
 
-    def __iter__(self):
-        info = get_worker_info()
-        physical = info.id if info is not None else 0
-        # a resumed loader starts at physical worker 0; give it the logical stream whose batch is due next
-        logical = (physical + self.skip_batches) % self.num_workers
-        stream = self.rank * self.num_workers + logical
+    def _raw_batches(self, stream: int) -> Iterator[list]:
+        """The stream's batches of raw (undecoded) items, each item with its index in the stream."""
         positions = [self.selected[i] for i in self._range(stream)]
-        quota = len(positions)
-        skip = min(quota, batches_done_by(logical, self.num_workers, self.skip_batches) * self.batch_size)
         order_rng = np.random.default_rng([self.seed, self.epoch]) if self.is_training else None
-        order = self.source.order(order_rng)
-        items = self.source.raw(positions, order, self._on_bad_shard)
+        items = self.source.raw(positions, self.source.order(order_rng), self._on_bad_shard)
         if self.is_training and isinstance(self.source, WdsSource):
             items = _compat.wds_shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
                                         rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
         if self.is_training:
-            items = self._fill(items, quota)
-        last, owed = None, 0
-        for i, item in enumerate(islice(items, skip, None), start=skip):
+            items = self._fill(items, len(positions))
+        numbered = enumerate(items)
+        while batch := list(islice(numbered, self.batch_size)):
+            yield batch
+
+    def _decode(self, stream: int, batch: list) -> tuple:
+        """An undecodable sample is replaced by the nearest decodable one of its batch, so the batch keeps its size
+        (the ranks stay in step) whichever worker decodes it."""
+        decoded = []
+        for i, item in batch:
             with seeded(hash((self.seed, self.epoch, stream, i)) & 0x7FFFFFFF):
                 try:
                     img, label = self.source.load(item)
-                    last = (self.transform(img), label)
-                except Exception as exn:  # an undecodable image: keep the quota with the previous sample
+                    decoded.append((self.transform(img), label))
+                except Exception as exn:
                     _logger.warning(f"skipping an undecodable sample ({type(exn).__name__}: {exn})")
-                    if last is None:  # nothing to repeat yet: the first good sample fills in for it
-                        owed += 1
-                        continue
-                    with self.repeated.get_lock():
-                        self.repeated.value += 1
-            yield last
-            for _ in range(owed):  # so every stream yields its full quota and the ranks stay in step
-                with self.repeated.get_lock():
-                    self.repeated.value += 1
-                yield last
-            owed = 0
+                    decoded.append(None)
+        good = [k for k, d in enumerate(decoded) if d is not None]
+        if not good:
+            raise DataError(f"none of the {len(batch)} samples of a batch decodes (epoch {self.epoch}, see the "
+                            f"warnings above): check the images of the data")
+        with self.repeated.get_lock():
+            self.repeated.value += len(batch) - len(good)
+        filled = [d if d is not None else decoded[min(good, key=lambda g: (abs(g - k), g))]
+                  for k, d in enumerate(decoded)]
+        return default_collate(filled)  # as the DataLoader would: AugMix's views stay a tuple of batches
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        first = self.rank * self.streams
+        if not self.is_training:  # each worker its own part, in order
+            for batch in self._raw_batches(first + worker):
+                yield self._decode(first + worker, batch)
+            return
+        # a resumed loader starts at worker 0 with the batch due next; worker w is dealt every num_workers-th batch
+        readers, read = {}, {}
+        for i in range(self.skip_batches + worker, len(self), self.num_workers):
+            stream, j = first + i % self.streams, i // self.streams
+            reader = readers.setdefault(stream, self._raw_batches(stream))
+            for _ in range(j - read.get(stream, 0)):  # batches dealt to other workers: read, not decoded
+                next(reader)
+            read[stream] = j + 1
+            yield self._decode(stream, next(reader))
 
     def _fill(self, items: Iterator, quota: int) -> Iterator:
         """Exactly `quota` items: those read, then repeats of recent ones if bad shards left the stream short."""
@@ -300,7 +328,7 @@ class EpochStream(IterableDataset):
 def make_loader(stream: EpochStream, *, num_workers: int, pin_memory: bool = False) -> DataLoader:
     # own generator: creating the loader's iterator must not draw from the global torch RNG, which the
     # regularizer's noise uses and a checkpoint restores
-    return DataLoader(stream, batch_size=stream.batch_size, num_workers=num_workers, pin_memory=pin_memory,
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, generator=torch.Generator())
 
 
@@ -314,12 +342,18 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     if not _is_url(root) and not os.path.isdir(root):
         raise DataError(f"data dir {root} does not exist")
     info = _compat.load_wds_info(root)
+    if not isinstance(info, dict):
+        raise DataError(f"{root}/_info.json: expected an object, got {type(info).__name__}")
+    if not isinstance(info.get("splits", {}), dict):
+        raise DataError(f"{root}/_info.json: 'splits' must be an object")
     listed = info.get("splits", {})
     if split in EVAL_SYNONYMS and split not in listed:  # as timm's folder reader: 'validation' finds 'val', 'test'
         found = next((name for name in EVAL_SYNONYMS if name in listed), None)
         if found is not None:
             _logger.info(f"split '{split}' not in {root}/_info.json, using '{found}'")
             split = found
+    if split in listed:
+        check_split_entry(f"{root}/_info.json, split '{split}'", listed[split])
     try:
         split_info = _compat.parse_wds_split(split, info)
     except (RuntimeError, KeyError) as exn:
@@ -338,6 +372,22 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
         if missing:
             raise DataError(f"{len(missing)} shard(s) of split '{split}' missing, e.g. {missing[0]}")
     return urls, lengths, info
+
+
+def check_split_entry(where: str, entry) -> None:
+    """A split of _info.json that the reader can trust: shard names, one non-negative length per shard, and a sample
+    count equal to their sum (a wrong length would silently shift which samples each rank reads)."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
+    files, lengths, total = entry.get("filenames"), entry.get("shard_lengths", []), entry.get("num_samples")
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise DataError(f"{where}: 'filenames' must be a non-empty list of shard names")
+    if not isinstance(lengths, list) or not all(type(n) is int and n >= 0 for n in lengths):
+        raise DataError(f"{where}: 'shard_lengths' must be non-negative integers, got {lengths!r}"[:300])
+    if lengths and len(lengths) != len(files):
+        raise DataError(f"{where}: {len(lengths)} shard lengths for {len(files)} files")
+    if total is not None and (type(total) is not int or (lengths and total != sum(lengths))):
+        raise DataError(f"{where}: num_samples {total!r} is not the sum of the shard lengths ({sum(lengths)})")
 
 
 def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, download: bool = False):

@@ -142,7 +142,7 @@ class FeatureContrastiveRegularizer(nn.Module):
     # ---------------------------------------------------------------------------------------- the batch's subset
     def subset_size(self, batch: int) -> int:
         """m, the number of samples given the extra term in a batch of ``batch``."""
-        return batch if self.config.fraction == 1.0 else max(1, round(self.config.fraction * batch))
+        return self.config.subset_size(batch)
 
     def _draw_subset(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]) -> _Batch:
         """The subset of ``config.fraction`` of the batch: m distinct indices drawn on the generator's device (no host

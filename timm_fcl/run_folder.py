@@ -9,6 +9,7 @@
       resolved.yaml    what those flags resolved to: FCLConfig (schedule in steps), lr, classes, data, world size
       summary.csv      one row per epoch (with the best epoch so far and its metric)
       best.json        the best epoch: metric, value, epoch, step
+      .lock            held by the run writing the folder (host, pid, run id)
       eval/results.json  robustness results of the exported model (python -m timm_fcl.eval --output OUTPUT/eval)
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ ARGS = "args.yaml"
 RESOLVED = "resolved.yaml"
 SUMMARY = "summary.csv"
 BEST = "best.json"
+LOCK = ".lock"
 EVAL_RESULTS = os.path.join("eval", "results.json")
 _EXPORTS = (MODEL, MODEL_EMA, MODEL_BEST)
 WEIGHTS = "model.safetensors"
@@ -69,7 +71,8 @@ def read_args(run: str | os.PathLike) -> dict:
 
 
 def read_resolved(run: str | os.PathLike) -> dict:
-    """What the run's flags resolved to ({} when not recorded): ``fcl`` (every FCLConfig field, the schedule in
-    steps), ``fcl_schedule_epochs``, ``lr``, ``num_classes``, ``data_config``, ``world_size``, ``global_batch``,
-    ``updates_per_epoch``, ``epochs``."""
+    """What the run's flags resolved to ({} when not recorded): ``settings`` (every flag that shapes the result, as
+    given), ``fcl`` (every FCLConfig field, the schedule in steps), ``fcl_schedule_epochs``, ``lr``, ``num_classes``,
+    ``data_config``, ``world_size``, ``global_batch``, ``updates_per_epoch``, ``epochs``, ``loader_streams``,
+    ``train_samples``."""
     return _read_yaml(Path(run) / RESOLVED)
