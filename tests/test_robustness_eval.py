@@ -1,6 +1,8 @@
 """Readers of the official CIFAR-C / ImageNet-C layouts, the evaluation command, Table 3 summaries and mCE."""
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,10 @@ from PIL import Image
 from timm.models import register_model
 
 from timm_fcl.model_io import ModelError
-from timm_fcl.robustness.cli import get_args_parser, main
+from timm_fcl.robustness.cli import cli, get_args_parser, main
 from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS
-from timm_fcl.robustness.datasets import cifar_c_sets, generated_suite_dir, imagenet_c_sets
-from timm_fcl.robustness.evaluation import build_sets, evaluate_accuracy, load_models, model_label, run
+from timm_fcl.robustness.datasets import ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets
+from timm_fcl.robustness.evaluation import EvalSet, build_sets, evaluate_accuracy, load_models, model_label, run
 from timm_fcl.robustness.metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, summarize_corruptions
 
 NUM_CLASSES = 10
@@ -25,15 +27,23 @@ def plant(label: int) -> int:
 
 
 class PlantedLabelReader(torch.nn.Module):
-    """Predicts the label encoded in the top-left pixel of channel 0 (inputs in [0, 1], i.e. mean 0 and std 1)."""
+    """Predicts the label encoded in the top-left pixel of channel 0 (inputs in [0, 1], i.e. mean 0 and std 1);
+    the other classes rank by their distance to it (lower class first on ties), so top-5 of label L is L, L-1, L+1,
+    L-2, L+2. ``calls`` counts forward passes; the ``fail_at``-th one raises, as a run killed there would stop."""
+    calls = 0
+    fail_at = None
 
     def __init__(self, num_classes: int = NUM_CLASSES, **kwargs):
         super().__init__()
         self.num_classes = num_classes
 
     def forward(self, x):
-        label = ((x[:, 0, 0, 0] * 255 - 10) / 20).round().long().clamp(0, self.num_classes - 1)
-        return torch.nn.functional.one_hot(label, self.num_classes).float()
+        PlantedLabelReader.calls += 1
+        if PlantedLabelReader.calls == PlantedLabelReader.fail_at:
+            raise KeyboardInterrupt
+        label = ((x[:, 0, 0, 0] * 255 - 10) / 20).round().clamp(0, self.num_classes - 1)
+        classes = torch.arange(self.num_classes, dtype=x.dtype)
+        return -(classes[None] - label[:, None]).abs() - 0.01 * classes[None]
 
 
 @register_model
@@ -61,10 +71,11 @@ def make_cifar_c(root: Path, corruptions=("gaussian_noise", "fog"), n: int = 20)
         np.save(root / f"{name}.npy", images)
 
 
-def make_imagenet_c(root: Path, corruptions=("snow", "contrast"), per_class: int = 5) -> list:
-    """Three classes whose wnids sort differently from their creation order; returns the sorted wnids."""
+def make_imagenet_c(root: Path, corruptions=("snow", "contrast"), per_class: int = 5, index=None, size=32) -> list:
+    """Three classes whose wnids sort differently from their creation order, images planted with their sorted
+    position (or ``index[wnid]``); returns the sorted wnids."""
     wnids = ["n0300", "n0100", "n0200"]
-    index = {w: i for i, w in enumerate(sorted(wnids))}
+    index = index or {w: i for i, w in enumerate(sorted(wnids))}
     for ci, name in enumerate(corruptions):
         for severity in range(1, 6):
             for w in wnids:
@@ -73,13 +84,19 @@ def make_imagenet_c(root: Path, corruptions=("snow", "contrast"), per_class: int
                 for i in range(per_class):
                     good = i < correct_count(ci, severity, per_class)
                     value = plant(index[w] if good else 9)  # 9: a class no image has
-                    Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(folder / f"{w}_{i}.JPEG", quality=85)
+                    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(folder / f"{w}_{i}.JPEG",
+                                                                                     quality=85)
     return sorted(wnids)
 
 
 def accuracy(dataset) -> float:
-    correct, total = evaluate_accuracy(PlantedLabelReader(), dataset, mean=(0, 0, 0), std=(1, 1, 1), batch_size=7)
+    (correct, _), total = evaluate_accuracy(PlantedLabelReader(), dataset, mean=(0, 0, 0), std=(1, 1, 1),
+                                            batch_size=7)
     return correct / total
+
+
+PLANTED = ["--model", "planted_label_reader", "--checkpoint", "none", "--mean", "0", "0", "0", "--std", "1", "1", "1",
+           "--workers", "0"]
 
 
 def test_cifar_c_reader_labels_and_severity_order(tmp_path):
@@ -117,23 +134,30 @@ def test_eval_command_on_planted_benchmarks(tmp_path):
     make_cifar_c(tmp_path / "cifar")
     make_imagenet_c(tmp_path / "inc")
     args = get_args_parser().parse_args([
-        "--model", "planted_label_reader", "--suites", "cifar-c", "imagenet-c", "--cifar-c-dir",
-        str(tmp_path / "cifar"), "--imagenet-c-dir", str(tmp_path / "inc"), "--mean", "0", "0", "0",
-        "--std", "1", "1", "1", "--output", str(tmp_path / "out")])
+        *PLANTED, "--suites", "cifar-c", "imagenet-c", "--cifar-c-dir", str(tmp_path / "cifar"),
+        "--imagenet-c-dir", str(tmp_path / "inc"), "--output", str(tmp_path / "out")])
     results = main(args)
     rows = results["planted_label_reader"]["rows"]
     assert len(rows) == 20
+    cifar_labels = np.load(tmp_path / "cifar" / "labels.npy")[:20]
     for row in rows:
         if row["suite"] == "cifar-c":
-            expected = correct_count(("gaussian_noise", "fog").index(row["corruption"]), row["severity"], 20) / 20
+            good = correct_count(("gaussian_noise", "fog").index(row["corruption"]), row["severity"], 20)
+            # the wrong images read label + 1: within the top-5, except label 9 read as 0
+            top5 = good + sum(int(label != 9) for label in cifar_labels[good:])
+            assert (row["correct"], row["correct_top5"], row["total"]) == (good, top5, 20), row
         else:
-            expected = correct_count(("snow", "contrast").index(row["corruption"]), row["severity"], 5) / 5
-        assert row["accuracy"] == expected, row
+            good = correct_count(("snow", "contrast").index(row["corruption"]), row["severity"], 5)
+            assert (row["correct"], row["correct_top5"]) == (3 * good, 3 * good), row  # 9 is far from 0, 1, 2
+        assert (row["accuracy"], row["top5"]) == (row["correct"] / row["total"], row["correct_top5"] / row["total"])
+    assert any(row["top5"] > row["accuracy"] for row in rows)
     summary = results["planted_label_reader"]["summaries"]["cifar-c"]
     assert summary["per_corruption"] == {"gaussian_noise": 0.6, "fog": 0.6}  # (0.2 + ... + 1.0) / 5 either way
     assert json.loads((tmp_path / "out" / "results.json").read_text())["planted_label_reader"]["rows"] == rows
     with open(tmp_path / "out" / "results.csv") as f:
-        assert len(list(csv.DictReader(f))) == 20
+        csv_rows = list(csv.DictReader(f))
+    assert [(float(r["accuracy"]), float(r["top5"])) for r in csv_rows] == [(r["accuracy"], r["top5"]) for r in rows]
+    assert not (tmp_path / "out" / "results.partial.jsonl").exists()  # a finished evaluation leaves none
     assert (tmp_path / "out" / "corruptions.png").stat().st_size > 10_000
 
 
@@ -146,9 +170,9 @@ def test_eval_command_clear_errors(tmp_path):
     with pytest.raises(ModelError, match="neither a timm model"):
         main(parse(["--model", "no_such_model_xyz"]))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(parse(["--model", "planted_label_reader", "--suites", "clean", "--data-dir", str(tmp_path / "nope")]))
+        main(parse([*PLANTED, "--suites", "clean", "--data-dir", str(tmp_path / "nope")]))
     with pytest.raises(ValueError, match="--cifar-c-dir"):
-        main(parse(["--model", "planted_label_reader", "--suites", "cifar-c"]))
+        main(parse([*PLANTED, "--suites", "cifar-c"]))
 
 
 def test_generated_suite_is_cached_and_deterministic(tmp_path):
@@ -222,9 +246,8 @@ def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
             image[8:24, 8:24] = np.random.RandomState(i).randint(0, 256, (16, 16, 3))
             Image.fromarray(image).save(folder / f"{i}.png")
     suites = ["clean", "generated", "un", "nun"]
-    argv = ["--model", "planted_label_reader", "--suites", *suites, "--data-dir", str(tmp_path / "clean"),
-            "--split", "", "--train-split", "", "--corruptions", "contrast", "jpeg_compression", "--mean", "0", "0",
-            "0", "--std", "1", "1", "1", "--img-size", "32", "--cache-dir", str(tmp_path / "cache"),
+    argv = [*PLANTED, "--suites", *suites, "--data-dir", str(tmp_path / "clean"), "--split", "", "--train-split", "",
+            "--corruptions", "contrast", "jpeg_compression", "--img-size", "32", "--cache-dir", str(tmp_path / "cache"),
             "--output", str(tmp_path / "out")]
     rows = main(get_args_parser().parse_args(argv))["planted_label_reader"]["rows"]
     by_suite = {}
@@ -243,9 +266,9 @@ def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
 def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
     make_cifar_c(tmp_path / "cifar", n=10)
     common = ["--suites", "cifar-c", "--cifar-c-dir", str(tmp_path / "cifar"), "--mean", "0", "0", "0",
-              "--std", "1", "1", "1", "--batch-size", "5"]
+              "--std", "1", "1", "1", "--batch-size", "5", "--workers", "0"]
     first = main(get_args_parser().parse_args(
-        ["--model", "planted_label_reader", *common, "--output", str(tmp_path / "one")]))
+        ["--model", "planted_label_reader", "--checkpoint", "none", *common, "--output", str(tmp_path / "one")]))
     both = main(get_args_parser().parse_args(
         ["--model", "resnet18", "--checkpoint", "none", "--num-classes", str(NUM_CLASSES), *common,
          "--compare", str(tmp_path / "one" / "results.json"), "--output", str(tmp_path / "two")]))
@@ -257,7 +280,8 @@ def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
 
 def test_evaluation_as_a_library_with_keyword_arguments(tmp_path):
     make_cifar_c(tmp_path, corruptions=("fog",), n=10)
-    models = load_models(["planted_label_reader"], data_overrides={"mean": (0, 0, 0), "std": (1, 1, 1)})
+    models = load_models(["planted_label_reader"], checkpoints=["none"],
+                         data_overrides={"mean": (0, 0, 0), "std": (1, 1, 1)})
     sets, presets = build_sets(suites=["cifar-c"], data_config=models[0].data_config, cifar_c_dir=str(tmp_path))
     results = run(models=models, sets=sets, suite_presets=presets, batch_size=4)
     assert [r["accuracy"] for r in results["planted_label_reader"]["rows"]] == [0.2, 0.4, 0.6, 0.8, 1.0]
@@ -284,3 +308,165 @@ def test_eval_command_bad_input_is_one_error_line(args):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("timm_fcl.eval: error:")
+
+
+def one_error_line(argv, capsys) -> str:
+    """The command's refusal: exit status 2 and a single stderr line."""
+    capsys.readouterr()
+    assert cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("timm_fcl.eval: error:"), lines
+    return lines[0]
+
+
+def test_class_map_labels_the_clean_set_as_the_imagenet_c_sets(tmp_path):
+    """Relative mCE subtracts the clean error: the clean set must be labelled through --class-map too."""
+    order = ["n0300", "n0200", "n0100"]  # the map reverses the sorted wnids: only n0200 keeps its index
+    (tmp_path / "map.txt").write_text("\n".join(order) + "\n")
+    index = {w: i for i, w in enumerate(order)}
+    make_imagenet_c(tmp_path / "inc", corruptions=BENCHMARK_CORRUPTIONS, per_class=1, index=index, size=8)
+    for w in order:
+        (tmp_path / "clean" / w).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), plant(index[w]), np.uint8)).save(tmp_path / "clean" / w / f"{i}.png")
+    results = main(get_args_parser().parse_args([
+        *PLANTED, "--suites", "clean", "imagenet-c", "--data-dir", str(tmp_path / "clean"), "--split", "",
+        "--imagenet-c-dir", str(tmp_path / "inc"), "--class-map", str(tmp_path / "map.txt"),
+        "--output", str(tmp_path / "out")]))["planted_label_reader"]
+    clean = [r for r in results["rows"] if r["suite"] == "clean"]
+    assert [(r["correct"], r["total"]) for r in clean] == [(6, 6)]  # sorted folder order would give 2 of 6
+    corrupted = {(r["corruption"], r["severity"]): r["accuracy"] for r in results["rows"] if r["suite"] != "clean"}
+    # per_class 1: one severity per corruption has its images planted right (correct_count), the others none
+    assert sorted(set(corrupted.values())) == [0.0, 1.0] and len(corrupted) == 75
+    expected = summarize_corruptions(corrupted, clean_accuracy=1.0, with_mce=True)["relative_mce"]
+    wrong = summarize_corruptions(corrupted, clean_accuracy=2 / 6, with_mce=True)["relative_mce"]
+    assert results["summaries"]["imagenet-c"]["relative_mce"] == pytest.approx(expected)
+    assert abs(expected - wrong) > 0.5
+
+
+def test_class_map_and_imagenet_c_classes_are_checked(tmp_path, capsys):
+    make_imagenet_c(tmp_path / "inc", per_class=1, size=8)
+    base = [*PLANTED, "--suites", "imagenet-c", "--imagenet-c-dir", str(tmp_path / "inc")]
+    line = one_error_line([*base, "--class-map", str(tmp_path / "missing.txt")], capsys)
+    assert "--class-map" in line and "does not exist" in line
+    (tmp_path / "short.txt").write_text("n0100\nn0200\n")  # timm would silently skip n0300's images
+    assert "n0300" in one_error_line([*base, "--class-map", str(tmp_path / "short.txt")], capsys)
+    shutil.rmtree(tmp_path / "inc" / "contrast" / "3" / "n0100")  # would shift n0200 -> 0, n0300 -> 1 in that set
+    line = one_error_line(base, capsys)
+    assert "disagree on their classes" in line and "contrast/3" in line and "n0100" in line
+    assert not (tmp_path / "inc" / "out").exists()
+
+
+def test_random_weights_are_refused_unless_asked_for(capsys):
+    line = one_error_line(["--model", "resnet18", "--suites", "clean", "--data-dir", "."], capsys)
+    assert "--pretrained" in line and "--checkpoint none" in line
+    line = one_error_line(["--model", "lenet5_mnist", "--pretrained", "--suites", "clean", "--data-dir", "."], capsys)
+    assert "no pretrained weights" in line
+
+
+def test_interrupted_evaluation_continues_without_redoing_finished_sets(tmp_path, capsys):
+    make_cifar_c(tmp_path / "cifar")  # 10 sets of 20 images: one forward pass each
+    argv = [*PLANTED, "--suites", "cifar-c", "--cifar-c-dir", str(tmp_path / "cifar"), "--output", str(tmp_path / "out")]
+    reference = main(get_args_parser().parse_args([*argv[:-1], str(tmp_path / "reference")]))
+    PlantedLabelReader.calls, PlantedLabelReader.fail_at = 0, 4
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(get_args_parser().parse_args(argv))
+    finally:
+        PlantedLabelReader.fail_at = None
+    partial = (tmp_path / "out" / "results.partial.jsonl").read_text().splitlines()
+    assert len(partial) == 1 + 3 and "command" in json.loads(partial[0])  # header + the three finished sets
+    line = one_error_line([*argv, "--max-samples", "5"], capsys)  # rows of two evaluations are never mixed
+    assert "another command" in line and "max_samples" in line
+    PlantedLabelReader.calls = 0
+    assert main(get_args_parser().parse_args([*argv, "--batch-size", "64"])) == reference  # speed flags may change
+    assert PlantedLabelReader.calls == 7  # only the sets the interrupted run had not finished
+    assert not (tmp_path / "out" / "results.partial.jsonl").exists()
+
+
+def test_autocast_bf16_and_channels_last_reach_the_model():
+    images = np.random.RandomState(0).randint(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+    models = load_models(["resnet18"], checkpoints=["none"], num_classes=NUM_CLASSES, channels_last=True)
+    conv = models[0].model.conv1
+    seen = []
+    conv.register_forward_hook(lambda m, inputs, out: seen.append(
+        (inputs[0].is_contiguous(memory_format=torch.channels_last), out.dtype)))
+    sets = [EvalSet("clean", "clean", 0, ArrayDataset(images, np.arange(4)))]
+    row = run(models=models, sets=sets, suite_presets={}, amp="bf16", channels_last=True)["resnet18"]["rows"][0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert seen == [(True, torch.bfloat16)] and row["total"] == 4 and row["correct"] <= row["correct_top5"]
+
+
+def exported_lenet(folder: Path) -> torch.nn.Module:
+    """An input-sensitive lenet5_mnist (in_chans 1) exported as model.safetensors + config.json."""
+    import timm
+    from timm_fcl.checkpoint import export_model
+
+    torch.manual_seed(0)
+    model = timm.create_model("lenet5_mnist").eval()
+    for name, p in model.named_parameters():  # larger than timm's init, so that different digits differ in class
+        torch.nn.init.normal_(p, 0, 0.5 if "weight" in name else 0.0)
+    export_model(model, folder, data_config=timm.data.resolve_model_data_config(model))
+    return model
+
+
+def write_predicted_folder(root: Path, model: torch.nn.Module, images: np.ndarray, mean, std) -> None:
+    """Each image saved under the class the model predicts for it (folders c0000 ...), with a class map of every
+    class: evaluated as the model sees it, top-1 is exactly 1."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        predicted = model((x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)).argmax(1)
+    for i, (image, label) in enumerate(zip(images, predicted.tolist())):
+        (root / f"c{label:04d}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(root / f"c{label:04d}" / f"{i}.png")
+    (root.parent / "classes.txt").write_text("".join(f"c{c:04d}\n" for c in range(model.num_classes)))
+
+
+def test_greyscale_lenet5_checkpoint_is_evaluated_on_grey_images(tmp_path):
+    model = exported_lenet(tmp_path / "lenet")
+    blocks = np.random.RandomState(1).rand(24, 7, 7, 1) > 0.6  # 28x28 MNIST-like blobs
+    images = (blocks.repeat(4, 1).repeat(4, 2) * 255).astype(np.uint8)
+    write_predicted_folder(tmp_path / "mnist" / "test", model, images, mean=(0.0,), std=(1.0,))
+    assert len(list((tmp_path / "mnist" / "test").iterdir())) >= 2  # the labels are not all one class
+    results = main(get_args_parser().parse_args([
+        "--model", str(tmp_path / "lenet"), "--suites", "clean", "un", "--data-dir", str(tmp_path / "mnist"),
+        "--class-map", str(tmp_path / "mnist" / "classes.txt"), "--train-split", "test", "--workers", "0",
+        "--output", str(tmp_path / "out")]))["lenet"]
+    clean = results["rows"][0]
+    assert (clean["suite"], clean["correct"], clean["correct_top5"], clean["total"]) == ("clean", 24, 24, 24)
+    assert results["rows"][1]["suite"] == "un" and results["rows"][1]["total"] == 24
+    assert results["weights"].startswith("own")
+
+
+HUB_LOAD = "resnet18 from an offline Hugging Face cache"
+
+
+def test_pretrained_resnet18_and_its_tag_from_an_offline_hub_cache(tmp_path):
+    import subprocess
+    import sys
+
+    import timm
+    from timm_fcl.checkpoint import export_model
+
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    assert hub_id == "timm/resnet18.a1_in1k"  # what timm resolves the bare name to
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18").eval()
+    config = timm.data.resolve_model_data_config(model)
+    repo = tmp_path / "hub" / f"models--{hub_id.replace('/', '--')}"
+    export_model(model, repo / "snapshots" / ("0" * 40), data_config=config)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    images = np.random.RandomState(2).randint(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+    write_predicted_folder(tmp_path / "val" / "test", model, images, mean=config["mean"], std=config["std"])
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]), TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, "-m", "timm_fcl.eval", "--model", "resnet18", "--model",
+                           "resnet18.a1_in1k", "--pretrained", "--suites", "clean", "--data-dir", str(tmp_path / "val"),
+                           "--class-map", str(tmp_path / "val" / "classes.txt"), "--workers", "0",
+                           "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for label in ("resnet18", "resnet18.a1_in1k"):  # the saved weights predict every label: random ones would not
+        assert [(r["correct"], r["total"]) for r in results[label]["rows"]] == [(6, 6)], HUB_LOAD
+        assert results[label]["weights"] == f"timm pretrained {hub_id}"

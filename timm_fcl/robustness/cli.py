@@ -8,13 +8,15 @@ output folder (``model.safetensors`` + ``config.json``, or a train_fcl.py ``--ou
 Repeat ``--model`` (and ``--checkpoint``) to compare models.
 Suites: ``clean``, ``un`` / ``nun`` (the noisy test sets of sections 4.1 / 4.2.1), ``cifar-c`` (a CIFAR-10-C or
 CIFAR-100-C folder), ``imagenet-c`` (an ImageNet-C tree), ``generated`` (the 19 corruptions applied to the clean test
-set, cached). Writes ``results.json``, ``results.csv`` (one row per model x set) and ``corruptions.png`` into
-``--output``.
+set, cached). Writes ``results.json``, ``results.csv`` (one row per model x set, top-1 and top-5) and
+``corruptions.png`` into ``--output``; while it runs, ``results.partial.jsonl`` there holds the finished sets, and the
+same command run again continues from them (``journal.py``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -23,18 +25,26 @@ import torch
 
 from .._cli import OneLineParser, run_cli
 from .corruptions import CORRUPTIONS, PRESETS
-from .evaluation import DEFAULT_CACHE_DIR, SUITES, CleanSource, build_sets, load_models, run
+from .. import run_folder
+from .evaluation import (AMP_DTYPES, DEFAULT_CACHE_DIR, SUITES, CleanSource, build_sets, default_workers,
+                         load_models, run)
+from .journal import PARTIAL, Journal
 from .reports import format_table, write_reports
 
 PROG = "timm_fcl.eval"
 DATA_OVERRIDES = ("img_size", "mean", "std", "crop_pct", "interpolation")
+# flags that change where and how fast, not what is computed: a rerun may differ in them and still continue
+NOT_IN_FINGERPRINT = ("output", "compare", "batch_size", "workers", "gen_workers", "threads", "cache_dir")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Robustness evaluation of timm models", add_help=add_help)
     p.add_argument("--model", action="append", required=True,
                    help="timm name, hf-hub:/local-dir: name or training output folder (repeat to compare)")
-    p.add_argument("--checkpoint", action="append", help="weights for a timm-name --model (one per --model, or 'none')")
+    p.add_argument("--checkpoint", action="append",
+                   help="weights for a timm-name --model (one per --model; 'none': random weights on purpose)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="timm's pretrained weights for timm-name models without --checkpoint (tags allowed)")
     p.add_argument("--num-classes", type=int, help="default: from the checkpoint / config")
     p.add_argument("--suites", nargs="+", default=["clean", "generated"], help=f"any of {', '.join(SUITES)}")
     p.add_argument("--data-dir", help="clean test set root (WebDataset shards or an image folder)")
@@ -57,7 +67,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs=3, help="override the model's normalization mean")
     p.add_argument("--std", type=float, nargs=3, help="override the model's normalization std")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="data loader workers (default: 4 as timm's validate.py, at most the CPU count)")
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES), help="run the models under autocast in this precision")
+    p.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last memory format")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--compare", nargs="+", default=[], help="results.json files of earlier runs to add to the plot")
@@ -67,14 +80,34 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def evaluation_kwargs(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     """The parsed flags as the keyword arguments of ``load_models``, ``build_sets`` and ``run``."""
-    models = dict(specs=args.model, checkpoints=args.checkpoint, num_classes=args.num_classes, device=args.device,
+    models = dict(specs=args.model, checkpoints=args.checkpoint, pretrained=args.pretrained,
+                  num_classes=args.num_classes, device=args.device, channels_last=args.channels_last,
                   data_overrides={k: getattr(args, k) for k in DATA_OVERRIDES if getattr(args, k)})
     clean = CleanSource(data_dir=args.data_dir, dataset=args.dataset, split=args.split, train_split=args.train_split,
                         std_samples=args.std_samples, max_samples=args.max_samples, seed=args.seed,
                         preset=args.preset, cache_dir=args.cache_dir, gen_workers=args.gen_workers)
     sets = dict(suites=args.suites, clean=clean, cifar_c_dir=args.cifar_c_dir, imagenet_c_dir=args.imagenet_c_dir,
                 class_map=args.class_map, corruptions=args.corruptions)
-    return models, sets, dict(batch_size=args.batch_size, workers=args.workers, device=args.device)
+    return models, sets, dict(batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
+                              channels_last=args.channels_last)
+
+
+def file_signature(path: str | os.PathLike) -> list:
+    """[path, size, modification time] of a weights file: a retrained file at the same path changes it."""
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def command_fingerprint(args: argparse.Namespace) -> dict:
+    """What an evaluation computes: every flag that changes the numbers, and the local weights files' signatures."""
+    command = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_FINGERPRINT}
+    files = [c for c in args.checkpoint or [] if c != "none" and os.path.isfile(c)]
+    for spec in args.model:
+        folder = spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec
+        export = run_folder.find_export(folder) if os.path.isdir(folder) else None
+        files += [export / run_folder.WEIGHTS] if export else []
+    command["weight_files"] = [file_signature(f) for f in files]
+    return command
 
 
 def read_earlier(paths: Sequence[str]) -> Dict[str, dict]:
@@ -95,11 +128,16 @@ def main(args: argparse.Namespace) -> Dict[str, dict]:
     earlier = read_earlier(args.compare)  # before the long part, so a wrong path fails at once
     model_kwargs, set_kwargs, run_kwargs = evaluation_kwargs(args)
     models = load_models(**model_kwargs)
+    journal = Journal(Path(args.output) / PARTIAL, command_fingerprint(args))
+    if journal.done:
+        print(f"continuing: {len(journal.done)} finished set(s) read from {journal.path}")
     sets, suite_presets = build_sets(data_config=models[0].data_config, **set_kwargs)
-    results = run(models=models, sets=sets, suite_presets=suite_presets, **run_kwargs)
+    results = run(models=models, sets=sets, suite_presets=suite_presets, done=journal.done, on_row=journal.record,
+                  **run_kwargs)
     results.update({k: v for k, v in earlier.items() if k not in results})
     print(format_table(results))
     paths = write_reports(results, args.output)
+    journal.finish()
     print(f"wrote {', '.join(map(str, paths))} ({time.time() - start:.0f} s)")
     return results
 

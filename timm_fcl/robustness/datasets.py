@@ -68,18 +68,24 @@ def iter_clean_images(
         size: Optional[int] = None,
         crop_pct: float = 0.875,
         interpolation: str = "bilinear",
+        class_map: Optional[Dict[str, int]] = None,
 ) -> Iterator[Tuple[np.ndarray, int]]:
     """Stream a clean set with timm's readers as (uint8 HxWx3 image, label).
 
     ``dataset`` and ``split`` are timm's (``"wds/cifar10"``, ``""`` for an image folder, ...). ``max_samples`` keeps a
     seeded random subset, in data set order (test sets are often ordered by class). Images larger than ``size`` are
-    resized and centre-cropped to it (``fit_to_size``).
+    resized and centre-cropped to it (``fit_to_size``). ``class_map`` (class name -> index) replaces the sorted
+    folder names of an image folder, every one of which it must name (timm would drop the others' images silently).
     """
     import timm.data
 
     if not Path(root).exists():
         raise FileNotFoundError(f"clean data folder {root} does not exist")
-    data = timm.data.create_dataset(dataset, root=root, split=split, is_training=False, batch_size=1)
+    data = timm.data.create_dataset(dataset, root=root, split=split, is_training=False, batch_size=1,
+                                    class_map=class_map)
+    folder = getattr(getattr(data, "reader", None), "root", None)  # the folder timm's image-folder reader walks
+    if class_map is not None and folder is not None and Path(folder).is_dir():
+        check_classes(folder, folder_classes(folder), class_map)
     keep = None
     if max_samples is not None and max_samples < len(data):
         keep = set(np.random.RandomState(seed).choice(len(data), max_samples, replace=False).tolist())
@@ -90,6 +96,31 @@ def iter_clean_images(
         if size is not None:
             image = fit_to_size(image, size=size, crop_pct=crop_pct, interpolation=interpolation)
         yield np.asarray(image), int(label)
+
+
+def folder_classes(folder: Union[str, Path]) -> List[str]:
+    """The class folder names of an image folder (``<class>/*.JPEG``), sorted."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+
+
+def check_classes(where: Union[str, Path], classes: Sequence[str], class_map: Dict[str, int]) -> None:
+    """Refuse class folders the class map does not name: timm would skip their images without a word."""
+    unknown = [c for c in classes if c not in class_map]
+    if unknown:
+        raise ValueError(f"{where}: class folder(s) {', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''} "
+                         f"not in the class map ({len(unknown)} of {len(classes)})")
+
+
+def read_class_map(path: Union[str, Path]) -> Dict[str, int]:
+    """A class map file (timm's: .txt with one class name per line, or .pkl of a dict) as {name: index}."""
+    from timm.data.readers.class_map import load_class_map
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--class-map {path} does not exist")
+    if path.suffix.lower() not in (".txt", ".pkl"):
+        raise ValueError(f"--class-map {path}: expected a .txt (one class name per line) or a .pkl file")
+    return load_class_map(str(path))
 
 
 def load_clean_images(**kwargs) -> Tuple[np.ndarray, np.ndarray]:
@@ -148,8 +179,9 @@ def imagenet_c_sets(
 ) -> List[CorruptionSet]:
     """The (corruption, severity) sets of an ImageNet-C tree ``<corruption>/<severity>/<wnid>/*.JPEG``, unresized.
 
-    ``corruptions=None`` takes every one of the 19 with a folder. Without ``class_map`` the class index is the
-    position of the wnid among the sorted class folders of the first set, used for all sets.
+    ``corruptions=None`` takes every one of the 19 with a folder. Every set must hold the same wnid folders (a set
+    missing one would shift the indices of the others); without ``class_map`` the class index is the wnid's position
+    among them, sorted. ``class_map`` (a dict, or a file for ``read_class_map``) must name every wnid.
     """
     import timm.data
 
@@ -160,17 +192,27 @@ def imagenet_c_sets(
         corruptions = [c for c in CORRUPTIONS if (root / c).is_dir()]
         if not corruptions:
             raise FileNotFoundError(f"no <corruption>/ folders in {root} (expected e.g. gaussian_noise/1/<wnid>/)")
+    folders = [(name, severity, root / name / str(severity)) for name in corruptions for severity in severities]
+    missing = [str(f) for _, _, f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} is missing")
+    wnids = folder_classes(folders[0][2])
+    for _, _, folder in folders[1:]:
+        other = folder_classes(folder)
+        if other != wnids:
+            diff = [f"lacks {sorted(set(wnids) - set(other))[:3]}", f"adds {sorted(set(other) - set(wnids))[:3]}"]
+            raise ValueError(f"ImageNet-C sets disagree on their classes: {folder} "
+                             f"{' and '.join(d for d in diff if not d.endswith('[]'))} compared with {folders[0][2]}")
+    if isinstance(class_map, (str, Path)):
+        class_map = read_class_map(class_map)
+    if class_map is None:
+        class_map = {w: i for i, w in enumerate(wnids)}
+    check_classes(root, wnids, class_map)
     sets = []
-    for name in corruptions:
-        for severity in severities:
-            folder = root / name / str(severity)
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{folder} is missing")
-            if class_map is None:
-                class_map = {w: i for i, w in enumerate(sorted(p.name for p in folder.iterdir() if p.is_dir()))}
-            data = timm.data.create_dataset("", root=str(folder), class_map=class_map)
-            data.transform = PILToTensor()
-            sets.append((name, severity, data))
+    for name, severity, folder in folders:
+        data = timm.data.create_dataset("", root=str(folder), class_map=class_map)
+        data.transform = PILToTensor()
+        sets.append((name, severity, data))
     return sets
 
 

@@ -1,21 +1,27 @@
 """Model x test set evaluation (paper sections 4.2.1-4.2.2, Tables 2-3, Appendix C): load the models, build the
-requested test sets once, count top-1 hits of every model on every set, and summarize the corruption suites.
+requested test sets once, count top-1 and top-5 hits of every model on every set, and summarize the corruption suites
+(top-1, the paper's measure).
 
-Inputs are scaled to [0, 1] and normalized with each model's own mean / std (``timm.data.resolve_model_data_config``);
-corrupted images are never resized. Results are plain dicts (they go to results.json as they are):
-``{label: {"spec", "rows": [{"model", "suite", "corruption", "severity", "accuracy", "correct", "total"}],
-"summaries": {suite: summarize_corruptions(...) + "preset"}}}``.
+Inputs are scaled to [0, 1], brought to the model's channel count (RGB to grey for ``in_chans=1`` models) and
+normalized with each model's own mean / std (``timm.data.resolve_model_data_config``); corrupted images are never
+resized. Results are plain dicts (they go to results.json as they are): ``{label: {"spec", "weights", "rows":
+[{"model", "suite", "corruption", "severity", "accuracy", "top5", "correct", "correct_top5", "total"}],
+"summaries": {suite: summarize_corruptions(...) + "preset"}}}``; ``accuracy`` is top-1.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from .. import model_io, run_folder
@@ -23,22 +29,31 @@ from ..metrics import topk_hits
 from . import noise
 from .corruptions import CORRUPTIONS, preset_for_size
 from .datasets import (ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets, iter_clean_images,
-                       load_clean_images)
+                       load_clean_images, read_class_map)
 from .metrics import summarize_corruptions
 
 SUITES = ("clean", "un", "nun", "cifar-c", "imagenet-c", "generated")
 CORRUPTION_SUITES = ("cifar-c", "imagenet-c", "generated")
 CLEAN_DERIVED_SUITES = ("clean", "un", "nun", "generated")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "timm-fcl" / "corruptions"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TOPK = (1, 5)
+
+
+def default_workers() -> int:
+    """Loader workers as timm's validate.py (4), but no more than the CPU count."""
+    return min(4, os.cpu_count() or 1)
 
 
 @dataclass
 class EvalModel:
-    """A model ready for evaluation: its name in tables, how the user named it, the model and its data config."""
+    """A model ready for evaluation: its name in tables, how the user named it, the model, its data config and
+    where its weights came from."""
     label: str
     spec: str
     model: torch.nn.Module
     data_config: dict
+    weights: str = ""
 
 
 @dataclass
@@ -59,27 +74,69 @@ def model_label(spec: str, checkpoint: Optional[str] = None) -> str:
     return run_folder.run_name(spec) if Path(spec).is_dir() else spec
 
 
+def weights_source(spec: str, checkpoint: Optional[str], pretrained: bool) -> str:
+    """Where a model's weights come from, for results.json; a bare timm name that would run with random weights
+    is refused unless asked for with ``--checkpoint none`` (its numbers would look like any other model's)."""
+    import timm
+
+    if checkpoint not in (None, "none"):
+        return f"checkpoint {checkpoint}"
+    if spec.startswith(model_io.HUB_PREFIXES) or Path(spec).is_dir():
+        return "own (hub / export folder)"
+    if checkpoint == "none":
+        return "random initialization (--checkpoint none)"
+    if not timm.is_model(spec):
+        return "unknown"  # model_io.create_model refuses it with its own message
+    cfg = timm.models.get_pretrained_cfg(spec)
+    source = cfg and (cfg.hf_hub_id or cfg.url or cfg.file)
+    if pretrained and source:
+        return f"timm pretrained {source}"
+    if pretrained:
+        raise model_io.ModelError(f"timm has no pretrained weights for '{spec}': give --checkpoint FILE")
+    raise model_io.ModelError(f"'{spec}' has no weights: add --pretrained (timm's), --checkpoint FILE, or "
+                              "--checkpoint none to evaluate random weights on purpose")
+
+
 def load_models(
         specs: Sequence[str],
         *,
         checkpoints: Optional[Sequence[Optional[str]]] = None,
+        pretrained: bool = False,
         num_classes: Optional[int] = None,
         data_overrides: Optional[Mapping] = None,
         device: str = "cpu",
+        channels_last: bool = False,
 ) -> List[EvalModel]:
-    """Every model in eval mode on ``device``; ``checkpoints`` has one entry per spec (None or "none": no file);
-    ``data_overrides`` are ``resolve_model_data_config`` args (img_size, mean, std, crop_pct, interpolation)."""
+    """Every model in eval mode on ``device``; ``checkpoints`` has one entry per spec (a file, or "none" for random
+    weights); ``pretrained`` loads timm's weights for timm names without a file; ``data_overrides`` are
+    ``resolve_model_data_config`` args (img_size, mean, std, crop_pct, interpolation)."""
     import timm.data
 
     if checkpoints and len(checkpoints) != len(specs):
         raise ValueError("give one --checkpoint per --model (use 'none' for models that need none)")
-    checkpoints = [None if c in (None, "none") else c for c in checkpoints or [None] * len(specs)]
     models = []
-    for spec, checkpoint in zip(specs, checkpoints):
-        model = model_io.create_model(spec, num_classes=num_classes, checkpoint=checkpoint).eval().to(device)
+    for spec, given in zip(specs, checkpoints or [None] * len(specs)):
+        weights = weights_source(spec, given, pretrained)  # before any model is built: refusals come at once
+        checkpoint = None if given in (None, "none") else given
+        model = model_io.create_model(spec, num_classes=num_classes, checkpoint=checkpoint,
+                                      pretrained=pretrained and weights.startswith("timm")).eval().to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         config = timm.data.resolve_model_data_config(model, args=dict(data_overrides or {}))
-        models.append(EvalModel(model_label(spec, checkpoint), spec, model, config))
+        models.append(EvalModel(model_label(spec, checkpoint), spec, model, config, weights))
     return models
+
+
+def match_channels(images: Tensor, channels: int) -> Tensor:
+    """[B, C, H, W] images with the model's channel count: RGB to grey (torchvision's luma weights) for ``in_chans=1``
+    models such as ``lenet5_mnist``, grey repeated for RGB models."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 1 and images.shape[1] == 3:
+        return TF.rgb_to_grayscale(images)
+    if images.shape[1] == 1:
+        return images.expand(-1, channels, -1, -1)
+    raise ValueError(f"cannot feed {images.shape[1]}-channel images to a model with {channels} input channels")
 
 
 @torch.no_grad()
@@ -92,17 +149,27 @@ def evaluate_accuracy(
         batch_size: int = 256,
         workers: int = 0,
         device: str = "cpu",
-) -> Tuple[int, int]:
-    """(correct, total) top-1 of ``model`` on (image, label) pairs; uint8 images are scaled to [0, 1] first."""
+        amp: Optional[str] = None,
+        channels_last: bool = False,
+        ks: Sequence[int] = TOPK,
+) -> Tuple[List[int], int]:
+    """(hits for each k of ``ks``, total) of ``model`` on (image, label) pairs; uint8 images are scaled to [0, 1],
+    then brought to ``len(mean)`` channels. ``amp`` "bf16" / "fp16" runs the model under autocast."""
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    correct = total = 0
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    hits, total = torch.zeros(len(ks), dtype=torch.long), 0
     for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
         images, labels = images.to(device), labels.to(device)
         images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        correct += int(topk_hits(model((images - mean_t) / std_t), labels, ks=(1,))[0])
+        images = ((match_channels(images, len(mean)) - mean_t) / std_t).contiguous(memory_format=memory_format)
+        autocast = (torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp]) if amp
+                    else contextlib.nullcontext())
+        with autocast:
+            logits = model(images)
+        hits += topk_hits(logits.float(), labels, ks=ks).cpu()
         total += len(labels)
-    return correct, total
+    return hits.tolist(), total
 
 
 def noisy_test_sets(images: np.ndarray, labels: np.ndarray, *, suites: Sequence[str], pixel_std: Optional[torch.Tensor],
@@ -151,14 +218,16 @@ class CleanSource:
 
 
 def clean_derived_sets(source: CleanSource, *, suites: Sequence[str], data_config: dict,
-                       corruptions: Optional[Sequence[str]] = None) -> Tuple[List[EvalSet], Optional[str]]:
-    """The clean, UN, NUN and generated sets from one read of the clean set at the model's input size, and the
-    parameter preset of the generated suite (None when not requested)."""
+                       corruptions: Optional[Sequence[str]] = None,
+                       class_map: Optional[Dict[str, int]] = None) -> Tuple[List[EvalSet], Optional[str]]:
+    """The clean, UN, NUN and generated sets from one read of the clean set at the model's input size (its labels
+    through ``class_map`` when given), and the parameter preset of the generated suite (None when not requested)."""
     if not source.data_dir:
         raise ValueError("the clean / un / nun / generated suites need --data-dir (and --dataset)")
     size, crop_pct = data_config["input_size"][-1], data_config["crop_pct"]
     read = dict(dataset=source.dataset, root=source.data_dir, seed=source.seed, size=size, crop_pct=crop_pct)
-    images, labels = load_clean_images(split=source.split, max_samples=source.max_samples, **read)
+    images, labels = load_clean_images(split=source.split, max_samples=source.max_samples, class_map=class_map,
+                                       **read)
     print(f"clean set: {len(images)} images of {images.shape[1]}x{images.shape[2]} from {source.data_dir}")
     sets = [EvalSet("clean", "clean", 0, ArrayDataset(images, labels))] if "clean" in suites else []
     if "un" in suites or "nun" in suites:
@@ -189,15 +258,18 @@ def build_sets(
 
     ``data_config`` is the (first) model's: the clean-derived suites (clean, un, nun, generated; they need ``clean``)
     are read at its input size. ``corruptions`` None takes all 19 (those present on disk for the released suites).
+    ``class_map`` (a file for ``read_class_map``: class name -> index) labels the clean set and the ImageNet-C sets
+    alike, so that the clean accuracy of relative mCE counts the same classes.
     """
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
+    class_map = read_class_map(class_map) if class_map else None
     sets: List[EvalSet] = []
     presets: Dict[str, str] = {}
     if set(CLEAN_DERIVED_SUITES) & set(suites):
         sets, generated = clean_derived_sets(clean or CleanSource(data_dir=None), suites=suites,
-                                             data_config=data_config, corruptions=corruptions)
+                                             data_config=data_config, corruptions=corruptions, class_map=class_map)
         presets.update({"generated": generated} if generated else {})
     if "cifar-c" in suites:
         if not cifar_c_dir:
@@ -227,6 +299,11 @@ def summarize_rows(rows: Sequence[dict], suite_presets: Mapping[str, str]) -> Di
     return summaries
 
 
+def row_key(row: Mapping) -> Tuple[str, str, str, int]:
+    """What a result row is of: (model, suite, corruption, severity)."""
+    return row["model"], row["suite"], row["corruption"], int(row["severity"])
+
+
 def run(
         *,
         models: Sequence[EvalModel],
@@ -235,15 +312,32 @@ def run(
         batch_size: int = 256,
         workers: int = 0,
         device: str = "cpu",
+        amp: Optional[str] = None,
+        channels_last: bool = False,
+        done: Optional[Mapping[tuple, dict]] = None,
+        on_row: Optional[Callable[[dict], None]] = None,
 ) -> Dict[str, dict]:
-    """Evaluate every model on every set; returns {label: {"spec", "rows", "summaries"}} (see the module doc)."""
+    """Evaluate every model on every set; returns {label: {"spec", "weights", "rows", "summaries"}} (module doc).
+
+    ``done`` holds rows finished earlier (by ``row_key``): they are taken as they are, not recomputed. ``on_row`` is
+    called with every new row as soon as its set is finished (e.g. to append it to a file)."""
+    done = done or {}
     results = {}
     for m in models:
         rows = []
         for s in tqdm(sets, desc=f"evaluating {m.label}"):
-            correct, total = evaluate_accuracy(m.model, s.data, mean=m.data_config["mean"], std=m.data_config["std"],
-                                               batch_size=batch_size, workers=workers, device=device)
+            key = (m.label, s.suite, s.corruption, s.severity)
+            if key in done:
+                rows.append(done[key])
+                continue
+            (top1, top5), total = evaluate_accuracy(
+                m.model, s.data, mean=m.data_config["mean"], std=m.data_config["std"], batch_size=batch_size,
+                workers=workers, device=device, amp=amp, channels_last=channels_last)
             rows.append({"model": m.label, "suite": s.suite, "corruption": s.corruption, "severity": s.severity,
-                         "accuracy": correct / total, "correct": correct, "total": total})
-        results[m.label] = {"spec": m.spec, "rows": rows, "summaries": summarize_rows(rows, suite_presets)}
+                         "accuracy": top1 / total, "top5": top5 / total, "correct": top1, "correct_top5": top5,
+                         "total": total})
+            if on_row:
+                on_row(rows[-1])
+        results[m.label] = {"spec": m.spec, "weights": m.weights, "rows": rows,
+                            "summaries": summarize_rows(rows, suite_presets)}
     return results

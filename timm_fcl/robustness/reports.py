@@ -12,24 +12,35 @@ import numpy as np
 from .corruptions import CORRUPTIONS, SEVERITIES
 from .evaluation import CORRUPTION_SUITES
 
-CSV_FIELDS = ("model", "suite", "corruption", "severity", "accuracy", "correct", "total")
+CSV_FIELDS = ("model", "suite", "corruption", "severity", "accuracy", "top5", "correct", "correct_top5", "total")
+
+
+def corruption_lines(rows: List[dict], suite: str, names: List[str]) -> List[str]:
+    """Corruption x severity top-1 accuracy with its mean, and the mean top-5 accuracy, of one suite."""
+    lines = [f"{'corruption':<18}" + "".join(f"{'s' + str(s):>8}" for s in SEVERITIES) + f"{'mean':>8}{'top5':>8}"]
+    by_set = {(r["corruption"], r["severity"]): r for r in rows if r["suite"] == suite}
+    for name in names:
+        found = [by_set[(name, s)] for s in SEVERITIES if (name, s) in by_set]
+        cells = "".join(f"{by_set[(name, s)]['accuracy']:8.4f}" if (name, s) in by_set else f"{'-':>8}"
+                        for s in SEVERITIES)
+        top5 = np.mean([r.get("top5", np.nan) for r in found])  # results.json of older runs have no top-5
+        lines.append(f"{name:<18}{cells}{np.mean([r['accuracy'] for r in found]):8.4f}{top5:8.4f}")
+    return lines
 
 
 def format_table(results: Dict[str, dict]) -> str:
-    """Plain-text tables: the plain test sets, then corruption x severity per suite with Table 3's summaries."""
+    """Plain-text tables: the plain test sets, then corruption x severity per suite with Table 3's summaries
+    (top-1; top-5 beside each plain set and as the last column of each corruption)."""
     lines = []
     for label, result in results.items():
         lines.append(f"== {label}")
         plain = [r for r in result["rows"] if r["severity"] == 0]
         if plain:
-            lines.append("  ".join(f"{r['suite']}: {r['accuracy']:.4f}" for r in plain))
+            lines.append("  ".join(f"{r['suite']}: {r['accuracy']:.4f} (top-5 {r.get('top5', np.nan):.4f})"
+                                   for r in plain))
         for suite, summary in result["summaries"].items():
             lines.append(f"-- {suite} ({summary['preset']} parameters)")
-            lines.append(f"{'corruption':<18}" + "".join(f"{'s' + str(s):>8}" for s in SEVERITIES) + f"{'mean':>8}")
-            acc = {(r["corruption"], r["severity"]): r["accuracy"] for r in result["rows"] if r["suite"] == suite}
-            for name, mean in summary["per_corruption"].items():
-                cells = "".join(f"{acc[(name, s)]:8.4f}" if (name, s) in acc else f"{'-':>8}" for s in SEVERITIES)
-                lines.append(f"{name:<18}{cells}{mean:8.4f}")
+            lines += corruption_lines(result["rows"], suite, list(summary["per_corruption"]))
             parts = [f"{g} {v:.4f}" for g, v in summary["groups"].items()]
             parts += [f"{k} {summary[k]:.4f}" for k in ("mean_19", "mean_15", "mce", "relative_mce")
                       if summary.get(k) is not None]
@@ -41,7 +52,7 @@ def format_table(results: Dict[str, dict]) -> str:
 
 def write_csv(results: Dict[str, dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="")
         writer.writeheader()
         for result in results.values():
             writer.writerows(result["rows"])
