@@ -305,8 +305,9 @@ _AT_LEAST = {"epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "log_interval"
              "warmup_lr": 0, "min_lr": 0, "momentum": 0, "weight_decay": 0, "hflip": 0, "reprob": 0,
              "color_jitter": 0, "model_ema_decay": 0, "opt_betas": 0, "patch_gaussian_sigma": 0,
              "fcl_start_epochs": 0, "fcl_ramp_epochs": 0, "smoothing": 0, "mixup": 0, "cutmix": 0, "cutmix_minmax": 0,
-             "mixup_prob": 0, "mixup_switch_prob": 0, "mixup_off_epoch": 0, "drop": 0, "drop_path": 0, "crop_pad": 0}
-_ABOVE = {"lr": 0, "lr_base": 0, "decay_epochs": 0, "decay_rate": 0, "clip_grad": 0, "opt_eps": 0, "crop_pct": 0,
+             "mixup_prob": 0, "mixup_switch_prob": 0, "mixup_off_epoch": 0, "drop": 0, "drop_path": 0, "crop_pad": 0,
+             "lr": 0}  # lr 0 trains nothing on purpose (e.g. checking what a run loads)
+_ABOVE = {"lr_base": 0, "decay_epochs": 0, "decay_rate": 0, "clip_grad": 0, "opt_eps": 0, "crop_pct": 0,
           "std": 0, "scale": 0, "ratio": 0}
 _AT_MOST = {"hflip": 1, "reprob": 1, "model_ema_decay": 1, "crop_pct": 1, "scale": 1, "opt_betas": 1, "smoothing": 1,
             "cutmix_minmax": 1, "mixup_prob": 1, "mixup_switch_prob": 1, "drop": 1, "drop_path": 1}

@@ -174,7 +174,7 @@ def test_resume_mid_epoch_with_other_workers_ends_with_the_weights_of_the_straig
 @pytest.mark.parametrize("extra, expected", [
     (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
     (["-b", "0"], "argument --batch-size: must be >= 1, got 0"),
-    (["--lr", "-0.1"], "argument --lr: must be > 0, got -0.1"),
+    (["--lr", "-0.1"], "argument --lr: must be >= 0, got -0.1"),
     (["--lr", "nan"], "argument --lr: must be a finite number, got nan"),
     (["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
     (["--fcl-weight", "nan"], "argument --fcl-weight: must be a finite number, got nan"),
