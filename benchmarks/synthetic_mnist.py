@@ -42,6 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ("xe", "fcl")
 SETS = ("bal", "un", "nun")
 SET_NAMES = {"bal": "BAL", "un": "BAL+UN", "nun": "BAL+NUN"}
+NUM_CLASSES = 15
+# class groups of the per-class results: digits 0-4 without a corner digit, 5-9 (all with an uninformative corner
+# digit), and the rare classes 10-14 (a 0-4 whose label a corner digit decides)
+GROUPS = {"0-4": range(0, 5), "5-9": range(5, 10), "10-14": range(10, 15)}
 COLLAPSED_BELOW = 0.1  # validation BAL of a net stuck on one class is 1/15
 # Table 1 of the paper: mean and std over 10 runs
 PAPER = {
@@ -58,11 +62,33 @@ def make_eval_sets(images: torch.Tensor, std: torch.Tensor, *, noise_seed: int) 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     model.eval()
-    correct = sum((model(x).argmax(1) == y).sum().item()
-                  for x, y in zip(images.split(batch_size), labels.split(batch_size)))
-    return correct / len(labels)
+    return torch.cat([model(x).argmax(1) for x in images.split(batch_size)])
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    return (predict(model, images, batch_size) == labels).float().mean().item()
+
+
+def class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> list[float]:
+    """Accuracy within each class 0..num_classes-1 (NaN for a class absent from ``labels``). On a balanced split
+    their mean is the overall accuracy."""
+    hits = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, (pred == labels).double())
+    counts = labels.bincount(minlength=num_classes).double()
+    return (hits / counts).tolist()
+
+
+def group_accuracy(per_class: list[float]) -> dict[str, float]:
+    """Mean per-class accuracy over each group of GROUPS (the plain 0-4, the 5-9, the corner-digit 10-14)."""
+    return {name: statistics.fmean(per_class[c] for c in classes) for name, classes in GROUPS.items()}
+
+
+def score(model: nn.Module, sets: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[dict, dict]:
+    """({set: accuracy}, {set: [accuracy of class c for c in 0..14]}) over BAL, BAL+UN and BAL+NUN."""
+    preds = {s: predict(model, sets[s]) for s in SETS}
+    return ({s: (p == labels).float().mean().item() for s, p in preds.items()},
+            {s: class_accuracy(p, labels) for s, p in preds.items()})
 
 
 def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
@@ -73,7 +99,7 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
                     start_step=args.fcl_start_epoch * steps_per_epoch,
                     ramp_steps=args.fcl_ramp_epochs * steps_per_epoch)
     torch.manual_seed(seed)
-    model = timm.create_model(args.model, num_classes=15)
+    model = timm.create_model(args.model, num_classes=NUM_CLASSES)
     reg = FeatureContrastiveRegularizer(model, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
@@ -95,13 +121,16 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
         scheduler.step()
         seconds = time.perf_counter() - start
         lam = reg.scheduled_weight(step - 1)
+        pred = predict(model, val_x)
         entry = {"epoch": epoch + 1, "seconds": seconds, "weight": lam,
                  **{key: value / steps_per_epoch for key, value in sums.items()},
                  "fcl": sums["fcl"] / max(carried, 1),  # mean over the steps that computed it
-                 "val_bal": accuracy(model, val_x, val_y)}
+                 "val_bal": (pred == val_y).float().mean().item(),
+                 "val_groups": group_accuracy(class_accuracy(pred, val_y))}
         log.append(entry)
         print(f"  {method} seed {seed} epoch {epoch + 1:2d}: loss {entry['loss']:.4f} ce {entry['ce']:.4f} "
-              f"fcl {entry['fcl']:.4f} (lambda {lam:.1e}) val BAL {entry['val_bal']:.4f} [{seconds:.1f}s]",
+              f"fcl {entry['fcl']:.4f} (lambda {lam:.1e}) val BAL {entry['val_bal']:.4f} ("
+              + " ".join(f"{g} {a:.3f}" for g, a in entry["val_groups"].items()) + f") [{seconds:.1f}s]",
               flush=True)
     return model, log
 
@@ -181,7 +210,47 @@ def print_table(runs: dict[str, list[dict]]) -> dict:
             print(f"  {SET_NAMES[s]} {mean:+.4f}+-{std:.4f} ({sum(d > 0 for d in diffs)}/{len(diffs)} > 0;"
                   f" paper {pm:+.4f})", end="")
         print()
+    summary.update(print_class_tables(runs, paired))
     return summary
+
+
+def print_class_tables(runs: dict[str, list[dict]], paired: list[int]) -> dict:
+    """Per-class accuracy (mean over seeds) of each method on BAL, BAL+UN and BAL+NUN, the group means (0-4 plain,
+    5-9, 10-14 with the deciding corner digit), and the paired FCL - XE difference per group; test, then validation.
+    Runs saved before per-class results existed are left out."""
+    out = {"per_class": {}, "groups": {}, "fcl_minus_xe_groups": {}}
+    have = {m: [r for r in rs if "test_per_class" in r] for m, rs in runs.items()}
+    if not any(have.values()):
+        return out
+    for split in ("test", "val"):
+        print(f"\nPer-class accuracy on the {split} split, mean over seeds (groups: mean of their classes)")
+        print(f"{'set':8s}{'method':8s}" + "".join(f"{c:>6d}" for c in range(NUM_CLASSES))
+              + "".join(f"{g:>8s}" for g in GROUPS))
+        for s in SETS:
+            for method in METHODS:
+                rs = have.get(method)
+                if not rs:
+                    continue
+                per_class = [statistics.fmean(r[f"{split}_per_class"][s][c] for r in rs) for c in range(NUM_CLASSES)]
+                groups = [group_accuracy(r[f"{split}_per_class"][s]) for r in rs]
+                out["per_class"].setdefault(method, {}).setdefault(split, {})[s] = per_class
+                out["groups"].setdefault(method, {}).setdefault(split, {})[s] = {
+                    g: dict(zip(("mean", "std"), summarize([gr[g] for gr in groups]))) for g in GROUPS}
+                print(f"{SET_NAMES[s]:8s}{method.upper():8s}" + "".join(f"{a:6.3f}" for a in per_class)
+                      + "".join(f"{out['groups'][method][split][s][g]['mean']:8.4f}" for g in GROUPS))
+            both = [k for k in paired if k in {r["seed"] for r in have.get("xe", [])}
+                    and k in {r["seed"] for r in have.get("fcl", [])}]
+            if both:
+                xe = {r["seed"]: r for r in have["xe"]}
+                fcl = {r["seed"]: r for r in have["fcl"]}
+                diffs = {g: [group_accuracy(fcl[k][f"{split}_per_class"][s])[g]
+                             - group_accuracy(xe[k][f"{split}_per_class"][s])[g] for k in both] for g in GROUPS}
+                out["fcl_minus_xe_groups"].setdefault(split, {})[s] = {
+                    g: {**dict(zip(("mean", "std"), summarize(d))), "per_seed": d} for g, d in diffs.items()}
+                print(f"{SET_NAMES[s]:8s}{'FCL-XE':8s}" + " " * 6 * NUM_CLASSES + "".join(
+                    f"{out['fcl_minus_xe_groups'][split][s][g]['mean']:+8.4f}" for g in GROUPS)
+                    + f"   paired over {len(both)} seed(s)")
+    return out
 
 
 def plot_table(summary: dict, path: Path) -> None:
@@ -290,8 +359,9 @@ def main(args: argparse.Namespace) -> dict:
         for method in args.methods:
             start = time.perf_counter()
             model, log = train_one_run(method, seed, train_x, train_y, evals["val"][0]["bal"], evals["val"][1], args)
-            run = {"seed": seed, "seconds": time.perf_counter() - start, "log": log,
-                   **{name: {s: accuracy(model, sets[s], y) for s in SETS} for name, (sets, y) in evals.items()}}
+            run = {"seed": seed, "seconds": time.perf_counter() - start, "log": log}
+            for name, (sets, y) in evals.items():  # "val", "test": per set, and per class ("val_per_class", ...)
+                run[name], run[f"{name}_per_class"] = score(model, sets, y)
             runs[method].append(run)
             print(f"{method.upper()} seed {seed}: test " + " ".join(f"{SET_NAMES[s]} {run['test'][s]:.4f}" for s in SETS)
                   + " | val " + " ".join(f"{SET_NAMES[s]} {run['val'][s]:.4f}" for s in SETS)
