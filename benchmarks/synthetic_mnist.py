@@ -68,7 +68,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> t
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    return (predict(model, images, batch_size) == labels).float().mean().item()
+    return (predict(model, images, batch_size) == labels).double().mean().item()
 
 
 def class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> list[float]:
@@ -87,17 +87,19 @@ def group_accuracy(per_class: list[float]) -> dict[str, float]:
 def score(model: nn.Module, sets: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[dict, dict]:
     """({set: accuracy}, {set: [accuracy of class c for c in 0..14]}) over BAL, BAL+UN and BAL+NUN."""
     preds = {s: predict(model, sets[s]) for s in SETS}
-    return ({s: (p == labels).float().mean().item() for s, p in preds.items()},
+    return ({s: (p == labels).double().mean().item() for s, p in preds.items()},
             {s: class_accuracy(p, labels) for s, p in preds.items()})
 
 
 def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-                  val_y: torch.Tensor, args: argparse.Namespace) -> tuple[nn.Module, list[dict]]:
-    """One model trained with ``method`` from seed ``seed``; returns it and a per-epoch log."""
+                  val_y: torch.Tensor, args: argparse.Namespace, on_step=None) -> tuple[nn.Module, list[dict]]:
+    """One model trained with ``method`` from seed ``seed``; returns it and a per-epoch log. ``on_step(step, epoch,
+    reg, idx)``, if given, is called after each optimizer step with the batch's train indices (for probes)."""
     steps_per_epoch = -(-len(train_y) // args.batch_size)
     cfg = FCLConfig(method=method, **{f.name: getattr(args, f.name) for f in fcl_flag_fields()},
                     start_step=args.fcl_start_epoch * steps_per_epoch,
-                    ramp_steps=args.fcl_ramp_epochs * steps_per_epoch)
+                    ramp_steps=args.fcl_ramp_epochs * steps_per_epoch,
+                    class_weights=balanced_class_weights(train_y, args.class_balance) if args.class_balance else None)
     torch.manual_seed(seed)
     model = timm.create_model(args.model, num_classes=NUM_CLASSES)
     reg = FeatureContrastiveRegularizer(model, cfg)
@@ -114,6 +116,8 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
+            if on_step is not None:
+                on_step(step, epoch, reg, idx)
             step += 1
             carried += out.weight > 0  # with --every n, one step in n carries the FCL term
             for key in sums:
@@ -133,6 +137,15 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
               + " ".join(f"{g} {a:.3f}" for g, a in entry["val_groups"].items()) + f") [{seconds:.1f}s]",
               flush=True)
     return model, log
+
+
+def balanced_class_weights(labels: torch.Tensor, alpha: float, num_classes: int = NUM_CLASSES) -> tuple[float, ...]:
+    """FCLConfig.class_weights proportional to n_c^-alpha (n_c: the class's train count), scaled so the mean weight over
+    the train samples is 1: alpha 0 gives 1 everywhere, alpha 1 gives every class the same total weight."""
+    counts = labels.bincount(minlength=num_classes).double().clamp_min(1)
+    w = counts.pow(-alpha)
+    w = w * len(labels) / (counts * w).sum()
+    return tuple(w.tolist())
 
 
 def corner_mask(corner_size: int, size: int = 28, center: tuple[int, int] = (4, 24)) -> torch.Tensor:
@@ -388,7 +401,7 @@ def fcl_flag_fields() -> list[dataclasses.Field]:
     """FCLConfig fields a user may set here; the method, the schedule (set in epochs) and input_std (inputs are
     [0, 1] pixels) are the benchmark's own."""
     return [f for f in dataclasses.fields(FCLConfig)
-            if f.name not in ("method", "start_step", "ramp_steps", "input_std")]
+            if f.name not in ("method", "start_step", "ramp_steps", "input_std", "class_weights")]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -415,6 +428,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for f in fcl_flag_fields():  # FCLConfig's defaults are the paper's section 4.1 values
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                        help=f"FCLConfig.{f.name}")
+    p.add_argument("--class-balance", type=float, default=0.0, metavar="ALPHA",
+                   help="FCLConfig.class_weights proportional to (train count of the class)^-ALPHA, mean 1 over the "
+                        "train samples (0: none, 1: every class the same total weight)")
     p.set_defaults(weight=3e-5)  # chosen on the validation split for lenet5_mnist (module docstring)
     p.add_argument("--limit-train", type=int, default=0, help="use only the first N train images (smoke runs)")
     p.add_argument("--limit-eval", type=int, default=0, help="use only the first N val and test images (smoke runs)")

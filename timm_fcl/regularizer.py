@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import head_mode, logits_from_embedding
-from .losses import fcl_loss
+from .losses import anchor_options, fcl_loss
 from .perturbations import gaussian_perturbation, perturbed_batch
 from .schedule import fcl_weight
 from .utility import utility_from_loss
@@ -175,7 +175,7 @@ class FeatureContrastiveRegularizer(nn.Module):
             if cfg.method == "cl_gauss":
                 x_pos = gaussian_perturbation(xs, cfg.sigma, generator, cfg.input_std)
                 extra = fcl_loss(z, self._perturbed_pass(x_pos), None, tau=cfg.tau, variant=cfg.variant,
-                                 margin=cfg.margin, anchor_index=subset)
+                                 margin=cfg.margin, anchor_index=subset, **anchor_options(cfg, y, subset))
             else:
                 if subset is None:
                     utility = utility_from_loss(ce, x, self._utility_scale(x))
@@ -185,7 +185,7 @@ class FeatureContrastiveRegularizer(nn.Module):
                 x_both = perturbed_batch(xs, utility, cfg.k, cfg.sigma, generator, cfg.input_std)  # [x_low; x_high]
                 z_pos, z_neg = self._perturbed_pass(x_both).chunk(2)
                 extra = fcl_loss(z, z_pos, z_neg, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin,
-                                 neg_mask=keep_neg, anchor_index=subset)
+                                 neg_mask=keep_neg, anchor_index=subset, **anchor_options(cfg, y, subset))
         # the subset's mean times the batch's scale: an unbiased estimate of the whole batch's term
         scale = self.reduction_scale(batch)
         return FCLOutput(loss=ce + (weight * scale) * extra, logits=logits, ce=ce, fcl=extra.detach(), weight=weight,
