@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_mnist import (GROUPS, class_accuracy, get_args_parser, group_accuracy, predict,  # noqa: E402
-                             train_one_run)
+from synthetic_mnist import (get_args_parser, group_accuracy, make_eval_sets, score, train_one_run)  # noqa: E402
+from timm_fcl.noise import pixel_std  # noqa: E402
 from timm_fcl.perturbations import perturbed_batch  # noqa: E402
 from timm_fcl.synthetic_mnist import build_synthetic_mnist, corner_slices  # noqa: E402
 from timm_fcl.utility import contextual_utility, utility_from_loss  # noqa: E402
@@ -121,7 +121,8 @@ class Probe:
         self.steps_per_epoch = -(-len(train.labels) // args.batch_size)
         # extra probe points inside the ramp (FCL's first epochs), besides every epoch end
         start = args.fcl_start_epoch * self.steps_per_epoch
-        self.extra_points = {start + i * self.steps_per_epoch // 4 for i in range(1, 4 * max(args.fcl_ramp_epochs, 1))}
+        self.extra_points = {start + i * self.steps_per_epoch // 2 for i in range(1, 2 * max(args.fcl_ramp_epochs, 1), 2)}
+        self.on_epoch = None  # called after each epoch end's probe (to save what is there so far)
 
     # ---- fixed probe sets -------------------------------------------------------------------------------------
     def fixed(self, model, epoch: float, step: int, weight: float) -> None:
@@ -138,16 +139,14 @@ class Probe:
             model.eval()
             za, zb = (model.forward_head(model.forward_features(t), pre_logits=True) for t in self.twins)
             rec["twin_cos_dist"] = (1 - F.cosine_similarity(za, zb, dim=1)).mean().item()
-        pred = predict(model, self.val_x)
-        rec["val_groups"] = group_accuracy(class_accuracy(pred, self.val_y))
-        rec["val_bal"] = (pred == self.val_y).float().mean().item()
         model.train()
         self.epoch_records.append(rec)
         print(f"  probe epoch {epoch:5.2f} lambda {weight:.1e}: " + " | ".join(
             f"{n}: ink in BOTTOM {rec[n]['ink_in_bottom']:.3f} in TOP {rec[n]['ink_in_top']:.3f}, TOP in square "
             f"{rec[n]['top_in_square']:.3f}, ink/rest utility {rec[n]['ink_utility_ratio']:.2f}" for n in self.sets)
-            + f" | twin dist {rec['twin_cos_dist']:.4f} | val " + " ".join(
-            f"{g} {a:.3f}" for g, a in rec["val_groups"].items()), flush=True)
+            + f" | twin dist {rec['twin_cos_dist']:.4f}", flush=True)
+        if self.on_epoch is not None and float(epoch).is_integer():
+            self.on_epoch()
 
     # ---- the training batch ------------------------------------------------------------------------------------
     def batch(self, reg, idx: torch.Tensor, step: int, epoch: int) -> None:
@@ -263,15 +262,27 @@ def main() -> None:
     splits = build_synthetic_mnist(args.data_dir, seed=args.data_seed, corner_size=args.corner_size)
     train_x, train_y = splits["train"].float_images(), splits["train"].labels
     val_x, val_y = splits["val"].float_images(), splits["val"].labels
+    val_sets = make_eval_sets(val_x, pixel_std(train_x), noise_seed=args.noise_seed)  # as the benchmark's val sets
     results = {"config": {k: str(v) for k, v in vars(args).items()}}
     for method in args.methods:
         probe = Probe(splits, val_x, val_y, args)
         start = time.perf_counter()
+
+        def save():
+            results.setdefault(method, {}).update(fixed=probe.epoch_records, seconds=time.perf_counter() - start,
+                                                  steps=summarize_steps(probe.step_records))
+            (out / "probe.json").write_text(json.dumps(results, indent=1))
+            plot_maps({e: m for e, m in probe.maps.items() if e in (1, 2, 2.5, 3, 3.5, 4, 6, 10, 15, 20)
+                       or e == max(probe.maps)}, out / f"rare_topk_bottomk_{method}.png", args.k)
+
+        probe.on_epoch = save
         model, log = train_one_run(method, args.seed, train_x, train_y, val_x, val_y, args, on_step=probe)
-        results[method] = {"log": log, "fixed": probe.epoch_records, "steps": summarize_steps(probe.step_records),
-                           "seconds": time.perf_counter() - start}
-        plot_maps({e: m for e, m in probe.maps.items() if e in (1, 2, 2.25, 2.5, 3, 4, 6, 10, 15, 20)
-                   or e == max(probe.maps)}, out / f"rare_topk_bottomk_{method}.png", args.k)
+        results[method]["log"] = log
+        results[method]["val"], results[method]["val_per_class"] = score(model, val_sets, val_y)
+        save()
+        print(f"{method.upper()} seed {args.seed} val: " + " ".join(
+            f"{s} {a:.4f}" for s, a in results[method]["val"].items()) + " | groups BAL " + " ".join(
+            f"{g} {a:.4f}" for g, a in group_accuracy(results[method]["val_per_class"]["bal"]).items()), flush=True)
         print(f"\n{method.upper()}: batch probes per epoch (anchor group: softmax mass on positive / x- / same class /"
               f" same digit other class; FCL grad share; lambda|dFCL/dz|/|dCE/dz|; corner ink in BOTTOM_k / TOP_k)")
         for epoch, groups in results[method]["steps"].items():
