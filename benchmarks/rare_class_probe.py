@@ -13,7 +13,8 @@ Trains like ``synthetic_mnist.py`` (same flags, one method, one seed; validation
   (rare 10-14, plain 0-4, 5-9) the softmax mass of Eq. 5's denominator on the positive, the high-utility negative x-,
   other samples of the same class, other samples of the same central digit (for a rare anchor: the plain class c)
   and the rest; the share of the gradient of the summed FCL term on the embeddings (z, z+, z-) that each group gets;
-  and lambda * |d FCL / d z_i| / |d CE_i / d z_i|, the FCL pull on a sample's embedding relative to its own CE's.
+  and the median of lambda * |d FCL / d z_i| / |d CE_i / d z_i|, the FCL pull on a sample's embedding relative to
+  its own CE's.
 
     python benchmarks/rare_class_probe.py --methods fcl --output benchmarks/results/probe_fcl
 """
@@ -192,7 +193,8 @@ class Probe:
                 "p_same_class": (p_others * same_label).sum(1)[sel].mean().item(),
                 "p_same_digit_other_class": (p_others * same_digit).sum(1)[sel].mean().item(),
                 "grad_share": (grad_norm[sel].sum() / grad_norm.sum()).item(),
-                "fcl_over_ce": (weight * g_z.norm(dim=1)[sel] / g_ce.norm(dim=1)[sel].clamp_min(1e-12)).mean().item(),
+                # median: a well-classified sample's CE gradient is ~0, so the mean is ruled by a few
+                "fcl_over_ce": (weight * g_z.norm(dim=1)[sel] / g_ce.norm(dim=1)[sel].clamp_min(1e-12)).median().item(),
                 "ink_in_bottom": ((low & ink).flatten(1).sum(1) / n_ink)[sel].mean().item(),
                 "ink_in_top": ((high & ink).flatten(1).sum(1) / n_ink)[sel].mean().item(),
             }
