@@ -82,3 +82,33 @@ def test_regularizer_passes_the_options_to_the_loss(fraction):
     other = FCLConfig(**base, negatives="other_class")
     assert _fcl_term(other, x, distinct) == pytest.approx(_fcl_term(FCLConfig(**base), x, distinct), rel=1e-6)
     assert _fcl_term(other, x, repeated) != pytest.approx(plain, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rare_class_probe.py"
+    spec = importlib.util.spec_from_file_location("rare_class_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_placement_against_a_loop(probe):
+    g = torch.Generator().manual_seed(2)
+    utility = torch.rand(3, 1, 6, 6, generator=g)
+    images = torch.rand(3, 1, 6, 6, generator=g)
+    corners = torch.tensor([0, 3, 1])
+    square = probe.corner_squares(corners, 3, image=6)
+    assert square[0, :3, :3].all() and square[1, 3:, 3:].all() and square[2, :3, 3:].all()
+    assert square.flatten(1).sum(1).tolist() == [9, 9, 9]
+    low, high = probe.selection_masks(utility, 5)
+    for i in range(3):
+        order = utility[i].flatten().argsort()
+        assert set(low[i].flatten().nonzero().flatten().tolist()) == set(order[:5].tolist())
+        assert set(high[i].flatten().nonzero().flatten().tolist()) == set(order[-5:].tolist())
+    got = probe.placement(utility, images, square, 5)
+    ink = square & (images[:, 0] > probe.INK)
+    want = sum(float((low[i] & ink[i]).sum()) / max(int(ink[i].sum()), 1) for i in range(3)) / 3
+    assert got["ink_in_bottom"] == pytest.approx(want)
+    # flipped to top-left: every corner square lands on the top-left one
+    assert probe.to_top_left(square.float(), corners)[:, :3, :3].all()
