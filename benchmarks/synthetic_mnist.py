@@ -12,6 +12,10 @@ weights and batch order, so FCL - XE per seed measures the method, not the luck 
 The data set is built once (``--data-seed``) and the noisy copies once (``--noise-seed``); only training varies with
 the seed, as in the paper's "each experiment is repeated 10 times". The final-epoch model is scored (no checkpoint
 selection); validation accuracies are reported beside the test ones and are the only ones to base any choice on.
+Besides the overall accuracy, each run records the accuracy of each of the 15 classes (``test_per_class``,
+``val_per_class``), and the table gives them with the group means (0-4 plain, 5-9, 10-14 decided by the corner digit)
+and the paired FCL - XE difference per group. ``--negatives other_class`` and ``--class-balance`` set the FCLConfig
+options ``negatives`` and ``class_weights``.
 
     python benchmarks/synthetic_mnist.py                          # the full Table 1: 10 seeds x (XE, FCL)
     python benchmarks/synthetic_mnist.py --seeds 1 --epochs 3 --limit-train 4000 --limit-eval 1500   # smoke run
