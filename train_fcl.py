@@ -73,8 +73,9 @@ def _fcl_flags(parser: argparse.ArgumentParser) -> None:
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
             inner = next(a for a in args if a is not type(None))
             if typing.get_origin(inner) is tuple:  # e.g. input_std: Optional[tuple[float, ...]]
+                default = "the --std of the input normalization" if field.name == "input_std" else "none"
                 group.add_argument(flag, type=float, nargs="+", default=field.default, dest="fcl_" + field.name,
-                                   help=f"FCLConfig.{field.name} (default: the --std of the input normalization)")
+                                   help=f"FCLConfig.{field.name} (default: {default})")
                 continue
             kind = inner
         group.add_argument(flag, type=kind, default=field.default, dest="fcl_" + field.name,

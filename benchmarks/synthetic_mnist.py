@@ -12,6 +12,10 @@ weights and batch order, so FCL - XE per seed measures the method, not the luck 
 The data set is built once (``--data-seed``) and the noisy copies once (``--noise-seed``); only training varies with
 the seed, as in the paper's "each experiment is repeated 10 times". The final-epoch model is scored (no checkpoint
 selection); validation accuracies are reported beside the test ones and are the only ones to base any choice on.
+Besides the overall accuracy, each run records the accuracy of each of the 15 classes (``test_per_class``,
+``val_per_class``), and the table gives them with the group means (0-4 plain, 5-9, 10-14 decided by the corner digit)
+and the paired FCL - XE difference per group. ``--negatives other_class`` and ``--class-balance`` set the FCLConfig
+options ``negatives`` and ``class_weights``.
 
     python benchmarks/synthetic_mnist.py                          # the full Table 1: 10 seeds x (XE, FCL)
     python benchmarks/synthetic_mnist.py --seeds 1 --epochs 3 --limit-train 4000 --limit-eval 1500   # smoke run
@@ -42,6 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ("xe", "fcl")
 SETS = ("bal", "un", "nun")
 SET_NAMES = {"bal": "BAL", "un": "BAL+UN", "nun": "BAL+NUN"}
+NUM_CLASSES = 15
+# class groups of the per-class results: digits 0-4 without a corner digit, 5-9 (all with an uninformative corner
+# digit), and the rare classes 10-14 (a 0-4 whose label a corner digit decides)
+GROUPS = {"0-4": range(0, 5), "5-9": range(5, 10), "10-14": range(10, 15)}
 COLLAPSED_BELOW = 0.1  # validation BAL of a net stuck on one class is 1/15
 # Table 1 of the paper: mean and std over 10 runs
 PAPER = {
@@ -58,22 +66,46 @@ def make_eval_sets(images: torch.Tensor, std: torch.Tensor, *, noise_seed: int) 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     model.eval()
-    correct = sum((model(x).argmax(1) == y).sum().item()
-                  for x, y in zip(images.split(batch_size), labels.split(batch_size)))
-    return correct / len(labels)
+    return torch.cat([model(x).argmax(1) for x in images.split(batch_size)])
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    return (predict(model, images, batch_size) == labels).double().mean().item()
+
+
+def class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> list[float]:
+    """Accuracy within each class 0..num_classes-1 (NaN for a class absent from ``labels``). On a balanced split
+    their mean is the overall accuracy."""
+    hits = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, (pred == labels).double())
+    counts = labels.bincount(minlength=num_classes).double()
+    return (hits / counts).tolist()
+
+
+def group_accuracy(per_class: list[float]) -> dict[str, float]:
+    """Mean per-class accuracy over each group of GROUPS (the plain 0-4, the 5-9, the corner-digit 10-14)."""
+    return {name: statistics.fmean(per_class[c] for c in classes) for name, classes in GROUPS.items()}
+
+
+def score(model: nn.Module, sets: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[dict, dict]:
+    """({set: accuracy}, {set: [accuracy of class c for c in 0..14]}) over BAL, BAL+UN and BAL+NUN."""
+    preds = {s: predict(model, sets[s]) for s in SETS}
+    return ({s: (p == labels).double().mean().item() for s, p in preds.items()},
+            {s: class_accuracy(p, labels) for s, p in preds.items()})
 
 
 def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-                  val_y: torch.Tensor, args: argparse.Namespace) -> tuple[nn.Module, list[dict]]:
-    """One model trained with ``method`` from seed ``seed``; returns it and a per-epoch log."""
+                  val_y: torch.Tensor, args: argparse.Namespace, on_step=None) -> tuple[nn.Module, list[dict]]:
+    """One model trained with ``method`` from seed ``seed``; returns it and a per-epoch log. ``on_step(step, epoch,
+    reg, idx)``, if given, is called after each optimizer step with the batch's train indices (for probes)."""
     steps_per_epoch = -(-len(train_y) // args.batch_size)
     cfg = FCLConfig(method=method, **{f.name: getattr(args, f.name) for f in fcl_flag_fields()},
                     start_step=args.fcl_start_epoch * steps_per_epoch,
-                    ramp_steps=args.fcl_ramp_epochs * steps_per_epoch)
+                    ramp_steps=args.fcl_ramp_epochs * steps_per_epoch,
+                    class_weights=balanced_class_weights(train_y, args.class_balance) if args.class_balance else None)
     torch.manual_seed(seed)
-    model = timm.create_model(args.model, num_classes=15)
+    model = timm.create_model(args.model, num_classes=NUM_CLASSES)
     reg = FeatureContrastiveRegularizer(model, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
@@ -88,6 +120,8 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
+            if on_step is not None:
+                on_step(step, epoch, reg, idx)
             step += 1
             carried += out.weight > 0  # with --every n, one step in n carries the FCL term
             for key in sums:
@@ -95,15 +129,27 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
         scheduler.step()
         seconds = time.perf_counter() - start
         lam = out.scheduled_weight  # the schedule's lambda at the epoch's last step
+        pred = predict(model, val_x)
         entry = {"epoch": epoch + 1, "seconds": seconds, "weight": lam,
                  **{key: value / steps_per_epoch for key, value in sums.items()},
                  "fcl": sums["fcl"] / max(carried, 1),  # mean over the steps that computed it
-                 "val_bal": accuracy(model, val_x, val_y)}
+                 "val_bal": (pred == val_y).float().mean().item(),
+                 "val_groups": group_accuracy(class_accuracy(pred, val_y))}
         log.append(entry)
         print(f"  {method} seed {seed} epoch {epoch + 1:2d}: loss {entry['loss']:.4f} ce {entry['ce']:.4f} "
-              f"fcl {entry['fcl']:.4f} (lambda {lam:.1e}) val BAL {entry['val_bal']:.4f} [{seconds:.1f}s]",
+              f"fcl {entry['fcl']:.4f} (lambda {lam:.1e}) val BAL {entry['val_bal']:.4f} ("
+              + " ".join(f"{g} {a:.3f}" for g, a in entry["val_groups"].items()) + f") [{seconds:.1f}s]",
               flush=True)
     return model, log
+
+
+def balanced_class_weights(labels: torch.Tensor, alpha: float, num_classes: int = NUM_CLASSES) -> tuple[float, ...]:
+    """FCLConfig.class_weights proportional to n_c^-alpha (n_c: the class's train count), scaled so the mean weight over
+    the train samples is 1: alpha 0 gives 1 everywhere, alpha 1 gives every class the same total weight."""
+    counts = labels.bincount(minlength=num_classes).double().clamp_min(1)
+    w = counts.pow(-alpha)
+    w = w * len(labels) / (counts * w).sum()
+    return tuple(w.tolist())
 
 
 def corner_mask(corner_size: int, size: int = 28, center: tuple[int, int] = (4, 24)) -> torch.Tensor:
@@ -181,7 +227,47 @@ def print_table(runs: dict[str, list[dict]]) -> dict:
             print(f"  {SET_NAMES[s]} {mean:+.4f}+-{std:.4f} ({sum(d > 0 for d in diffs)}/{len(diffs)} > 0;"
                   f" paper {pm:+.4f})", end="")
         print()
+    summary.update(print_class_tables(runs, paired))
     return summary
+
+
+def print_class_tables(runs: dict[str, list[dict]], paired: list[int]) -> dict:
+    """Per-class accuracy (mean over seeds) of each method on BAL, BAL+UN and BAL+NUN, the group means (0-4 plain,
+    5-9, 10-14 with the deciding corner digit), and the paired FCL - XE difference per group; test, then validation.
+    Runs saved before per-class results existed are left out."""
+    out = {"per_class": {}, "groups": {}, "fcl_minus_xe_groups": {}}
+    have = {m: [r for r in rs if "test_per_class" in r] for m, rs in runs.items()}
+    if not any(have.values()):
+        return out
+    for split in ("test", "val"):
+        print(f"\nPer-class accuracy on the {split} split, mean over seeds (groups: mean of their classes)")
+        print(f"{'set':8s}{'method':8s}" + "".join(f"{c:>6d}" for c in range(NUM_CLASSES))
+              + "".join(f"{g:>8s}" for g in GROUPS))
+        for s in SETS:
+            for method in METHODS:
+                rs = have.get(method)
+                if not rs:
+                    continue
+                per_class = [statistics.fmean(r[f"{split}_per_class"][s][c] for r in rs) for c in range(NUM_CLASSES)]
+                groups = [group_accuracy(r[f"{split}_per_class"][s]) for r in rs]
+                out["per_class"].setdefault(method, {}).setdefault(split, {})[s] = per_class
+                out["groups"].setdefault(method, {}).setdefault(split, {})[s] = {
+                    g: dict(zip(("mean", "std"), summarize([gr[g] for gr in groups]))) for g in GROUPS}
+                print(f"{SET_NAMES[s]:8s}{method.upper():8s}" + "".join(f"{a:6.3f}" for a in per_class)
+                      + "".join(f"{out['groups'][method][split][s][g]['mean']:8.4f}" for g in GROUPS))
+            both = [k for k in paired if k in {r["seed"] for r in have.get("xe", [])}
+                    and k in {r["seed"] for r in have.get("fcl", [])}]
+            if both:
+                xe = {r["seed"]: r for r in have["xe"]}
+                fcl = {r["seed"]: r for r in have["fcl"]}
+                diffs = {g: [group_accuracy(fcl[k][f"{split}_per_class"][s])[g]
+                             - group_accuracy(xe[k][f"{split}_per_class"][s])[g] for k in both] for g in GROUPS}
+                out["fcl_minus_xe_groups"].setdefault(split, {})[s] = {
+                    g: {**dict(zip(("mean", "std"), summarize(d))), "per_seed": d} for g, d in diffs.items()}
+                print(f"{SET_NAMES[s]:8s}{'FCL-XE':8s}" + " " * 6 * NUM_CLASSES + "".join(
+                    f"{out['fcl_minus_xe_groups'][split][s][g]['mean']:+8.4f}" for g in GROUPS)
+                    + f"   paired over {len(both)} seed(s)")
+    return out
 
 
 def plot_table(summary: dict, path: Path) -> None:
@@ -290,8 +376,9 @@ def main(args: argparse.Namespace) -> dict:
         for method in args.methods:
             start = time.perf_counter()
             model, log = train_one_run(method, seed, train_x, train_y, evals["val"][0]["bal"], evals["val"][1], args)
-            run = {"seed": seed, "seconds": time.perf_counter() - start, "log": log,
-                   **{name: {s: accuracy(model, sets[s], y) for s in SETS} for name, (sets, y) in evals.items()}}
+            run = {"seed": seed, "seconds": time.perf_counter() - start, "log": log}
+            for name, (sets, y) in evals.items():  # "val", "test": per set, and per class ("val_per_class", ...)
+                run[name], run[f"{name}_per_class"] = score(model, sets, y)
             runs[method].append(run)
             print(f"{method.upper()} seed {seed}: test " + " ".join(f"{SET_NAMES[s]} {run['test'][s]:.4f}" for s in SETS)
                   + " | val " + " ".join(f"{SET_NAMES[s]} {run['val'][s]:.4f}" for s in SETS)
@@ -318,13 +405,13 @@ def fcl_flag_fields() -> list[dataclasses.Field]:
     """FCLConfig fields a user may set here; the method, the schedule (set in epochs) and input_std (inputs are
     [0, 1] pixels) are the benchmark's own."""
     return [f for f in dataclasses.fields(FCLConfig)
-            if f.name not in ("method", "start_step", "ramp_steps", "input_std")]
+            if f.name not in ("method", "start_step", "ramp_steps", "input_std", "class_weights")]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Synthetic MNIST: paper Table 1 and Figure 4", add_help=add_help)
     p.add_argument("--data-dir", default=str(default_data_root()),
-                   help="folder holding MNIST/raw (torchvision layout); default $TIMM_FCL_DATA or ../shared/data")
+                   help="folder holding MNIST/raw (torchvision layout); default $TIMM_FCL_DATA or ../shared/data (timm_fcl.data.default_data_root)")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST into --data-dir")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "synthetic_mnist"))
     p.add_argument("--model", default="lenet5_mnist", choices=("lenet5_mnist", "lenet_mnist"),
@@ -345,6 +432,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for f in fcl_flag_fields():  # FCLConfig's defaults are the paper's section 4.1 values
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                        help=f"FCLConfig.{f.name}")
+    p.add_argument("--class-balance", type=float, default=0.0, metavar="ALPHA",
+                   help="FCLConfig.class_weights proportional to (train count of the class)^-ALPHA, mean 1 over the "
+                        "train samples (0: none, 1: every class the same total weight)")
     p.set_defaults(weight=3e-5)  # chosen on the validation split for lenet5_mnist (module docstring)
     p.add_argument("--limit-train", type=int, default=0, help="use only the first N train images (smoke runs)")
     p.add_argument("--limit-eval", type=int, default=0, help="use only the first N val and test images (smoke runs)")

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Tuple
 METHODS = ("xe", "xe_gauss", "cl_gauss", "fcl")
 VARIANTS = ("xe", "margin")
 REDUCTIONS = ("sum", "mean")
+NEGATIVES = ("all", "other_class")
 
 
 @dataclass
@@ -45,6 +46,12 @@ class FCLConfig:
             stays a negative. For FCL the subset's utility comes from a separate forward and input-only backward over
             the subset (see FeatureContrastiveRegularizer). Saves the extra passes' share of the step, not the clean
             pass.
+        negatives: which clean samples of the batch are negatives of anchor i besides z_i^-: "all" (the paper: every
+            other sample) or "other_class" (samples with i's label are left out, so the term no longer pushes apart
+            what the cross-entropy pulls together; classification inputs only, the labels decide).
+        class_weights: a factor per class (indexed by label) on each anchor's term, e.g. to give rare classes, whose
+            few samples carry the high-utility negative that keeps their rare features, a larger share of the term;
+            None: 1 for every class.
         perturbed_chunks: run the perturbed pass in this many chunks, each under activation checkpointing, so only one
             chunk's activations are kept for the backward (less memory, one more forward of the perturbed batch;
             BatchNorm then normalizes each chunk with its own batch statistics).
@@ -66,6 +73,8 @@ class FCLConfig:
     every: int = 1
     fraction: float = 1.0
     perturbed_chunks: int = 1
+    negatives: str = "all"
+    class_weights: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -94,6 +103,12 @@ class FCLConfig:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must lie in (0, 1] (the share of each batch given the extra term), "
                              f"got {self.fraction}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"unknown negatives {self.negatives!r}; choose one of {', '.join(NEGATIVES)}")
+        if self.class_weights is not None:
+            self.class_weights = tuple(float(w) for w in self.class_weights)
+            if not self.class_weights or any(not w >= 0 for w in self.class_weights):
+                raise ValueError(f"class_weights must be non-negative, one per class, got {self.class_weights}")
         if self.input_std is not None:
             self.input_std = tuple(float(s) for s in self.input_std)
             if any(s <= 0 for s in self.input_std):

@@ -19,6 +19,8 @@ def fcl_loss(
         margin: float = 1.0,
         neg_mask: Optional[torch.Tensor] = None,
         anchor_index: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean over the anchors (the batch, or ``anchor_index``) of l_xe^i (Eq. 5) or l_margin^i (Eq. 4).
 
@@ -32,6 +34,10 @@ def fcl_loss(
         neg_mask: bool [M]; False drops anchor i's negative z_i^- (the 1e-12 utility guard).
         anchor_index: long [M] of distinct rows of ``z``: the loss of those samples only, each against all B - 1 other
             clean embeddings (the negative set it has in the full loss). None: every sample is an anchor.
+        labels: long [B], the labels of the rows of ``z``: given, the other samples sharing anchor i's label are left
+            out of its negatives (``FCLConfig.negatives = "other_class"``); z_i^- stays a negative. None: all are.
+        weights: [M] non-negative factor on each anchor's term (``FCLConfig.class_weights``); the loss is then
+            sum_i w_i l^i / M, so all-ones weights give the plain mean.
     """
     rows = z.shape[0] if anchor_index is None else anchor_index.shape[0]
     if z.dim() != 2 or z_pos.shape != (rows, z.shape[1]) or (z_neg is not None and z_neg.shape != z_pos.shape):
@@ -51,6 +57,14 @@ def fcl_loss(
     if z_neg is not None:
         sim_neg = (zn * F.normalize(z_neg.to(dtype), dim=-1)).sum(-1)              # [M] cos(z_i, z_i^-)
         keep_neg = torch.ones_like(sim_neg, dtype=torch.bool) if neg_mask is None else neg_mask.to(z.device)
+    if labels is not None:
+        if labels.shape != (z.shape[0],):
+            raise ValueError(f"expected labels of the {z.shape[0]} clean rows, got shape {tuple(labels.shape)}")
+        labels = labels.to(z.device)
+        anchor_labels = labels if anchor_index is None else labels[anchor_index]
+        eye = eye | (anchor_labels[:, None] == labels[None, :])                 # the anchor and its class mates
+    if weights is not None and weights.shape != (rows,):
+        raise ValueError(f"expected one weight per anchor ({rows}), got shape {tuple(weights.shape)}")
 
     if variant == "xe":
         # 1 - dist = cos; the denominator holds the positive and every negative.
@@ -59,10 +73,32 @@ def fcl_loss(
         if z_neg is not None:
             cols.append((sim_neg / tau).masked_fill(~keep_neg, float("-inf"))[:, None])
         logits = torch.cat(cols, dim=1)                                          # [M, 1 + B (+ 1)]
-        return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+        return _anchor_mean(torch.logsumexp(logits, dim=1) - logits[:, 0], weights)
     if variant == "margin":
         hinge = F.relu(margin - (1.0 - sim_others)).pow(2).masked_fill(eye, 0.0).sum(1)
         if z_neg is not None:
             hinge = hinge + F.relu(margin - (1.0 - sim_neg)).pow(2) * keep_neg
-        return ((1.0 - sim_pos).pow(2) + hinge).mean()
+        return _anchor_mean((1.0 - sim_pos).pow(2) + hinge, weights)
     raise ValueError(f"unknown FCL loss variant {variant!r}; choose 'xe' or 'margin'")
+
+
+def _anchor_mean(per_anchor: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    if weights is None:
+        return per_anchor.mean()
+    return (per_anchor * weights.to(per_anchor)).sum() / per_anchor.shape[0]
+
+
+def anchor_options(config, y: torch.Tensor, anchor_index: Optional[torch.Tensor] = None) -> dict:
+    """The ``labels`` and ``weights`` arguments of :func:`fcl_loss` that ``config`` (an FCLConfig) asks for, given the
+    batch's labels ``y`` [B] and the anchors (None: all): same-class samples dropped from the negatives when
+    ``config.negatives == "other_class"``, and each anchor's term times ``config.class_weights[label]``."""
+    options = {}
+    if config.negatives == "other_class":
+        options["labels"] = y
+    if config.class_weights is not None:
+        table = torch.as_tensor(config.class_weights, dtype=torch.float32, device=y.device)
+        anchors = y if anchor_index is None else y[anchor_index]
+        if int(anchors.max()) >= table.numel():
+            raise ValueError(f"class_weights has {table.numel()} entries but the batch holds label {int(anchors.max())}")
+        options["weights"] = table[anchors]
+    return options

@@ -12,7 +12,7 @@ from ._compat import allow_double_backward_through_compiled_graphs
 from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import head_mode, logits_from_embedding
-from .losses import fcl_loss
+from .losses import anchor_options, fcl_loss
 from .perturbations import gaussian_perturbation, generator_device, perturbed_batch
 from .schedule import scheduled_weight, step_weight
 from .utility import utility_from_loss
@@ -37,6 +37,7 @@ class _Batch:
     x: torch.Tensor
     y: torch.Tensor
     index: Optional[torch.Tensor]
+    batch_y: Optional[torch.Tensor] = None  # the labels of the whole clean batch (the negatives' labels)
 
 
 class FeatureContrastiveRegularizer(nn.Module):
@@ -150,10 +151,10 @@ class FeatureContrastiveRegularizer(nn.Module):
         batch = x.shape[0]
         m = self.subset_size(batch)
         if m == batch:
-            return _Batch(x, y, None)
+            return _Batch(x, y, None, y)
         index = torch.randperm(batch, generator=generator, device=generator_device(generator, x.device))
         index = index[:m].to(x.device)
-        return _Batch(x[index], y[index], index)
+        return _Batch(x[index], y[index], index, y)
 
     def _subset_utility(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """|d ce / d x| of the subset from its own forward and input-only backward (graph freed right after)."""
@@ -174,7 +175,7 @@ class FeatureContrastiveRegularizer(nn.Module):
         cfg = self.config
         x_pos = gaussian_perturbation(part.x, cfg.sigma, generator, cfg.input_std)
         return fcl_loss(z, self._perturbed_pass(x_pos), None, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin,
-                        anchor_index=part.index)
+                        anchor_index=part.index, **self._anchor_options(part))
 
     def _fcl_term(self, part: _Batch, z: torch.Tensor, ce: torch.Tensor,
                   generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -188,7 +189,13 @@ class FeatureContrastiveRegularizer(nn.Module):
         x_both = perturbed_batch(part.x, utility, cfg.k, cfg.sigma, generator, cfg.input_std)  # [x_low; x_high]
         z_pos, z_neg = self._perturbed_pass(x_both).chunk(2)
         return fcl_loss(z, z_pos, z_neg, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin, neg_mask=keep_neg,
-                        anchor_index=part.index)
+                        anchor_index=part.index, **self._anchor_options(part))
+
+    def _anchor_options(self, part: _Batch) -> dict:
+        """fcl_loss's per-label options (config.negatives, config.class_weights); soft targets (mixup, cutmix) count
+        as their largest class."""
+        labels = part.batch_y if part.batch_y.dim() == 1 else part.batch_y.argmax(dim=1)
+        return anchor_options(self.config, labels, part.index)
 
     # ---------------------------------------------------------------------------------------- one step
     def forward(self, x: torch.Tensor, y: torch.Tensor, step: int = 0,
@@ -210,7 +217,7 @@ class FeatureContrastiveRegularizer(nn.Module):
             # a leaf, so the utility is an input gradient of the clean graph
             x_clean = x[:images].detach().requires_grad_(True)
             x = x_clean if self.num_splits == 1 else torch.cat([x_clean, x[images:]])
-            part = _Batch(x_clean, y[:images], None)
+            part = _Batch(x_clean, y[:images], None, y[:images])
         features = self._features(x)
         if cfg.method == "xe_gauss":
             logits = self._head(features)
