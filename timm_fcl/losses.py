@@ -46,23 +46,13 @@ def fcl_loss(
                          f"{'' if z_neg is None else ', ' + str(tuple(z_neg.shape))}")
     dtype = torch.promote_types(z.dtype, torch.float32)  # low-precision embeddings are compared in float32
     z_all = F.normalize(z.to(dtype), dim=-1)
-    if anchor_index is None:
-        zn = z_all
-        eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
-    else:
-        zn = z_all[anchor_index]                                                 # [M, E] the anchors
-        eye = anchor_index[:, None] == torch.arange(z.shape[0], device=z.device)  # [M, B] anchor i is column idx_i
+    zn = z_all if anchor_index is None else z_all[anchor_index]                 # [M, E] the anchors
+    eye = _not_negatives(z.shape[0], z.device, anchor_index, labels)             # [M, B]
     sim_pos = (zn * F.normalize(z_pos.to(dtype), dim=-1)).sum(-1)                # [M] cos(z_i, z_i^+)
     sim_others = zn @ z_all.t()                                                  # [M, B] cos(z_i, z_j)
     if z_neg is not None:
         sim_neg = (zn * F.normalize(z_neg.to(dtype), dim=-1)).sum(-1)              # [M] cos(z_i, z_i^-)
         keep_neg = torch.ones_like(sim_neg, dtype=torch.bool) if neg_mask is None else neg_mask.to(z.device)
-    if labels is not None:
-        if labels.shape != (z.shape[0],):
-            raise ValueError(f"expected labels of the {z.shape[0]} clean rows, got shape {tuple(labels.shape)}")
-        labels = labels.to(z.device)
-        anchor_labels = labels if anchor_index is None else labels[anchor_index]
-        eye = eye | (anchor_labels[:, None] == labels[None, :])                 # the anchor and its class mates
     if weights is not None and weights.shape != (rows,):
         raise ValueError(f"expected one weight per anchor ({rows}), got shape {tuple(weights.shape)}")
 
@@ -80,6 +70,23 @@ def fcl_loss(
             hinge = hinge + F.relu(margin - (1.0 - sim_neg)).pow(2) * keep_neg
         return _anchor_mean((1.0 - sim_pos).pow(2) + hinge, weights)
     raise ValueError(f"unknown FCL loss variant {variant!r}; choose 'xe' or 'margin'")
+
+
+def _not_negatives(n: int, device: torch.device, anchor_index: Optional[torch.Tensor],
+                   labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """[M, n] True where clean row j is no negative of anchor i: the anchor itself (column ``anchor_index[i]``) and,
+    with ``labels``, the rows sharing its label."""
+    if anchor_index is None:
+        excluded = torch.eye(n, dtype=torch.bool, device=device)
+    else:
+        excluded = anchor_index[:, None] == torch.arange(n, device=device)
+    if labels is not None:
+        if labels.shape != (n,):
+            raise ValueError(f"expected labels of the {n} clean rows, got shape {tuple(labels.shape)}")
+        labels = labels.to(device)
+        anchor_labels = labels if anchor_index is None else labels[anchor_index]
+        excluded = excluded | (anchor_labels[:, None] == labels[None, :])
+    return excluded
 
 
 def _anchor_mean(per_anchor: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
