@@ -197,8 +197,10 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused(toy, tmp_path):
     assert dtypes and set(dtypes) == {torch.bfloat16}
     assert metrics["samples"] == 64 and 0.0 <= metrics["top1"] <= 100.0
 
-    bf16 = run(train_cmd(*TOY, "--data-dir", str(toy), "--epochs", "1", "--workers", "0", "--train-subset", "64",
-                         "--mixed-precision", "bf16", "--output", str(tmp_path / "bf16")))
+    # 32 px, not the toy's 16: on the CPU, torch's bf16 weight gradient of a stride-2 3x3 convolution over a 1x1 map
+    # (resnet18's layer4 at 16 px) is wrong and often NaN, which the divergence guard rightly stops
+    bf16 = run(train_cmd(*TOY, "--img-size", "32", "--data-dir", str(toy), "--epochs", "1", "--workers", "0",
+                         "--train-subset", "64", "--mixed-precision", "bf16", "--output", str(tmp_path / "bf16")))
     assert bf16.returncode == 0, bf16.stderr[-3000:]
     assert float(_summary(tmp_path / "bf16")[-1]["train_loss"]) > 0
 
