@@ -104,6 +104,14 @@ def hp_key(hp: dict) -> str:
     return "-".join(f"{k}{v:g}" for k, v in sorted(hp.items())) or "default"
 
 
+def code_commit() -> str:
+    """The commit of the code that runs (recorded in every result; experiments run from a fixed worktree)."""
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
+
+
 def read_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -187,6 +195,8 @@ def train_flags(b: Bench, *, output: Path, epochs: int, lr: float, seed: int) ->
              "--decay-milestones", str(round(2 * epochs / 3) + 1), "--decay-rate", "0.1", "--seed", str(seed),
              "--workers", "1", "--no-progress", "--log-interval", "50", "--checkpoint-interval", "100",
              "--output", str(output)]
+    if a.precision == "bf16":  # autocast + channels-last: the same recipe, 2-3x faster on a CPU with AVX-512 BF16
+        flags += ["--mixed-precision", "bf16", "--channels-last"]
     if a.train_subset:
         flags += ["--train-subset", str(a.train_subset)]
     if a.val_subset:
@@ -237,7 +247,8 @@ def part_pretrain(b: Bench) -> None:
         "--method", "xe", "--warmup-epochs", str(max(1, round(a.pretrain_epochs / 30))), "--warmup-lr", "0.01"]
     train(b, cmd, b.pretrain_run, a.pretrain_epochs)
     write_json(done, {"model": a.model, "epochs": a.pretrain_epochs, "val_top1": last_val_top1(b.pretrain_run),
-                      "train_seconds": read_json(b.pretrain_run / "bench_wall.json")["seconds"]})
+                      "train_seconds": read_json(b.pretrain_run / "bench_wall.json")["seconds"],
+                      "precision": a.precision, "threads": a.threads, "commit": code_commit()})
 
 
 def train_continuation(b: Bench, method: Method, hp: dict, seed: int) -> Path:
@@ -547,6 +558,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption-samples", type=int, default=2000, help="test images behind the generated CIFAR-10-C")
     p.add_argument("--corruptions", nargs="+", help="generate only these (default: all 19)")
     p.add_argument("--eval-group", type=int, default=3, help="models per evaluation command")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
+                   help="training precision: bf16 autocast with channels-last, or plain fp32")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of every training and evaluation")
     p.add_argument("--jobs", type=int, default=2, help="continuation runs trained at once (each with --threads)")
     p.add_argument("--hours", type=float, default=2.5, help="stop (resumably) after this much wall time")
