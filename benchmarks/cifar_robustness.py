@@ -5,8 +5,12 @@ pre-training of a CIFAR ResNet (``--pretrain-epochs``, lr 0.1 decayed x0.1 at 2/
 each method continues from it for ``--continue-epochs`` (lr 0.001, x0.1 at 2/3: the paper's lr after epoch 300 and
 400, relative to its peak) with its extra term on from the first step (contrastive terms ramped over half the
 continuation). The methods are XE, XE+Gaussian, CL+Gaussian, FCL, Patch Gaussian + XE and Patch Gaussian + FCL
-(Patch Gaussian only in the continuation: the pre-training is shared). Every run goes through train_fcl.py with the
-standard CIFAR augmentation (--crop-pad 4), every evaluation through ``python -m timm_fcl.eval``.
+(Patch Gaussian only in the continuation: the pre-training is shared), and two FCL variants the paper does not have:
+FCL every 4 steps (the cheap mode) and FCL with ``negatives="other_class"``, both at FCL's settings. Every run goes
+through train_fcl.py with the standard CIFAR augmentation (--crop-pad 4), by default in bf16 autocast with
+channels-last (``--precision``), every evaluation through ``python -m timm_fcl.eval``. The pre-training is evaluated
+like the continuations and exported to ``zoo/ARCH.xe_pretrain_cifar10``; once that folder is committed, every later
+part starts its continuations from it, so a part needs only the repository and the data.
 
 Pairing: a seed gives every method the same start (the pre-trained weights) and the same data order and crops.
 Hyper-parameters are chosen on a validation split carved from the training shards (``timm_fcl.holdout``), by the
@@ -20,7 +24,8 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
     python benchmarks/cifar_robustness.py --part continue eval --seeds 1 --methods xe fcl
     python benchmarks/cifar_robustness.py --part tables zoo               # Tables 2 and 3, PNGs, the zoo
 
-``--hours`` stops a part at a wall-time limit (a training run is killed and resumes from its last saved state when the
+Every results JSON records the commit of the code that trained and evaluated it: run the parts from a ``git worktree``
+at a fixed commit. ``--hours`` stops a part at a wall-time limit (a training run is killed and resumes from its last saved state when the
 command is run again). benchmarks/README.md holds the budget and the plan in parts.
 """
 from __future__ import annotations
@@ -59,8 +64,10 @@ class Method:
     label: str
     objective: str  # train_fcl.py --method
     patch_gaussian: bool
-    paper_t2: tuple  # Table 2, noisy CIFAR-10: (clean, UN, NUN) means over 5 runs
-    paper_t3: tuple  # Table 3, CIFAR-10-C: (mean of 19, noise, blur, weather, digital)
+    paper_t2: Optional[tuple]  # Table 2, noisy CIFAR-10: (clean, UN, NUN) means over 5 runs (None: not in the paper)
+    paper_t3: Optional[tuple]  # Table 3, CIFAR-10-C: (mean of 19, noise, blur, weather, digital)
+    settings_from: Optional[str] = None  # a variant: that method's chosen settings, then ``extra`` on top
+    extra: tuple = ()  # (setting, value) pairs a variant adds
 
 
 METHODS = {m.name: m for m in (
@@ -72,6 +79,10 @@ METHODS = {m.name: m for m in (
     Method("fcl", "FCL", "fcl", False, (0.9375, 0.3749, 0.3432), (0.7446, 0.6416, 0.6886, 0.8338, 0.7530)),
     Method("pg_xe", "PG+XE", "xe", True, (0.9334, 0.7842, 0.7669), (0.8311, 0.8951, 0.7625, 0.8540, 0.8021)),
     Method("pg_fcl", "PG+FCL", "fcl", True, (0.9354, 0.8210, 0.8066), (0.8319, 0.8993, 0.7639, 0.8536, 0.8000)),
+    # two rows the paper does not have: the cheap mode, and the negatives that kept synthetic MNIST's rare classes
+    Method("fcl_every4", "FCL every 4", "fcl", False, None, None, settings_from="fcl", extra=(("every", 4),)),
+    Method("fcl_other", "FCL other_class", "fcl", False, None, None, settings_from="fcl",
+           extra=(("negatives", "other_class"),)),
 )}
 # The paper's lambda (1e-4) weighs the sum over a batch of 1024; over our batch of 128 the same pull on the weights
 # relative to the mean cross-entropy needs 8x that, so 8e-4 is the paper's setting at our batch size.
@@ -89,9 +100,12 @@ SWEEPS = {  # one factor at a time around Appendix B's CIFAR-10 settings (the pa
     "pg_xe": [{}],  # Lopes et al.'s CIFAR-10 setting (patch 25, sigma 0.1), as the paper uses it
     "pg_fcl": [{"k": 256, "sigma": 0.5, "tau": 1.0, "weight": PAPER_LAMBDA},
                {"k": 256, "sigma": 0.5, "tau": 1.0, "weight": 3.2e-3}],
+    "fcl_every4": [],  # FCL's settings (see Method.settings_from)
+    "fcl_other": [],
 }
 SWEEP_SEED = 0
 ZOO_TAGS = {"fcl": "fcl_cifar10", "xe": "xe_cifar10", "pg_fcl": "pg_fcl_cifar10"}
+PRETRAIN_TAG = "xe_pretrain_cifar10"  # the shared pre-training, published so that a later part starts from it
 
 
 class PartStopped(Exception):
@@ -101,7 +115,8 @@ class PartStopped(Exception):
 # ---------------------------------------------------------------------------------------------- names and files
 def hp_key(hp: dict) -> str:
     """A run's folder name for its settings, e.g. k256-sigma0.5-tau2-weight0.0008 ('default' for none)."""
-    return "-".join(f"{k}{v:g}" for k, v in sorted(hp.items())) or "default"
+    return "-".join(f"{k}{v:g}" if isinstance(v, (int, float)) else f"{k}{v}" for k, v in sorted(hp.items())) \
+        or "default"
 
 
 def code_commit() -> str:
@@ -110,6 +125,12 @@ def code_commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                            text=True).stdout.strip()
     return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -160,6 +181,16 @@ class Bench:
     def pretrain_run(self) -> Path:
         return self.work / "runs" / "pretrain"
 
+    @property
+    def pretrain_zoo(self) -> Path:
+        return Path(self.args.zoo) / f"{self.args.model}.{PRETRAIN_TAG}"
+
+    @property
+    def pretrain_weights(self) -> Path:
+        """The continuations' start: the zoo's pre-training (committed, so it outlives the run folder)."""
+        zoo = self.pretrain_zoo / run_folder.WEIGHTS
+        return zoo if zoo.is_file() else self.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS
+
     def run_dir(self, method: str, hp: dict, seed: int) -> Path:
         # flat and unique: timm_fcl.eval labels a model by its run folder's name
         return self.work / "runs" / f"{method}-{hp_key(hp)}-s{seed}"
@@ -206,8 +237,9 @@ def train_flags(b: Bench, *, output: Path, epochs: int, lr: float, seed: int) ->
 
 def continuation_flags(b: Bench, method: Method, hp: dict) -> list[str]:
     """The method's own flags: its objective, its settings, the ramp of a contrastive term, Patch Gaussian."""
-    flags = ["--method", method.objective, "--initial-checkpoint",
-             str(b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS), "--warmup-epochs", "0"]
+    if not b.pretrain_weights.is_file():
+        raise RuntimeError(f"no pre-training in {b.pretrain_zoo} or {b.pretrain_run}: run --part pretrain first")
+    flags = ["--method", method.objective, "--initial-checkpoint", str(b.pretrain_weights), "--warmup-epochs", "0"]
     flags += list(itertools.chain.from_iterable((f"--fcl-{k}", str(v)) for k, v in sorted(hp.items())))
     if method.objective in ("fcl", "cl_gauss"):
         flags += ["--fcl-ramp-epochs", str(b.args.continue_epochs / 2)]
@@ -221,6 +253,9 @@ def train(b: Bench, cmd: list[str], run: Path, epochs: int) -> None:
     if epochs_done(run) >= epochs:
         return
     print(f"training {run} ...", flush=True)
+    commit = (read_json(run / "bench_commit.json") or {}).get("commit")
+    if commit and commit != code_commit():
+        print(f"  note: {run.name} was started by commit {commit}, resumed by {code_commit()}", flush=True)
     start = time.time()
     try:
         b.run(cmd, run.parent / f"{run.name}.log")
@@ -228,6 +263,8 @@ def train(b: Bench, cmd: list[str], run: Path, epochs: int) -> None:
         spent = (read_json(run / "bench_wall.json") or {}).get("seconds", 0.0) + time.time() - start
         if run.is_dir():
             write_json(run / "bench_wall.json", {"seconds": spent})
+            if commit is None:
+                write_json(run / "bench_commit.json", {"commit": code_commit()})
 
 
 def part_carve(b: Bench) -> None:
@@ -239,16 +276,30 @@ def part_carve(b: Bench) -> None:
 
 
 def part_pretrain(b: Bench) -> None:
+    """The shared XE pre-training: trained, evaluated on the test set like every continuation, and exported to
+    zoo/ARCH.xe_pretrain_cifar10 (commit it: later parts start from the zoo's copy)."""
     done = b.results / "pretrain.json"
-    if done.is_file():
-        return
     a = b.args
-    cmd = train_flags(b, output=b.pretrain_run, epochs=a.pretrain_epochs, lr=0.1, seed=0) + [
-        "--method", "xe", "--warmup-epochs", str(max(1, round(a.pretrain_epochs / 30))), "--warmup-lr", "0.01"]
-    train(b, cmd, b.pretrain_run, a.pretrain_epochs)
-    write_json(done, {"model": a.model, "epochs": a.pretrain_epochs, "val_top1": last_val_top1(b.pretrain_run),
-                      "train_seconds": read_json(b.pretrain_run / "bench_wall.json")["seconds"],
-                      "precision": a.precision, "threads": a.threads, "commit": code_commit()})
+    if not done.is_file():
+        cmd = train_flags(b, output=b.pretrain_run, epochs=a.pretrain_epochs, lr=0.1, seed=0) + [
+            "--method", "xe", "--warmup-epochs", str(max(1, round(a.pretrain_epochs / 30))), "--warmup-lr", "0.01"]
+        train(b, cmd, b.pretrain_run, a.pretrain_epochs)
+        write_json(done, {"model": a.model, "epochs": a.pretrain_epochs, "val_top1": last_val_top1(b.pretrain_run),
+                          "train_seconds": read_json(b.pretrain_run / "bench_wall.json")["seconds"],
+                          "precision": a.precision, "threads": a.threads, "commit": code_commit()})
+    if (b.pretrain_zoo / run_folder.WEIGHTS).is_file():
+        return
+    if not (b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS).is_file():
+        raise RuntimeError(f"{done} exists but neither {b.pretrain_zoo} nor the run folder {b.pretrain_run} does")
+    entry = read_json(done)
+    if "clean" not in entry:
+        began = time.time()
+        merged = evaluate_test(b, [b.pretrain_run], b.work / "eval" / "test" / "pretrain")[b.pretrain_run.name]
+        write_json(b.pretrain_run / run_folder.EVAL_RESULTS, {b.pretrain_run.name: merged})
+        entry.update(condense(merged), eval_seconds=time.time() - began, eval_commit=code_commit())
+    entry["sha256"] = sha256(b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS)
+    write_json(done, entry)
+    export_to_zoo(b, b.pretrain_run, b.pretrain_zoo)
 
 
 def train_continuation(b: Bench, method: Method, hp: dict, seed: int) -> Path:
@@ -327,6 +378,9 @@ def choose(entries: list[dict], xe_clean: float) -> dict:
 
 
 def chosen_hp(b: Bench, name: str) -> dict:
+    method = METHODS[name]
+    if method.settings_from:
+        return {**chosen_hp(b, method.settings_from), **dict(method.extra)}
     if len(SWEEPS[name]) == 1 or b.args.paper_settings:
         return SWEEPS[name][0]
     entries = [read_json(sweep_result(b, name, hp)) for hp in SWEEPS[name]]
@@ -356,23 +410,38 @@ def part_eval(b: Bench) -> None:
     for start in range(0, len(pending), a.eval_group):
         group = pending[start:start + a.eval_group]
         runs, began = [run for _, _, run in group], time.time()
-        out = b.work / "eval" / "test" / f"group-{int(began)}-{start}"
-        noisy = evaluate(b, runs, suites=list(SUITES), split="test", data_dir=Path(a.data_dir), out=out / "noisy",
-                         max_samples=a.test_samples)
-        corrupted = evaluate(b, runs, suites=["generated"], split="test", data_dir=Path(a.data_dir),
-                             out=out / "generated", max_samples=a.corruption_samples)
+        results = evaluate_test(b, runs, b.work / "eval" / "test" / f"group-{int(began)}-{start}")
         seconds = (time.time() - began) / len(group)
         for name, seed, run in group:
-            merged = {"spec": str(run), "rows": noisy[run.name]["rows"] + corrupted[run.name]["rows"],
-                      "summaries": corrupted[run.name]["summaries"]}
+            merged = results[run.name]
             write_json(run / run_folder.EVAL_RESULTS, {run.name: merged})  # the run folder's own results (cards)
+            flags = run_folder.read_args(run)
             write_json(run_result(b, name, seed), {
                 "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
                 "val_top1": last_val_top1(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
-                "eval_seconds": seconds})
+                "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
+                "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])),
+                "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit()})
+
+
+def evaluate_test(b: Bench, runs: list[Path], out: Path) -> dict:
+    """Clean / UN / NUN on --test-samples and the generated CIFAR-10-C on --corruption-samples test images, as one
+    results entry per run folder name."""
+    a = b.args
+    noisy = evaluate(b, runs, suites=list(SUITES), split="test", data_dir=Path(a.data_dir), out=out / "noisy",
+                     max_samples=a.test_samples)
+    corrupted = evaluate(b, runs, suites=["generated"], split="test", data_dir=Path(a.data_dir),
+                         out=out / "generated", max_samples=a.corruption_samples)
+    return {r.name: {"spec": str(r), "rows": noisy[r.name]["rows"] + corrupted[r.name]["rows"],
+                     "summaries": corrupted[r.name]["summaries"]} for r in runs}
+
 
 
 # -------------------------------------------------------------------------------------------------------- tables
+# (method, baseline) of the paired-difference rows: every method against XE and XE+Gaussian, Patch Gaussian + FCL
+# against Patch Gaussian + XE, and the two FCL variants against full FCL
+PAIRS = tuple((n, base) for base in ("xe", "xe_gauss") for n in METHODS if n != base) + (
+    ("pg_fcl", "pg_xe"), ("fcl_every4", "fcl"), ("fcl_other", "fcl"))
 T2_COLUMNS = (("clean", "Clean"), ("un", "UN"), ("nun", "NUN"))
 T3_COLUMNS = (("mean", "mean of 19"),) + tuple((g, g) for g in GROUPS)
 
@@ -421,15 +490,15 @@ def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str
     for name, method in METHODS.items():
         seeds = sorted(runs.get(name, {}))
         cells = [mean_std([v for s in seeds if (v := value(runs[name][s], col)) is not None]) for col, _ in columns]
-        paper = " / ".join(f"{v:.3f}" for v in getattr(method, paper_index)[:len(columns)])
+        numbers = getattr(method, paper_index)
+        paper = " / ".join(f"{v:.3f}" for v in numbers[:len(columns)]) if numbers else "-"
         lines.append(f"| {method.label} | {len(seeds)} | " + " | ".join(cells) + f" | {paper} |")
     lines += ["", "Paired differences (same seed), mean ± std over seeds:", "",
               "| method | vs | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 2)]
-    for baseline in ("xe", "xe_gauss"):
-        for name, method in METHODS.items():
-            if name != baseline and runs.get(name) and runs.get(baseline):
-                cells = [paired(runs, name, baseline, value, col) for col, _ in columns]
-                lines.append(f"| {method.label} | {METHODS[baseline].label} | " + " | ".join(cells) + " |")
+    for name, baseline in PAIRS:
+        if runs.get(name) and runs.get(baseline):
+            cells = [paired(runs, name, baseline, value, col) for col, _ in columns]
+            lines.append(f"| {METHODS[name].label} | {METHODS[baseline].label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -447,7 +516,7 @@ def plot_table(runs: dict, path: Path, title: str, columns: tuple, value, paper_
         ours = [[v for s in runs.get(n, {}) if (v := value(runs[n][s], col)) is not None] for n in names]
         means = [statistics.mean(v) if v else np.nan for v in ours]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in ours]
-        paper = [getattr(METHODS[n], paper_index)[i] for n in names]
+        paper = [getattr(METHODS[n], paper_index)[i] if getattr(METHODS[n], paper_index) else np.nan for n in names]
         x = np.arange(len(names))
         ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=3, label="ours")
         ax.bar(x + 0.2, paper, 0.4, hatch="//", alpha=0.6, label="paper (ResNet-56)")
@@ -463,6 +532,36 @@ def plot_table(runs: dict, path: Path, title: str, columns: tuple, value, paper_
     plt.close(fig)
 
 
+MIN_GAUSS_GAIN = 0.05  # XE+Gaussian's UN gain over XE below which the continuation shows no regularizer's effect
+
+
+def format_costs(runs: dict) -> str:
+    """Training wall time of a continuation per method (mean over seeds) and its ratio to XE's."""
+    lines = ["### Training time of a continuation", "", "| method | seeds | wall s | vs XE | precision |",
+             "| --- | --- | --- | --- | --- |"]
+    xe = [e["train_seconds"] for e in runs.get("xe", {}).values()]
+    for name, method in METHODS.items():
+        entries = list(runs.get(name, {}).values())
+        if entries:
+            wall = statistics.mean(e["train_seconds"] for e in entries)
+            ratio = f"{wall / statistics.mean(xe):.2f}" if xe else "-"
+            precision = "/".join(sorted({str(e.get("precision", "no")) for e in entries}))
+            lines.append(f"| {method.label} | {len(entries)} | {wall:.0f} | {ratio} | {precision} |")
+    return "\n".join(lines)
+
+
+def protocol_check(runs: dict) -> str:
+    """Whether the continuation is long enough to show a regularizer: XE+Gaussian's paired UN gain over XE (the
+    paper's is +0.21) must be at least MIN_GAUSS_GAIN."""
+    seeds = sorted(set(runs.get("xe", {})) & set(runs.get("xe_gauss", {})))
+    if not seeds:
+        return "Protocol check: no paired XE and XE+Gaussian runs yet."
+    gain = statistics.mean(runs["xe_gauss"][s]["un"] - runs["xe"][s]["un"] for s in seeds)
+    verdict = "passes" if gain >= MIN_GAUSS_GAIN else "FAILS: the continuation is too short or too gentle"
+    return (f"Protocol check: XE+Gaussian - XE on UN = {gain:+.4f} over seeds {seeds} (paper +0.21, needed "
+            f">= +{MIN_GAUSS_GAIN}): {verdict}.")
+
+
 def part_tables(b: Bench) -> str:
     runs = load_runs(b)
     c10c = [e["c10c"] for seeds in runs.values() for e in seeds.values() if e.get("c10c")]
@@ -473,6 +572,7 @@ def part_tables(b: Bench) -> str:
           f"over the corruptions present)", T3_COLUMNS, t3_value, "paper_t3")
     text = f"{b.args.model}, pre-training {b.args.pretrain_epochs} + continuation {b.args.continue_epochs} epochs\n\n"
     text += "\n\n".join(format_table(runs, *t) for t in (t2, t3))
+    text += "\n\n" + format_costs(runs) + "\n\n" + protocol_check(runs)
     print(text)
     b.results.mkdir(parents=True, exist_ok=True)  # beside the JSON files, but not committed (made from them)
     (b.results / "tables.md").write_text(text + "\n")
@@ -502,14 +602,13 @@ def zoo_picks(runs: dict) -> list[tuple[str, int]]:
     return picks
 
 
-def export_to_zoo(b: Bench, name: str, seed: int) -> Path:
+def export_to_zoo(b: Bench, run: Path, dest: Path) -> Path:
     """zoo/ARCH.TAG/: the run's export, settings and evaluation, and the model card hfhub.publish writes for them."""
     import timm
 
-    run = b.run_dir(name, chosen_hp(b, name), seed)
-    tag = f"{b.args.model}.{ZOO_TAGS[name]}"
-    repo_id = timm.models.get_pretrained_cfg(tag).hf_hub_id
-    dest = Path(b.args.zoo) / tag
+    import timm_fcl  # noqa: F401  (registers the zoo's tags)
+
+    repo_id = timm.models.get_pretrained_cfg(dest.name).hf_hub_id
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "eval").mkdir(parents=True)
     export = run / run_folder.MODEL
@@ -522,13 +621,13 @@ def export_to_zoo(b: Bench, name: str, seed: int) -> Path:
         b.run([sys.executable, "-m", "hfhub.publish", str(dest), "--repo-id", repo_id, "--dry-run", str(card)],
               b.work / "zoo.log")
         shutil.copyfile(card / "README.md", dest / "README.md")
-    print(f"zoo: {dest} ({name} seed {seed}) -> {repo_id}")
+    print(f"zoo: {dest} ({run.name}) -> {repo_id}")
     return dest
 
 
 def part_zoo(b: Bench) -> None:
     for name, seed in zoo_picks(load_runs(b)):
-        export_to_zoo(b, name, seed)
+        export_to_zoo(b, b.run_dir(name, chosen_hp(b, name), seed), Path(b.args.zoo) / f"{b.args.model}.{ZOO_TAGS[name]}")
 
 
 # ---------------------------------------------------------------------------------------------------------- main

@@ -23,20 +23,23 @@ def smoke(tmp_path_factory):
     write_shards(synthetic_samples(32, size=32, seed=2), output=data, name="toy", split="test", shard_size=32,
                  num_classes=10)
     argv = ["--data-dir", str(data), "--work", str(root / "work"), "--results", str(root / "results"),
+            "--zoo", str(root / "zoo"),
             "--pretrain-epochs", "1", "--continue-epochs", "1", "--val-size", "32", "-b", "32", "--train-subset", "64",
             "--val-subset", "16", "--test-samples", "16", "--corruption-samples", "4", "--corruptions",
             "gaussian_noise", "defocus_blur", "--seeds", "0", "--paper-settings", "--threads", "1", "--jobs", "3",
-            "--eval-group", "6", "--part", "carve", "pretrain", "continue", "eval", "tables"]
+            "--eval-group", "8", "--part", "carve", "pretrain", "continue", "eval", "tables"]
     assert bench.main(argv) == 0
     return root, argv
 
 
-def test_smoke_run_fills_both_tables_for_all_six_methods(smoke, capsys):
+def test_smoke_run_fills_both_tables_for_every_method(smoke, capsys):
     root, _ = smoke
     results = root / "results"
+    paper = bench.Bench(bench.get_args_parser().parse_args(["--paper-settings"]), deadline=0)
     for name in bench.METHODS:
         entry = json.loads((results / "runs" / f"{name}-s0.json").read_text())
-        assert entry["method"] == name and entry["hp"] == bench.SWEEPS[name][0]
+        assert entry["method"] == name and entry["hp"] == bench.chosen_hp(paper, name)
+        assert entry["precision"] == "bf16" and len(entry["commit"]) >= 40
         assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun"))
         assert set(entry["c10c"]["per_corruption"]) == {"gaussian_noise", "defocus_blur"}
         assert entry["c10c"]["images"] == 4
@@ -44,6 +47,7 @@ def test_smoke_run_fills_both_tables_for_all_six_methods(smoke, capsys):
     for method in bench.METHODS.values():
         assert f"| {method.label} | 1 |" in tables
     assert "0.375 / 0.343" in tables and "| FCL | XE+Gaussian |" in tables  # the paper's FCL UN / NUN, a pair
+    assert "| FCL every 4 | FCL |" in tables and "| PG+FCL | PG+XE |" in tables and "Protocol check: " in tables
     assert (results / "table2.png").stat().st_size > 0 and (results / "table3.png").stat().st_size > 0
     # a finished part is skipped: nothing is trained or evaluated again
     evaluations = sorted((root / "work" / "eval" / "test").iterdir())
@@ -59,9 +63,27 @@ def test_continuations_start_from_the_pretraining_with_the_methods_flags(smoke):
     runs = root / "work" / "runs"
     pg_fcl = yaml.safe_load((runs / "pg_fcl-k256-sigma0.5-tau1-weight0.0008-s0" / "args.yaml").read_text())
     assert pg_fcl["method"] == "fcl" and pg_fcl["patch_gaussian"] and pg_fcl["crop_pad"] == 4
-    assert pg_fcl["initial_checkpoint"].endswith("pretrain/model/model.safetensors")
+    assert pg_fcl["initial_checkpoint"] == str(root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10" / "model.safetensors")
     xe = yaml.safe_load((runs / "xe-default-s0" / "args.yaml").read_text())
     assert xe["seed"] == pg_fcl["seed"] == 0 and xe["lr"] == 0.001 and not xe["patch_gaussian"]
+    every = yaml.safe_load((runs / "fcl_every4-every4-k256-sigma0.5-tau2-weight0.0008-s0" / "args.yaml").read_text())
+    other = yaml.safe_load((runs / "fcl_other-k256-negativesother_class-sigma0.5-tau2-weight0.0008-s0" /
+                            "args.yaml").read_text())
+    assert (every["fcl_every"], every["fcl_negatives"]) == (4, "all")
+    assert (other["fcl_every"], other["fcl_negatives"]) == (1, "other_class") and other["fcl_k"] == 256
+
+
+def test_pretraining_is_evaluated_and_exported_to_the_zoo(smoke):
+    root, _ = smoke
+    entry = json.loads((root / "results" / "pretrain.json").read_text())
+    zoo = root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10"
+    assert entry["sha256"] == bench.sha256(zoo / "model.safetensors")
+    assert entry["sha256"] == bench.sha256(root / "work" / "runs" / "pretrain" / "model" / "model.safetensors")
+    assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun")) and entry["c10c"]["images"] == 4
+    evaluated = json.loads((zoo / "eval" / "results.json").read_text())["pretrain"]
+    assert bench.condense(evaluated)["clean"] == entry["clean"]
+    card = (zoo / "README.md").read_text()
+    assert "timm-fcl/resnet20_cifar.xe_pretrain_cifar10" in card and f"{entry['clean']:.4f}" in card
 
 
 def entry(hp, clean, un, nun):

@@ -84,7 +84,7 @@ def _cfg(**kwargs) -> dict:
 # organisation holds one repository per tag, so timm.create_model("resnet20_cifar.fcl_cifar10", pretrained=True)
 # downloads it. The untrained config stays each architecture's default (the "*").
 HUB_ORG = "timm-fcl"
-ZOO_TAGS = ("fcl_cifar10", "xe_cifar10", "pg_fcl_cifar10")
+ZOO_TAGS = ("fcl_cifar10", "xe_cifar10", "pg_fcl_cifar10", "xe_pretrain_cifar10")
 
 
 def _zoo_cfgs(arch: str) -> dict:
