@@ -296,7 +296,8 @@ def part_pretrain(b: Bench) -> None:
         began = time.time()
         merged = evaluate_test(b, [b.pretrain_run], b.work / "eval" / "test" / "pretrain")[b.pretrain_run.name]
         write_json(b.pretrain_run / run_folder.EVAL_RESULTS, {b.pretrain_run.name: merged})
-        entry.update(condense(merged), eval_seconds=time.time() - began, eval_commit=code_commit())
+        entry.update(condense(merged), eval_seconds=time.time() - began, eval_commit=code_commit(),
+                     eval_precision=a.eval_precision)
     entry["sha256"] = sha256(b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS)
     write_json(done, entry)
     export_to_zoo(b, b.pretrain_run, b.pretrain_zoo)
@@ -324,11 +325,13 @@ def evaluate(b: Bench, runs: list[Path], *, suites: list[str], split: str, data_
     """``python -m timm_fcl.eval`` over several run folders at once; {run folder name: its results}."""
     a = b.args
     cmd = [sys.executable, "-m", "timm_fcl.eval", "--dataset", "wds/cifar10", "--data-dir", str(data_dir),
-           "--split", split, "--train-split", "train", "--suites", *suites, "--threads", str(a.threads),
+           "--split", split, "--train-split", "train", "--suites", *suites, "--threads", str(a.eval_threads or a.threads),
            "--batch-size", "500", "--cache-dir", str(b.work / "corruptions"), "--output", str(out)]
     cmd += list(itertools.chain.from_iterable(("--model", str(r)) for r in runs))
     if max_samples:
         cmd += ["--max-samples", str(max_samples)]
+    if a.eval_precision == "bf16":
+        cmd += ["--amp", "bf16", "--channels-last"]
     if "generated" in suites and a.corruptions:
         cmd += ["--corruptions", *a.corruptions]
     shutil.rmtree(out, ignore_errors=True)
@@ -420,6 +423,7 @@ def part_eval(b: Bench) -> None:
                 "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
                 "val_top1": last_val_top1(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
                 "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
+                "eval_precision": a.eval_precision,
                 "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])),
                 "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit()})
 
@@ -659,6 +663,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-group", type=int, default=3, help="models per evaluation command")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
                    help="training precision: bf16 autocast with channels-last, or plain fp32")
+    p.add_argument("--eval-precision", default="fp32", choices=("bf16", "fp32"),
+                   help="evaluation precision: plain fp32, or bf16 autocast with channels-last")
+    p.add_argument("--eval-threads", type=int, help="CPU threads of an evaluation (default: --threads)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of every training and evaluation")
     p.add_argument("--jobs", type=int, default=2, help="continuation runs trained at once (each with --threads)")
     p.add_argument("--hours", type=float, default=2.5, help="stop (resumably) after this much wall time")
