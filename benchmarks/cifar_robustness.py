@@ -105,6 +105,7 @@ SWEEPS = {  # one factor at a time around Appendix B's CIFAR-10 settings (the pa
 }
 SWEEP_SEED = 0
 ZOO_TAGS = {"fcl": "fcl_cifar10", "xe": "xe_cifar10", "pg_fcl": "pg_fcl_cifar10"}
+ZOO_SEED = 0  # the seed whose runs the zoo publishes
 PRETRAIN_TAG = "xe_pretrain_cifar10"  # the shared pre-training, published so that a later part starts from it
 
 
@@ -426,6 +427,8 @@ def part_eval(b: Bench) -> None:
                 "eval_precision": a.eval_precision,
                 "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])),
                 "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit()})
+            if seed == ZOO_SEED and name in ZOO_TAGS:  # exported now: the run folder does not outlive the part
+                export_to_zoo(b, run, zoo_dir(b, name))
 
 
 def evaluate_test(b: Bench, runs: list[Path], out: Path) -> dict:
@@ -587,23 +590,26 @@ def part_tables(b: Bench) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------- zoo
-def zoo_picks(runs: dict) -> list[tuple[str, int]]:
-    """The FCL seed with the best clean validation accuracy (no choice on the test set) and its XE twin (same seed);
-    PG+FCL's best seed too when PG+FCL beats PG+XE on the mean test UN, NUN and CIFAR-10-C accuracy."""
-    fcl = runs.get("fcl") or {}
-    if not fcl:
-        raise RuntimeError("no evaluated FCL run yet: run --part continue eval first")
-    seed = max(fcl, key=lambda s: (fcl[s]["val_top1"], -s))
-    picks = [("fcl", seed)] + ([("xe", seed)] if seed in runs.get("xe", {}) else [])
+def zoo_picks(runs: dict) -> list[str]:
+    """The methods the zoo publishes, each as its ZOO_SEED run (a seed fixed before any result, so nothing is picked on
+    the test set): FCL and its XE twin, and PG+FCL when it beats PG+XE on the mean (over seeds) test UN, NUN and
+    CIFAR-10-C accuracy."""
+    if ZOO_SEED not in (runs.get("fcl") or {}):
+        raise RuntimeError(f"no evaluated seed-{ZOO_SEED} FCL run yet: run --part continue eval first")
+    picks = ["fcl"] + (["xe"] if ZOO_SEED in runs.get("xe", {}) else [])
     pg, pg_xe = runs.get("pg_fcl") or {}, runs.get("pg_xe") or {}
 
     def avg(entries: dict, value, col: str) -> float:
         return statistics.mean(value(e, col) for e in entries.values())
 
-    if pg and pg_xe and all(avg(pg, v, c) > avg(pg_xe, v, c) for v, c in
-                            ((t2_value, "un"), (t2_value, "nun"), (t3_value, "mean"))):
-        picks.append(("pg_fcl", max(pg, key=lambda s: (pg[s]["val_top1"], -s))))
+    if ZOO_SEED in pg and pg_xe and all(avg(pg, v, c) > avg(pg_xe, v, c) for v, c in
+                                        ((t2_value, "un"), (t2_value, "nun"), (t3_value, "mean"))):
+        picks.append("pg_fcl")
     return picks
+
+
+def zoo_dir(b: Bench, name: str) -> Path:
+    return Path(b.args.zoo) / f"{b.args.model}.{ZOO_TAGS[name]}"
 
 
 def export_to_zoo(b: Bench, run: Path, dest: Path) -> Path:
@@ -630,8 +636,19 @@ def export_to_zoo(b: Bench, run: Path, dest: Path) -> Path:
 
 
 def part_zoo(b: Bench) -> None:
-    for name, seed in zoo_picks(load_runs(b)):
-        export_to_zoo(b, b.run_dir(name, chosen_hp(b, name), seed), Path(b.args.zoo) / f"{b.args.model}.{ZOO_TAGS[name]}")
+    """The zoo's continuations: each pick re-exported while its run folder exists (an evaluation exports it as soon as
+    it is measured, since run folders do not outlive a part); a PG+FCL entry that is not a pick is removed."""
+    picks = zoo_picks(load_runs(b))
+    for name in ZOO_TAGS:
+        run, dest = b.run_dir(name, chosen_hp(b, name), ZOO_SEED), zoo_dir(b, name)
+        if name in picks and (run / run_folder.EVAL_RESULTS).is_file():
+            export_to_zoo(b, run, dest)
+        elif name in picks and not (dest / run_folder.WEIGHTS).is_file():
+            raise RuntimeError(f"{dest} is missing and {run} is gone: run --part continue eval --seeds {ZOO_SEED} "
+                               f"--methods {name} again")
+        elif name not in picks and dest.exists():
+            shutil.rmtree(dest)
+            print(f"zoo: removed {dest} ({METHODS[name].label} is not a pick)")
 
 
 # ---------------------------------------------------------------------------------------------------------- main

@@ -27,7 +27,7 @@ def smoke(tmp_path_factory):
             "--pretrain-epochs", "1", "--continue-epochs", "1", "--val-size", "32", "-b", "32", "--train-subset", "64",
             "--val-subset", "16", "--test-samples", "16", "--corruption-samples", "4", "--corruptions",
             "gaussian_noise", "defocus_blur", "--seeds", "0", "--paper-settings", "--threads", "1", "--jobs", "3",
-            "--eval-group", "8", "--part", "carve", "pretrain", "continue", "eval", "tables"]
+            "--eval-group", "8", "--part", "carve", "pretrain", "continue", "eval", "tables", "zoo"]
     assert bench.main(argv) == 0
     return root, argv
 
@@ -99,3 +99,20 @@ def test_choice_is_the_most_robust_setting_within_a_point_of_xe():
 def test_paired_difference_is_taken_per_seed():
     runs = {"fcl": {0: {"un": 0.5}, 1: {"un": 0.7}, 2: {"un": 0.9}}, "xe": {0: {"un": 0.4}, 1: {"un": 0.6}}}
     assert bench.paired(runs, "fcl", "xe", bench.t2_value, "un") == "+0.1000 ± 0.0000"
+
+
+def test_zoo_holds_the_seed_0_picks_with_their_own_numbers(smoke):
+    root, argv = smoke
+    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
+    picks = bench.zoo_picks(bench.load_runs(b))
+    assert picks[:2] == ["fcl", "xe"]
+    tags = {f"resnet20_cifar.{bench.ZOO_TAGS[n]}" for n in picks} | {"resnet20_cifar.xe_pretrain_cifar10"}
+    assert {p.name for p in (root / "zoo").iterdir()} == tags
+    for name in picks:
+        zoo = root / "zoo" / f"resnet20_cifar.{bench.ZOO_TAGS[name]}"
+        run = b.run_dir(name, bench.chosen_hp(b, name), 0)
+        assert bench.sha256(zoo / "model.safetensors") == bench.sha256(run / "model" / "model.safetensors")
+        entry = json.loads((root / "results" / "runs" / f"{name}-s0.json").read_text())
+        evaluated = json.loads((zoo / "eval" / "results.json").read_text())[run.name]
+        assert bench.condense(evaluated)["un"] == entry["un"]
+        assert f"{entry['un']:.4f}" in (zoo / "README.md").read_text()
