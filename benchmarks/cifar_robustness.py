@@ -311,22 +311,30 @@ def train_continuation(b: Bench, method: Method, hp: dict, seed: int) -> Path:
     return run
 
 
-def train_all(b: Bench, todo: list[tuple[str, dict, int]]) -> list[Path]:
-    """Continuation runs (method, settings, seed), --jobs of them at a time; their run folders, in order."""
+def train_all(b: Bench, todo: list[tuple[str, dict, int]], *, evaluate_each: bool = False) -> list[Path]:
+    """Continuation runs (method, settings, seed), --jobs of them at a time; their run folders, in order. With
+    ``evaluate_each`` every run is evaluated on the test set as soon as it is trained (in its job's slot), so a part cut
+    short keeps the results of every run it finished."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def job(name: str, hp: dict, seed: int) -> Path:
+        run = train_continuation(b, METHODS[name], hp, seed)
+        if evaluate_each:
+            evaluate_runs(b, [(name, seed, run)], threads=b.args.threads)
+        return run
+
     with ThreadPoolExecutor(max_workers=b.args.jobs) as pool:
-        futures = [pool.submit(train_continuation, b, METHODS[name], hp, seed) for name, hp, seed in todo]
+        futures = [pool.submit(job, name, hp, seed) for name, hp, seed in todo]
         return [f.result() for f in futures]
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 def evaluate(b: Bench, runs: list[Path], *, suites: list[str], split: str, data_dir: Path, out: Path,
-             max_samples: Optional[int] = None) -> dict:
+             max_samples: Optional[int] = None, threads: Optional[int] = None) -> dict:
     """``python -m timm_fcl.eval`` over several run folders at once; {run folder name: its results}."""
     a = b.args
     cmd = [sys.executable, "-m", "timm_fcl.eval", "--dataset", "wds/cifar10", "--data-dir", str(data_dir),
-           "--split", split, "--train-split", "train", "--suites", *suites, "--threads", str(a.eval_threads or a.threads),
+           "--split", split, "--train-split", "train", "--suites", *suites, "--threads", str(threads or a.eval_threads or a.threads),
            "--batch-size", "500", "--cache-dir", str(b.work / "corruptions"), "--output", str(out)]
     cmd += list(itertools.chain.from_iterable(("--model", str(r)) for r in runs))
     if max_samples:
@@ -395,7 +403,10 @@ def chosen_hp(b: Bench, name: str) -> dict:
 
 
 def part_continue(b: Bench) -> None:
-    train_all(b, [(name, chosen_hp(b, name), seed) for seed, name in itertools.product(b.args.seeds, b.args.methods)])
+    """The continuations; with --eval-each (and --part eval), each evaluated as soon as it is trained."""
+    todo = [(name, chosen_hp(b, name), seed) for seed, name in itertools.product(b.args.seeds, b.args.methods)
+            if not run_result(b, name, seed).is_file()]
+    train_all(b, todo, evaluate_each=b.args.eval_each and "eval" in b.args.part)
 
 
 def run_result(b: Bench, name: str, seed: int) -> Path:
@@ -412,33 +423,38 @@ def part_eval(b: Bench) -> None:
         if not run_result(b, name, seed).is_file() and epochs_done(run) >= a.continue_epochs:
             pending.append((name, seed, run))
     for start in range(0, len(pending), a.eval_group):
-        group = pending[start:start + a.eval_group]
-        runs, began = [run for _, _, run in group], time.time()
-        results = evaluate_test(b, runs, b.work / "eval" / "test" / f"group-{int(began)}-{start}")
-        seconds = (time.time() - began) / len(group)
-        for name, seed, run in group:
-            merged = results[run.name]
-            write_json(run / run_folder.EVAL_RESULTS, {run.name: merged})  # the run folder's own results (cards)
-            flags = run_folder.read_args(run)
-            write_json(run_result(b, name, seed), {
-                "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
-                "val_top1": last_val_top1(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
-                "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
-                "eval_precision": a.eval_precision,
-                "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])),
-                "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit()})
-            if seed == ZOO_SEED and name in ZOO_TAGS:  # exported now: the run folder does not outlive the part
-                export_to_zoo(b, run, zoo_dir(b, name))
+        evaluate_runs(b, pending[start:start + a.eval_group])
 
 
-def evaluate_test(b: Bench, runs: list[Path], out: Path) -> dict:
+def evaluate_runs(b: Bench, group: list[tuple[str, int, Path]], threads: Optional[int] = None) -> None:
+    """One evaluation command over (method, seed, run folder)s; each result JSON written, seed-0 picks exported."""
+    a = b.args
+    runs, began = [run for _, _, run in group], time.time()
+    results = evaluate_test(b, runs, b.work / "eval" / "test" / f"{runs[0].name}-{int(began)}", threads=threads)
+    seconds = (time.time() - began) / len(group)
+    for name, seed, run in group:
+        merged = results[run.name]
+        write_json(run / run_folder.EVAL_RESULTS, {run.name: merged})  # the run folder's own results (cards)
+        flags = run_folder.read_args(run)
+        write_json(run_result(b, name, seed), {
+            "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
+            "val_top1": last_val_top1(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
+            "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
+            "eval_precision": a.eval_precision,
+            "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])),
+            "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit()})
+        if seed == ZOO_SEED and name in ZOO_TAGS:  # exported now: the run folder does not outlive the part
+            export_to_zoo(b, run, zoo_dir(b, name))
+
+
+def evaluate_test(b: Bench, runs: list[Path], out: Path, threads: Optional[int] = None) -> dict:
     """Clean / UN / NUN on --test-samples and the generated CIFAR-10-C on --corruption-samples test images, as one
     results entry per run folder name."""
     a = b.args
     noisy = evaluate(b, runs, suites=list(SUITES), split="test", data_dir=Path(a.data_dir), out=out / "noisy",
-                     max_samples=a.test_samples)
+                     max_samples=a.test_samples, threads=threads)
     corrupted = evaluate(b, runs, suites=["generated"], split="test", data_dir=Path(a.data_dir),
-                         out=out / "generated", max_samples=a.corruption_samples)
+                         out=out / "generated", max_samples=a.corruption_samples, threads=threads)
     return {r.name: {"spec": str(r), "rows": noisy[r.name]["rows"] + corrupted[r.name]["rows"],
                      "summaries": corrupted[r.name]["summaries"]} for r in runs}
 
@@ -678,6 +694,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption-samples", type=int, default=2000, help="test images behind the generated CIFAR-10-C")
     p.add_argument("--corruptions", nargs="+", help="generate only these (default: all 19)")
     p.add_argument("--eval-group", type=int, default=3, help="models per evaluation command")
+    p.add_argument("--eval-each", action="store_true", help="with --part continue eval: evaluate each run as soon as "
+                   "it is trained, in its job's slot (a part cut short keeps every run it finished)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
                    help="training precision: bf16 autocast with channels-last, or plain fp32")
     p.add_argument("--eval-precision", default="fp32", choices=("bf16", "fp32"),
