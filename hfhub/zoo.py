@@ -2,6 +2,7 @@
 
     python -m hfhub.zoo [ZOO] --dry-run FOLDER     # write what would be uploaded, FOLDER/<tag>/ per model
     python -m hfhub.zoo [ZOO]                      # upload (token from huggingface_hub's usual sources)
+    python -m hfhub.zoo [ZOO] --fill-cache [CACHE]  # install into a Hugging Face cache: the tags load offline
 
 A zoo folder is named ``ARCH.TAG`` (e.g. ``resnet20_cifar.fcl_cifar10``), a pretrained tag registered in timm by
 timm_fcl.models, whose ``hf_hub_id`` is the repository it is published to; so once published,
@@ -49,7 +50,7 @@ def zoo_entries(zoo: Path) -> list[tuple[Path, str]]:
     return entries
 
 
-def publish_zoo(zoo: Path, *, dry_run: Optional[Path] = None) -> list[str]:
+def publish_zoo(zoo: Path, *, dry_run: Optional[Path] = None, quiet: bool = False) -> list[str]:
     """Run ``python -m hfhub.publish`` for every zoo entry; returns the repositories (dry run: the folders written)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = []
@@ -61,9 +62,39 @@ def publish_zoo(zoo: Path, *, dry_run: Optional[Path] = None) -> list[str]:
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             raise UsageError(f"publishing {folder.name} failed: {last}")
-        print(proc.stdout.strip())
+        if not quiet:
+            print(proc.stdout.strip())
         done.append(str(dry_run / folder.name) if dry_run is not None else repo_id)
     return done
+
+
+def fill_cache(zoo: Path, cache: Path) -> list[str]:
+    """Install every zoo entry into the Hugging Face hub cache ``cache`` exactly as a download would leave it (the
+    folder ``hfhub.publish --dry-run`` stages, as the snapshot ``refs/main`` points to), so that
+    ``timm.create_model("ARCH.TAG", pretrained=True)`` loads it with ``HF_HUB_OFFLINE=1``. The snapshot is named by a
+    hash of its files, so a changed entry gets a new snapshot and an unchanged one is left alone."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    installed = []
+    repo_ids = {folder.name: repo_id for folder, repo_id in zoo_entries(zoo)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for staged in map(Path, publish_zoo(zoo, dry_run=Path(tmp), quiet=True)):
+            repo_id = repo_ids[staged.name]
+            digest = hashlib.sha1()
+            for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+                digest.update(str(path.relative_to(staged)).encode() + b"\0" + path.read_bytes())
+            repo = cache / ("models--" + repo_id.replace("/", "--"))
+            snapshot = repo / "snapshots" / digest.hexdigest()
+            if not snapshot.is_dir():
+                shutil.copytree(staged, snapshot.with_name(snapshot.name + ".tmp"), dirs_exist_ok=True)
+                snapshot.with_name(snapshot.name + ".tmp").replace(snapshot)
+            (repo / "refs").mkdir(parents=True, exist_ok=True)
+            (repo / "refs" / "main").write_text(snapshot.name)
+            print(f"{staged.name} -> {snapshot}")
+            installed.append(repo_id)
+    return installed
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -72,12 +103,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("zoo", type=Path, nargs="?", default=REPO / "zoo", help="the zoo folder (default: zoo/)")
     p.add_argument("--dry-run", type=Path, default=None, metavar="FOLDER",
                    help="write the exact folders that would be uploaded here (one per model), upload nothing")
+    p.add_argument("--fill-cache", type=Path, nargs="?", const=None, default=False, metavar="CACHE",
+                   help="install the zoo into this Hugging Face hub cache (default: huggingface_hub's, i.e. "
+                   "HF_HUB_CACHE) so that its pretrained tags load offline; upload nothing")
     return p
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Publish the zoo; a bad folder or a refused upload ends as one error line (exit 2)."""
     def main(args: argparse.Namespace) -> list[str]:
+        if args.fill_cache is not False:
+            if args.dry_run is not None:
+                raise UsageError("--fill-cache and --dry-run are two different things: give one")
+            from huggingface_hub import constants
+            return fill_cache(args.zoo, Path(args.fill_cache or constants.HF_HUB_CACHE))
         return publish_zoo(args.zoo, dry_run=args.dry_run)
 
     return run_cli(PROG, lambda a: main(get_args_parser().parse_args(a)), argv)

@@ -87,3 +87,36 @@ def test_a_folder_that_is_no_registered_tag_is_refused_in_one_line(zoo, tmp_path
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "not a pretrained tag" in proc.stderr and not (tmp_path / "staged").exists()
+
+
+def test_fill_cache_installs_the_zoo_so_its_tags_load_offline(zoo, tmp_path):
+    cache = tmp_path / "hub"
+    proc = zoo_cmd(str(zoo), "--fill-cache", str(cache))
+    assert proc.returncode == 0, proc.stderr
+    repo = cache / ("models--" + REPO_ID.replace("/", "--"))
+    snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text()
+    assert {"README.md", "config.json", "model.safetensors"} <= {p.name for p in snapshot.iterdir()}
+    assert zoo_cmd(str(zoo), "--fill-cache", str(cache)).returncode == 0  # again: the same snapshot, nothing added
+    assert [p.name for p in (repo / "snapshots").iterdir()] == [snapshot.name]
+
+    from safetensors.torch import load_file
+    import timm
+    import timm_fcl  # noqa: F401
+    model = timm.create_model("resnet20_cifar").eval()
+    model.load_state_dict(load_file(zoo / TAG / "model.safetensors"))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")  # a test input, not a checkpoint
+    with torch.no_grad():
+        want = model(x)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
+               HF_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, "-c", LOGITS, TAG, str(tmp_path / "x.pt")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.equal(torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1])), want)
+
+
+def test_fill_cache_and_dry_run_together_are_refused(zoo, tmp_path):
+    proc = zoo_cmd(str(zoo), "--fill-cache", str(tmp_path / "hub"), "--dry-run", str(tmp_path / "staged"))
+    assert proc.returncode == 2 and "--fill-cache and --dry-run" in proc.stderr
+    assert not (tmp_path / "hub").exists()
