@@ -70,5 +70,5 @@ def mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_mnist(mnist_root):
     """The three synthetic MNIST splits of section 4.1 (seed 0), built once a session (~5 s)."""
-    from timm_fcl.synthetic_mnist import build_synthetic_mnist
+    from timm_fcl.data.synthetic_mnist import build_synthetic_mnist
     return build_synthetic_mnist(mnist_root, seed=0)

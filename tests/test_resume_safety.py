@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timm_fcl import rng
-from timm_fcl.checkpoint import load_training_state, save_state_atomic
-from timm_fcl.state_files import StateError, read_part, write_part
+from timm_fcl.training import rng
+from timm_fcl.training.state_files import StateError, read_part, write_part
+from timm_fcl.training.states import load_training_state, save_state_atomic
 from train_helpers import make_shards, run, train_cmd
 
 TOY = ["--model", "resnet18", "--dataset", "wds/toy", "--img-size", "16", "--crop-pct", "1", "-b", "16",
@@ -150,7 +150,7 @@ def _parts(seed: int):
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
-    from train_fcl import Progress
+    from timm_fcl.training.build import Progress
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))

@@ -91,7 +91,7 @@ def test_second_run_on_one_output_is_refused_naming_the_holder_and_the_first_tra
 
 
 def test_lock_of_a_dead_process_is_taken_over_a_live_one_refused_and_a_refusal_leaves_nothing(tmp_path, caplog):
-    from timm_fcl.run_lock import LockedError, RunLock
+    from timm_fcl.training.lock import LockedError, RunLock
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -142,7 +142,7 @@ def test_resume_with_a_setting_that_changes_the_result_is_refused_naming_it(toy,
 
 
 def test_setting_changes_name_flags_first_then_derived_values_and_epochs_may_only_grow():
-    from train_fcl import setting_changes
+    from timm_fcl.run.folder import setting_changes
 
     saved = {"settings": {"batch_size": 16, "workers": 2}, "fcl": {"k": 64}, "world_size": 1, "epochs": 4}
     assert setting_changes(saved, {**saved, "settings": {"batch_size": 32}, "fcl": {"k": 32}}) == ["batch_size 16 -> 32"]
@@ -267,7 +267,7 @@ def test_diverging_loss_stops_with_one_line_and_nothing_saved_after_it(toy, tmp_
 
 
 def test_epoch_without_a_decodable_sample_is_an_error_not_an_untrained_export(tmp_path):
-    from timm_fcl.shards import write_shards
+    from timm_fcl.data.shards import write_shards
 
     shards = tmp_path / "undecodable"
     write_shards(((b"not an image", "png", i % 10) for i in range(64)), output=shards, name="toy", split="train",

@@ -178,7 +178,9 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused(toy, tmp_path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     import timm
-    from train_fcl import ConfigError, check_mixed_precision, evaluate
+    from timm_fcl.training.checks import check_mixed_precision
+    from timm_fcl.training.flags import ConfigError
+    from train_fcl import evaluate
     from timm_fcl.data import EpochStream, create_source, make_loader
     from torchvision.transforms import ToTensor
 
@@ -273,11 +275,12 @@ def test_truncated_shard_is_skipped_counted_and_the_run_goes_on(toy, tmp_path):
 
 
 def test_cheaper_mode_and_compile_flags_reach_the_regularizer():
-    from train_fcl import ConfigError, build_fcl_config, get_args_parser
+    from timm_fcl.training.flags import ConfigError, fcl_config
+    from train_fcl import get_args_parser
     args = get_args_parser().parse_args(["--fcl-fraction", "0.25", "--fcl-every", "4", "--fcl-perturbed-chunks", "2",
                                          "--torchcompile"])
-    cfg = build_fcl_config(args, {"std": (0.5, 0.5, 0.5)}, updates_per_epoch=10)
+    cfg = fcl_config(args, {"std": (0.5, 0.5, 0.5)}, updates_per_epoch=10)
     assert (cfg.fraction, cfg.every, cfg.perturbed_chunks) == (0.25, 4, 2)
     assert args.torchcompile == "inductor" and get_args_parser().parse_args([]).torchcompile is None
     with pytest.raises(ConfigError, match="fraction must lie in"):
-        build_fcl_config(get_args_parser().parse_args(["--fcl-fraction", "0"]), {"std": (1.0,)}, 10)
+        fcl_config(get_args_parser().parse_args(["--fcl-fraction", "0"]), {"std": (1.0,)}, 10)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import DATA_DIR
-from timm_fcl.shards import write_shards
+from timm_fcl.data.shards import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_WDS = DATA_DIR / "cifar10-wds"
