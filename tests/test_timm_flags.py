@@ -15,15 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import timm_fcl  # noqa: F401  (registers lenet5_mnist)
-from train_helpers import ROOT, env, make_shards, run, train_cmd
+from train_helpers import ROOT, TOY_RUN, env, run, train_cmd
 
-TOY = ["--model", "resnet18", "--dataset", "wds/toy", "--img-size", "16", "--crop-pct", "1", "--sched", "step",
-       "--warmup-epochs", "0", "--lr", "0.05", "--no-progress", "--workers", "0", "--fcl-k", "64"]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("toy"))
+TOY = [*TOY_RUN, "--workers", "0"]
 
 
 @pytest.fixture
