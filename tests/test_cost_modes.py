@@ -196,8 +196,10 @@ def test_chunks_are_checkpointed_and_leave_batchnorm_stats_alone(cifar_like):
 
 # ----------------------------------------------------------------------------------------------------- channels_last
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_channels_last_fcl_step_matches_the_contiguous_one(fraction, cifar_like):
-    x, y = cifar_like[0][:8], cifar_like[1][:8]
+def test_channels_last_fcl_step_matches_the_contiguous_one(fraction, cifar_subset):
+    # real images: on the fake ones, rounding differences of the channels-last convolutions move near-tied utilities
+    # across the TOP_k boundary
+    x, y = cifar_subset[0][:8], cifar_subset[1][:8]
     results = []
     for channels_last in (False, True):
         model = create("resnet18").train()
