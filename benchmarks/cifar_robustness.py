@@ -13,7 +13,7 @@ like the continuations and exported to ``zoo/ARCH.xe_pretrain_cifar10``; once th
 part starts its continuations from it, so a part needs only the repository and the data.
 
 Pairing: a seed gives every method the same start (the pre-trained weights) and the same data order and crops.
-Hyper-parameters are chosen on a validation split carved from the training shards (``timm_fcl.holdout``), by the
+Hyper-parameters are chosen on a validation split carved from the training shards (``timm_fcl.data.holdout``), by the
 mean of validation UN and NUN accuracy among settings whose clean validation accuracy is within 1 point of XE's;
 the sweep runs are the seed-0 continuation runs, so the chosen setting's seed-0 run is reused.
 
@@ -48,7 +48,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from timm_fcl import run_folder  # noqa: E402
+from timm_fcl.run import folder as run_folder  # noqa: E402
 from timm_fcl.data import default_data_root  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "cifar_robustness"
@@ -269,7 +269,7 @@ def train(b: Bench, cmd: list[str], run: Path, epochs: int) -> None:
 
 
 def part_carve(b: Bench) -> None:
-    from timm_fcl.holdout import carve_validation
+    from timm_fcl.data.holdout import carve_validation
 
     info = carve_validation(b.args.data_dir, b.holdout, val_size=b.args.val_size, seed=0, shard_size=9000)
     print(f"held-out split: {info['splits']['train']['num_samples']} train, "

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_mnist import (get_args_parser, group_accuracy, make_eval_sets, score, train_one_run)  # noqa: E402
-from timm_fcl import pixel_std  # noqa: E402
+from timm_fcl.data.synthetic_mnist import build_synthetic_mnist, corner_slices  # noqa: E402
 from timm_fcl.perturbations import perturbed_batch  # noqa: E402
+from timm_fcl.robustness.noise import pixel_std  # noqa: E402
 from timm_fcl.schedule import scheduled_weight, step_weight  # noqa: E402
-from timm_fcl.synthetic_mnist import build_synthetic_mnist, corner_slices  # noqa: E402
 from timm_fcl.utility import contextual_utility, utility_from_loss  # noqa: E402
 
 INK = 0.2  # a corner pixel brighter than this belongs to the corner digit (MNIST corners are empty otherwise)

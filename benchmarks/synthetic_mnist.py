@@ -38,9 +38,9 @@ import torch.nn as nn
 
 import timm
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility
-from timm_fcl import nonuniform_noise, pixel_std, uniform_noise
 from timm_fcl.data import default_data_root
-from timm_fcl.synthetic_mnist import CORNERS, build_synthetic_mnist, corner_slices
+from timm_fcl.data.synthetic_mnist import CORNERS, build_synthetic_mnist, corner_slices
+from timm_fcl.robustness.noise import nonuniform_noise, pixel_std, uniform_noise
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("xe", "fcl")

@@ -2,7 +2,7 @@
 
     python -m hfhub.publish OUTPUT_DIR --repo-id ORG/NAME [--ema] [--eval eval/results.json] [--dry-run FOLDER]
 
-OUTPUT_DIR is a train_fcl.py run folder (``timm_fcl.run_folder``: its model export, or with --ema its EMA export, is
+OUTPUT_DIR is a train_fcl.py run folder (``timm_fcl.run.folder``: its model export, or with --ema its EMA export, is
 published, and the flags and resolved settings it recorded fill the card) or an export folder itself. --dry-run writes
 exactly the folder that would be uploaded and uploads nothing. The token comes from huggingface_hub's usual sources
 (HF_TOKEN, ``huggingface-cli login``); it is never written or printed.
@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 import yaml
 from safetensors import SafetensorError, safe_open
 
-from timm_fcl import run_folder
-from timm_fcl._cli import OneLineParser, UsageError, first_line, run_cli
-from timm_fcl.checkpoint import INHERITED_PROVENANCE, describe_run, run_tag
+from timm_fcl.run import folder as run_folder
+from timm_fcl.run.cli import OneLineParser, UsageError, first_line, run_cli
+from timm_fcl.run.export import INHERITED_PROVENANCE, describe_run, run_tag
 
 from .cli import DESCRIPTION, add_arguments
 from .model_card import build_model_card

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from timm_fcl import run_folder
-from timm_fcl._cli import OneLineParser, UsageError, run_cli
+from timm_fcl.run import folder as run_folder
+from timm_fcl.run.cli import OneLineParser, UsageError, run_cli
 
 PROG = "hfhub.zoo"
 REPO = Path(__file__).resolve().parents[1]

@@ -23,6 +23,34 @@ def data_dir() -> Path:
     return _need(DATA_DIR)
 
 
+def _class_coloured(n: int, channels: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images whose colour (or grey level) depends on the class, plus noise: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 10
+    base = torch.rand(10, channels, 1, 1, generator=g)[y]
+    x = (base + 0.25 * torch.randn(n, channels, size, size, generator=g)).clamp(0, 1)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def cifar_like():
+    """64 fake CIFAR images, float [64, 3, 32, 32] in [0, 1], and labels: for the algorithm's tests, no data set."""
+    return _class_coloured(64, 3, 32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_like():
+    """64 fake MNIST images, float [64, 1, 28, 28] in [0, 1], and labels."""
+    return _class_coloured(64, 1, 28, seed=1)
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory) -> Path:
+    """Toy WebDataset shards (train 192, validation 64 images of 16 px, 10 classes) for training runs."""
+    from train_helpers import make_shards
+    return make_shards(tmp_path_factory.mktemp("toy"))
+
+
 @pytest.fixture(scope="session")
 def cifar_test_shard() -> Path:
     """The first CIFAR-10 test shard (its images are in class order)."""
@@ -70,5 +98,5 @@ def mnist_root() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_mnist(mnist_root):
     """The three synthetic MNIST splits of section 4.1 (seed 0), built once a session (~5 s)."""
-    from timm_fcl.synthetic_mnist import build_synthetic_mnist
+    from timm_fcl.data.synthetic_mnist import build_synthetic_mnist
     return build_synthetic_mnist(mnist_root, seed=0)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from timm_fcl.shards import write_shards
+from timm_fcl.data.shards import write_shards
 from train_helpers import ROOT, synthetic_samples
 
 spec = importlib.util.spec_from_file_location("cifar_robustness", ROOT / "benchmarks" / "cifar_robustness.py")

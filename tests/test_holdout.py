@@ -1,10 +1,10 @@
-"""timm_fcl.holdout: a fixed validation split carved from training shards."""
+"""timm_fcl.data.holdout: a fixed validation split carved from training shards."""
 import json
 
 import pytest
 
 from timm_fcl.data import DataError, wds_split
-from timm_fcl.holdout import _samples, carve_validation
+from timm_fcl.data.holdout import _samples, carve_validation
 from train_helpers import make_shards
 
 

@@ -141,7 +141,7 @@ def test_pixel_std_streaming_matches_torch():
 
 
 def test_noise_is_public_and_the_robustness_package_imports_without_opencv():
-    assert timm_fcl.uniform_noise is uniform_noise and timm_fcl.pixel_std is pixel_std
+    assert timm_fcl.robustness.uniform_noise is uniform_noise and timm_fcl.robustness.pixel_std is pixel_std
     code = ("import sys, timm_fcl.robustness; "
             "print(sorted(m for m in ('cv2', 'imagecorruptions', 'numba') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

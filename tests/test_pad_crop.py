@@ -3,7 +3,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from train_fcl import build_transforms, parse_args, pad_crop_transform
+from timm_fcl.training.build import build_transforms, pad_crop_transform
+from train_fcl import parse_args
 
 CONFIG = {"input_size": (3, 32, 32), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 

@@ -30,19 +30,19 @@ def create(name, num_classes=10, **extra):
     return timm.create_model(name, num_classes=num_classes, **FAMILIES[name], **extra)
 
 
-def data_for(name, cifar_subset, mnist_subset):
-    return mnist_subset if name.startswith("lenet") else cifar_subset
+def data_for(name, cifar_like, mnist_like):
+    return mnist_like if name.startswith("lenet") else cifar_like
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_fcl_trains_every_family(name, cifar_subset, mnist_subset):
-    x_all, y_all = data_for(name, cifar_subset, mnist_subset)
+def test_fcl_trains_every_family(name, cifar_like, mnist_like):
+    x_all, y_all = data_for(name, cifar_like, mnist_like)
     model = create(name)
     reg = FeatureContrastiveRegularizer(model, FCLConfig(k=64, sigma=0.5, tau=0.5, weight=0.1)).train()
     opt = torch.optim.Adam(reg.parameters(), lr=1e-3)
     losses = []
     for step in range(30):
-        i = (step % 4) * 8  # 4 batches of 8 real images, seen 7.5 times
+        i = (step % 4) * 8  # 4 batches of 8 images, seen 7.5 times
         out = reg(x_all[i:i + 8], y_all[i:i + 8], step=step)
         assert out.weight == 0.1 and torch.isfinite(out.loss) and out.fcl > 0
         assert out.logits.shape == (8, 10)
@@ -88,8 +88,8 @@ def plain_xe_step(model, x, y):
 
 
 @pytest.mark.parametrize("method", ["xe", "fcl", "xe_gauss", "cl_gauss"])
-def test_weight_zero_step_is_a_plain_xe_step(method, cifar_subset):
-    x, y = cifar_subset[0][:8], cifar_subset[1][:8]
+def test_weight_zero_step_is_a_plain_xe_step(method, cifar_like):
+    x, y = cifar_like[0][:8], cifar_like[1][:8]
     model = create("resnet18").train()
     ref = copy.deepcopy(model)
     plain_xe_step(ref, x, y)
@@ -108,8 +108,8 @@ def test_weight_zero_step_is_a_plain_xe_step(method, cifar_subset):
         assert torch.equal(a, b), k
 
 
-def test_fcl_step_keeps_batchnorm_stats_of_the_clean_pass(cifar_subset):
-    x, y = cifar_subset[0][:8], cifar_subset[1][:8]
+def test_fcl_step_keeps_batchnorm_stats_of_the_clean_pass(cifar_like):
+    x, y = cifar_like[0][:8], cifar_like[1][:8]
     for method in ("fcl", "xe_gauss", "cl_gauss"):
         model = create("resnet18").train()
         ref = copy.deepcopy(model)
@@ -123,8 +123,8 @@ def test_fcl_step_keeps_batchnorm_stats_of_the_clean_pass(cifar_subset):
             assert torch.equal(model.state_dict()[k], ref.state_dict()[k]), (method, k)
 
 
-def test_fcl_term_equals_algorithm_1_assembled_from_the_public_functions(mnist_subset):
-    x, y = mnist_subset[0][:12], mnist_subset[1][:12]
+def test_fcl_term_equals_algorithm_1_assembled_from_the_public_functions(mnist_like):
+    x, y = mnist_like[0][:12], mnist_like[1][:12]
     model = create("lenet_mnist").train()
     cfg = FCLConfig(k=100, sigma=0.5, tau=0.2, weight=0.01, start_step=2, ramp_steps=4)
     reg = FeatureContrastiveRegularizer(model, cfg).train()
@@ -141,8 +141,8 @@ def test_fcl_term_equals_algorithm_1_assembled_from_the_public_functions(mnist_s
     torch.testing.assert_close(out.loss, ce + out.weight * 12 * want)
 
 
-def test_reduction_mean_weighs_one_sample_and_sum_the_batch(mnist_subset):
-    x, y = mnist_subset[0][:10], mnist_subset[1][:10]
+def test_reduction_mean_weighs_one_sample_and_sum_the_batch(mnist_like):
+    x, y = mnist_like[0][:10], mnist_like[1][:10]
     model = create("lenet_mnist").train()
     outs = {}
     for reduction in ("sum", "mean"):
@@ -155,8 +155,8 @@ def test_reduction_mean_weighs_one_sample_and_sum_the_batch(mnist_subset):
         FCLConfig(reduction="max")
 
 
-def test_baselines_equal_their_definitions(mnist_subset):
-    x, y = mnist_subset[0][:12], mnist_subset[1][:12]
+def test_baselines_equal_their_definitions(mnist_like):
+    x, y = mnist_like[0][:12], mnist_like[1][:12]
     model = create("lenet_mnist").train()
     for method in ("xe_gauss", "cl_gauss"):
         cfg = FCLConfig(method=method, sigma=0.3, tau=0.5, weight=0.2)
@@ -169,8 +169,8 @@ def test_baselines_equal_their_definitions(mnist_subset):
         torch.testing.assert_close(out.fcl, want.detach())
 
 
-def test_low_utility_guard_drops_the_high_utility_negative(mnist_subset):
-    x, y = mnist_subset[0][:6], mnist_subset[1][:6]
+def test_low_utility_guard_drops_the_high_utility_negative(mnist_like):
+    x, y = mnist_like[0][:6], mnist_like[1][:6]
     model = create("lenet_mnist").train()
     cfg = FCLConfig(k=50, min_utility=1e9)  # every sample below the guard
     out = FeatureContrastiveRegularizer(model, cfg)(x, y, generator=torch.Generator().manual_seed(1))
@@ -181,16 +181,16 @@ def test_low_utility_guard_drops_the_high_utility_negative(mnist_subset):
     torch.testing.assert_close(out.fcl, want.detach())
 
 
-def test_eval_mode_computes_only_the_clean_loss(mnist_subset):
-    x, y = mnist_subset[0][:4], mnist_subset[1][:4]
+def test_eval_mode_computes_only_the_clean_loss(mnist_like):
+    x, y = mnist_like[0][:4], mnist_like[1][:4]
     reg = FeatureContrastiveRegularizer(create("lenet_mnist")).eval()
     out = reg(x, y, step=100)
     assert out.weight == 0.0 and out.fcl.item() == 0.0
     torch.testing.assert_close(out.loss, F.cross_entropy(reg.model(x), y))
 
 
-def test_bfloat16_autocast_on_cpu(cifar_subset):
-    x, y = cifar_subset[0][:8], cifar_subset[1][:8]
+def test_bfloat16_autocast_on_cpu(cifar_like):
+    x, y = cifar_like[0][:8], cifar_like[1][:8]
     reg = FeatureContrastiveRegularizer(create("resnet18"), FCLConfig(k=64, weight=0.1)).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = reg(x, y)

@@ -15,14 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timm_fcl import rng
-from timm_fcl.checkpoint import load_training_state, save_state_atomic
-from timm_fcl.state_files import StateError, read_part, write_part
-from train_helpers import make_shards, run, train_cmd
+from timm_fcl.training import rng
+from timm_fcl.training.state_files import StateError, read_part, write_part
+from timm_fcl.training.states import load_training_state, save_state_atomic
+from train_helpers import TOY_RUN, run, train_cmd
 
-TOY = ["--model", "resnet18", "--dataset", "wds/toy", "--img-size", "16", "--crop-pct", "1", "-b", "16",
-       "--sched", "step", "--warmup-epochs", "0", "--lr", "0.05", "--log-interval", "4", "--no-progress",
-       "--fcl-k", "64", "--epochs", "2", "--workers", "0", "--checkpoint-interval", "3", "--checkpoint-hist", "10"]
+TOY = [*TOY_RUN, "-b", "16", "--log-interval", "4", "--epochs", "2", "--workers", "0", "--checkpoint-interval", "3",
+       "--checkpoint-hist", "10"]
 # what accelerate's save_state writes (all of it unpickled by its load_state)
 ACCELERATE_FILES = ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl",
                     "random_states_1.pkl", "optimizer.bin", "scheduler.bin", "pytorch_model.bin", "sampler.bin",
@@ -50,11 +49,6 @@ def _cut_back(finished: Path, to: Path, newest_step: int) -> Path:
         if int(state.name.split("_")[1]) > newest_step:
             shutil.rmtree(state)
     return to
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +144,7 @@ def _parts(seed: int):
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
-    from train_fcl import Progress
+    from timm_fcl.training.build import Progress
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))

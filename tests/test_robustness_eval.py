@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from timm.models import register_model
 
-from timm_fcl.model_io import ModelError
+from timm_fcl.run.model_io import ModelError
 from timm_fcl.robustness.cli import cli, get_args_parser, main
 from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS
 from timm_fcl.robustness.datasets import ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets
@@ -400,7 +400,7 @@ def test_autocast_bf16_and_channels_last_reach_the_model():
 def exported_lenet(folder: Path) -> torch.nn.Module:
     """An input-sensitive lenet5_mnist (in_chans 1) exported as model.safetensors + config.json."""
     import timm
-    from timm_fcl.checkpoint import export_model
+    from timm_fcl.run.export import export_model
 
     torch.manual_seed(0)
     model = timm.create_model("lenet5_mnist").eval()
@@ -446,7 +446,7 @@ def test_pretrained_resnet18_and_its_tag_from_an_offline_hub_cache(tmp_path):
     import sys
 
     import timm
-    from timm_fcl.checkpoint import export_model
+    from timm_fcl.run.export import export_model
 
     hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
     assert hub_id == "timm/resnet18.a1_in1k"  # what timm resolves the bare name to

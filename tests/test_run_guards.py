@@ -2,7 +2,6 @@
 settings, every input checked before any work, and a diverged or undecodable run stopped before it saves anything."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,28 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import ROOT, env, make_shards, run, train_cmd
+from train_helpers import ROOT, TOY_RUN, env, make_shards, one_error_line, run, train_cmd, tree_digest
 
-FAST = ["--model", "resnet18", "--dataset", "wds/toy", "--img-size", "16", "--crop-pct", "1", "-b", "16",
-        "--sched", "step", "--warmup-epochs", "0", "--lr", "0.05", "--log-interval", "2", "--no-progress",
-        "--fcl-k", "64", "--train-subset", "64"]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("toy"))
-
-
-def _errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "error:" in line]  # warnings above may name an exception (Error:)
-
-
-def _one_error_line(name: str, returncode: int, stderr: str) -> str:
-    assert returncode == 2, f"{name}: {stderr[-3000:]}"
-    assert "Traceback" not in stderr, f"{name}: {stderr[-3000:]}"
-    errors = _errors(stderr)
-    assert len(errors) == 1 and errors[0].startswith("train_fcl.py: error: "), f"{name}: {errors}"
-    return errors[0]
+FAST = [*TOY_RUN, "-b", "16", "--log-interval", "2", "--train-subset", "64"]
 
 
 def _parallel(cases: dict) -> dict:
@@ -55,11 +35,6 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _tree_digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and "tb" not in p.parts}
-
-
 # -------------------------------------------------------------------------------------------------------- the lock
 def test_second_run_on_one_output_is_refused_naming_the_holder_and_the_first_trains_as_if_alone(toy, tmp_path):
     args = [*FAST, "--data-dir", str(toy), "--epochs", "1", "--workers", "0"]
@@ -76,7 +51,7 @@ def test_second_run_on_one_output_is_refused_naming_the_holder_and_the_first_tra
     try:
         second = run(train_cmd(*args, "--output", str(shared)))
         first.send_signal(signal.SIGCONT)
-        line = _one_error_line("second", second.returncode, second.stderr)
+        line = one_error_line("second", second.returncode, second.stderr)
         print(line)
         assert f"host {socket.gethostname()}, pid {first.pid}" in line and "in use by another run" in line
         assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
@@ -91,7 +66,7 @@ def test_second_run_on_one_output_is_refused_naming_the_holder_and_the_first_tra
 
 
 def test_lock_of_a_dead_process_is_taken_over_a_live_one_refused_and_a_refusal_leaves_nothing(tmp_path, caplog):
-    from timm_fcl.run_lock import LockedError, RunLock
+    from timm_fcl.training.lock import LockedError, RunLock
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -124,7 +99,7 @@ def test_resume_with_a_setting_that_changes_the_result_is_refused_naming_it(toy,
     base = [*FAST, "--data-dir", str(toy), "--workers", "0", "--output", str(out)]
     first = run(train_cmd(*base, "--epochs", "1"))
     assert first.returncode == 0, first.stderr[-3000:]
-    before = _tree_digest(out)
+    before = tree_digest(out)
     cases = {"batch_size 16 -> 32": ["-b", "32"], "method fcl -> xe": ["--method", "xe"],
              "model resnet18 -> resnet10t": ["--model", "resnet10t"], "img_size 16 -> 24": ["--img-size", "24"],
              "seed 42 -> 7": ["--seed", "7"], "opt sgd -> adamw": ["--opt", "adamw"]}
@@ -134,15 +109,15 @@ def test_resume_with_a_setting_that_changes_the_result_is_refused_naming_it(toy,
     results = _parallel({k: train_cmd(*base, "--epochs", "2", *extra, "--output", str(copies[k]))
                          for k, extra in cases.items()})
     for difference, (code, stderr) in results.items():
-        line = _one_error_line(difference, code, stderr)
+        line = one_error_line(difference, code, stderr)
         print(line)
         assert line.startswith(f"train_fcl.py: error: resume with other settings than the run in {copies[difference]}: ")
         assert difference in line.split(": ")[-1].split(", "), line
-        assert _tree_digest(copies[difference]) == before  # a refused resume loads nothing and writes nothing
+        assert tree_digest(copies[difference]) == before  # a refused resume loads nothing and writes nothing
 
 
 def test_setting_changes_name_flags_first_then_derived_values_and_epochs_may_only_grow():
-    from train_fcl import setting_changes
+    from timm_fcl.run.folder import setting_changes
 
     saved = {"settings": {"batch_size": 16, "workers": 2}, "fcl": {"k": 64}, "world_size": 1, "epochs": 4}
     assert setting_changes(saved, {**saved, "settings": {"batch_size": 32}, "fcl": {"k": 32}}) == ["batch_size 16 -> 32"]
@@ -204,7 +179,7 @@ def test_bad_flag_is_one_error_line_before_anything_is_written(toy, tmp_path, ca
     argv = [*FAST, "--data-dir", str(toy), "--output", str(out), *[a.format(**names) for a in extra]]
     listing = sorted(tmp_path.rglob("*"))
     code = train_fcl.cli(argv)
-    line = _one_error_line(" ".join(extra), code, capsys.readouterr().err)
+    line = one_error_line(" ".join(extra), code, capsys.readouterr().err)
     assert expected in line, line
     assert sorted(tmp_path.rglob("*")) == listing  # nothing written, --output not even created
 
@@ -245,7 +220,7 @@ def test_bad_data_and_fcl_settings_are_one_error_line_before_the_first_step(toy,
     outs = {k: tmp_path / f"out{i}" for i, k in enumerate(cases)}
     results = _parallel({k: train_cmd(*argv, "--output", str(outs[k])) for k, (argv, _) in cases.items()})
     for name, (code, stderr) in results.items():
-        line = _one_error_line(name, code, stderr)
+        line = one_error_line(name, code, stderr)
         print(line)
         assert cases[name][1] in line, f"{name}: {line}"
         assert " step " not in stderr and not outs[name].exists(), name  # before the first step, nothing written
@@ -256,7 +231,7 @@ def test_diverging_loss_stops_with_one_line_and_nothing_saved_after_it(toy, tmp_
     out = tmp_path / "run"
     proc = run(train_cmd(*FAST, "--data-dir", str(toy), "--workers", "0", "--epochs", "1", "--lr", "1e30",
                          "--checkpoint-interval", "1", "--checkpoint-hist", "0", "--output", str(out)))
-    line = _one_error_line("lr 1e30", proc.returncode, proc.stderr)
+    line = one_error_line("lr 1e30", proc.returncode, proc.stderr)
     print(line)
     assert "the loss or the weights became NaN or infinite by step" in line
     stopped = int(line.split("by step ")[1].split()[0])
@@ -267,7 +242,7 @@ def test_diverging_loss_stops_with_one_line_and_nothing_saved_after_it(toy, tmp_
 
 
 def test_epoch_without_a_decodable_sample_is_an_error_not_an_untrained_export(tmp_path):
-    from timm_fcl.shards import write_shards
+    from timm_fcl.data.shards import write_shards
 
     shards = tmp_path / "undecodable"
     write_shards(((b"not an image", "png", i % 10) for i in range(64)), output=shards, name="toy", split="train",
@@ -280,7 +255,7 @@ def test_epoch_without_a_decodable_sample_is_an_error_not_an_untrained_export(tm
     (shards / "_info.json").write_text(json.dumps(info))
     out = tmp_path / "run"
     proc = run(train_cmd(*FAST, "--data-dir", str(shards), "--workers", "1", "--epochs", "1", "--output", str(out)))
-    line = _one_error_line("undecodable", proc.returncode, proc.stderr)
+    line = one_error_line("undecodable", proc.returncode, proc.stderr)
     print(line)
     assert "none of the 16 samples of a batch decodes" in line
     assert not (out / "model").exists() and not (out / "checkpoints").exists()

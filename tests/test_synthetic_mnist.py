@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_fcl.synthetic_mnist import (CORNERS, SyntheticMNISTDataset, build_synthetic_mnist, corner_slices,
+from timm_fcl.data.synthetic_mnist import (CORNERS, SyntheticMNISTDataset, build_synthetic_mnist, corner_slices,
                                       load_mnist)
 
 

@@ -15,15 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import timm_fcl  # noqa: F401  (registers lenet5_mnist)
-from train_helpers import ROOT, env, make_shards, run, train_cmd
+from train_helpers import ROOT, TOY_RUN, env, run, train_cmd
 
-TOY = ["--model", "resnet18", "--dataset", "wds/toy", "--img-size", "16", "--crop-pct", "1", "--sched", "step",
-       "--warmup-epochs", "0", "--lr", "0.05", "--no-progress", "--workers", "0", "--fcl-k", "64"]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("toy"))
+TOY = [*TOY_RUN, "--workers", "0"]
 
 
 @pytest.fixture
@@ -49,7 +43,7 @@ def _lenet(seed: int = 0) -> torch.nn.Module:
 
 
 def _regularizer(args, model):
-    from train_fcl import build_loss
+    from timm_fcl.training.build import build_loss
     from timm_fcl import FCLConfig, FeatureContrastiveRegularizer
     loss_fn, label_loss_fn = build_loss(args)
     cfg = FCLConfig(method=args.method, k=64, sigma=0.5, weight=1e-3)
@@ -74,7 +68,8 @@ def test_smoothing_default_is_timms_label_smoothing_loss_and_zero_is_plain_cross
 def test_mixup_batch_utility_is_the_finite_difference_gradient_of_the_soft_target_loss(monkeypatch):
     import timm_fcl.regularizer as regularizer
     from timm.loss import SoftTargetCrossEntropy
-    from train_fcl import Progress, build_mixup, training_batch
+    from timm_fcl.training.build import Progress, build_mixup
+    from timm_fcl.training.steps import training_batch
 
     args = _args("--mixup", "0.8", "--cutmix", "1.0", "--mixup-switch-prob", "0.5")
     run = types.SimpleNamespace(mixup=build_mixup(args, 10), progress=Progress())
@@ -118,7 +113,7 @@ def test_mixup_batch_utility_is_the_finite_difference_gradient_of_the_soft_targe
 
 # -------------------------------------------------------------------------------------------------- the model's flags
 def test_drop_path_dropout_and_model_kwargs_reach_the_model():
-    from train_fcl import build_model
+    from timm_fcl.training.build import build_model
     args = _args("--model", "vit_tiny_patch16_224", "--drop-path", "0.2", "--drop", "0.3",
                  "--model-kwargs", "img_size=32", "patch_size=8", "depth=3")
     model = build_model(args, 10)
@@ -147,7 +142,7 @@ def test_fcl_term_of_augmix_views_is_the_clean_views_term_and_jsd_sees_all_views
 
 def test_augmix_views_are_a_clean_view_and_augmented_ones_drawn_per_sample_seed():
     from PIL import Image
-    from train_fcl import build_transforms
+    from timm_fcl.training.build import build_transforms
     from timm_fcl.data import seeded
     args = _args("--aug-splits", "3", "--aa", "augmix-m3-w3", "--hflip", "0", "--scale", "1", "1", "--ratio", "1", "1")
     config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
@@ -227,7 +222,7 @@ def test_two_runs_with_default_flags_land_in_two_new_folders(toy, tmp_path):
 
 
 def test_experiment_names_the_run_folder_as_timm_does():
-    from train_fcl import run_output
+    from timm_fcl.training.build import run_output
     main = types.SimpleNamespace(is_main_process=True)
     assert run_output(_args("--experiment", "cifar-fcl"), main) == Path("output", "train", "cifar-fcl")
     assert run_output(_args("--experiment", "cifar-fcl", "--output", "runs"), main) == Path("runs", "cifar-fcl")
@@ -275,7 +270,10 @@ def test_log_wandb_without_wandb_is_one_line(toy, tmp_path):
 
 
 def test_amp_is_bf16_autocast_on_cpu_and_clip_modes_clip(tmp_path, fresh_accelerate, monkeypatch):
-    from train_fcl import ConfigError, check_timm_flags, clip_gradients, resolve_mixed_precision, setup
+    from timm_fcl.training.build import setup
+    from timm_fcl.training.checks import check_timm_flags, resolve_mixed_precision
+    from timm_fcl.training.flags import ConfigError
+    from timm_fcl.training.steps import clip_gradients
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     accelerator, _ = setup(_args("--amp", "--data-dir", str(tmp_path), "--output", str(tmp_path / "amp")))
     model = _lenet().float()

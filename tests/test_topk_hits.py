@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_fcl.metrics import topk_hits
+from timm_fcl.run.metrics import topk_hits
 
 
 def naive_hits(logits, target, ks):

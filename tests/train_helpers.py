@@ -1,6 +1,8 @@
-"""Small synthetic shard sets for the training tests: class-coloured noise images, learnable in a few steps."""
+"""What the training tests share: small synthetic shard sets (class-coloured noise images, learnable in a few steps),
+the toy run's flags, how train_fcl.py is launched, and how its refusals and run folders are read."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -11,10 +13,13 @@ import numpy as np
 from PIL import Image
 
 from conftest import DATA_DIR
-from timm_fcl.shards import write_shards
+from timm_fcl.data.shards import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_WDS = DATA_DIR / "cifar10-wds"
+# a ResNet-18 on 16 px toy shards that learns in a few steps; each test file adds its batch, interval, epochs, ...
+TOY_RUN = ["--model", "resnet18", "--dataset", "wds/toy", "--img-size", "16", "--crop-pct", "1", "--sched", "step",
+           "--warmup-epochs", "0", "--lr", "0.05", "--no-progress", "--fcl-k", "64"]
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]])
 
@@ -53,3 +58,22 @@ def train_cmd(*args: str, processes: int = 1) -> list[str]:
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error:" in line]  # warnings above may name an exception (Error:)
+
+
+def one_error_line(name: str, returncode: int, stderr: str) -> str:
+    """The single ``train_fcl.py: error: ...`` line of a refused run (exit 2, no traceback)."""
+    assert returncode == 2, f"{name}: {stderr[-3000:]}"
+    assert "Traceback" not in stderr, f"{name}: {stderr[-3000:]}"
+    errors = error_lines(stderr)
+    assert len(errors) == 1 and errors[0].startswith("train_fcl.py: error: "), f"{name}: {errors}"
+    return errors[0]
+
+
+def tree_digest(folder: Path) -> dict:
+    """{file: sha1} of a run folder, its TensorBoard logs left out."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "tb" not in p.parts}

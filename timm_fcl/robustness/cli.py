@@ -23,9 +23,9 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .._cli import OneLineParser, run_cli
+from ..run.cli import OneLineParser, run_cli
 from .corruptions import CORRUPTIONS, PRESETS
-from .. import run_folder
+from ..run import folder as run_folder
 from .evaluation import (AMP_DTYPES, DEFAULT_CACHE_DIR, SUITES, CleanSource, build_sets, default_workers,
                          load_models, run)
 from .journal import PARTIAL, Journal

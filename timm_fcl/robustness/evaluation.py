@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from .. import model_io, run_folder
-from ..metrics import topk_hits
+from ..run import folder as run_folder
+from ..run import model_io
+from ..run.metrics import topk_hits
 from . import noise
 from .corruptions import CORRUPTIONS, preset_for_size
 from .datasets import (ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets, iter_clean_images,

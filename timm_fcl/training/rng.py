@@ -1,8 +1,8 @@
-"""The random streams a training process draws from, as plain data a state file holds (timm_fcl.state_files):
+"""The random streams a training process draws from, as plain data a state file holds (timm_fcl.training.state_files):
 python's ``random``, numpy's global generator, torch's CPU generator and the accelerator device's generators.
 
 A resumed run needs them back exactly: the regularizer's noise comes from torch's global generator (the data order
-and augmentations are seeded by timm_fcl.data itself, so they do not depend on these).
+and augmentations are seeded by timm_fcl.data.streams itself, so they do not depend on these).
 """
 from __future__ import annotations
 

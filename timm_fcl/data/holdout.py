@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .data import IMAGE_KEYS, DataError, wds_split
+from .streams import IMAGE_KEYS, DataError, wds_split
 from .shards import write_shards
 
 

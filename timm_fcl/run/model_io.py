@@ -10,8 +10,8 @@ from typing import Optional
 import timm
 import torch
 
-from . import run_folder
-from ._cli import UsageError
+from . import folder as run_folder
+from .cli import UsageError
 
 HUB_PREFIXES = ("hf-hub:", "local-dir:")
 

@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from timm_fcl._cli import UsageError, first_line
+from ..run.atomic import fsync
+from ..run.cli import UsageError, first_line
 
 STRUCTURE_KEY = "timm_fcl.structure"
 _PLAIN = (bool, int, float, str, type(None))
@@ -57,15 +58,6 @@ def _decode(node: Any, tensors: dict) -> Any:
     if kind == "dict":
         return {k: _decode(v, tensors) for k, v in value}
     raise ValueError(f"unknown entry {kind!r}")
-
-
-def fsync(path: str | os.PathLike) -> None:
-    """Flush a file's or a folder's entries to the disk (a folder: the names of the files in it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_part(path: str | os.PathLike, state: Any) -> None:

@@ -1,13 +1,12 @@
-"""Crash-safe files for train_fcl.py: training states, the exported timm model (model.safetensors + config.json), and
-small text files.
+"""Training states of train_fcl.py, saved and found again crash-safely.
 
-A training state is a folder checkpoints/step_N of safetensors files (timm_fcl.state_files): one per part (model,
+A training state is a folder checkpoints/step_N of safetensors files (timm_fcl.training.state_files): one per part (model,
 optimizer, scheduler, EMA, progress, loss scaler), written by the main process since they are identical on every
 rank, and rng_R.safetensors with the random streams of each process R; state.json, written last, lists them with their
 sizes. Nothing in it is pickled, so resuming from a planted or damaged folder can at worst fail to parse it.
 
-Every write goes to a temporary name in the same folder, is flushed to the disk and renamed into place, so a run
-killed during a save leaves the previous good state (or export) untouched; older states are deleted only after a new
+Every state is written to a temporary folder, flushed to the disk and renamed into place (timm_fcl.run.atomic), so a
+run killed during a save leaves the previous good state untouched; older states are deleted only after a new
 one is in place. A damaged newest state is passed over for the newest intact one.
 """
 from __future__ import annotations
@@ -21,12 +20,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
-from safetensors.torch import save_file
 
-from timm_fcl import rng, run_folder
-from timm_fcl._cli import UsageError, first_line
-from timm_fcl._compat import save_timm_config
-from timm_fcl.state_files import StateError, fsync, read_part, write_part
+from ..run import folder as run_folder
+from ..run.atomic import swap_dir
+from ..run.cli import UsageError, first_line
+from . import rng
+from .state_files import StateError, read_part, write_part
 
 STATE_DIR = run_folder.STATES
 STATE_PATTERN = re.compile(r"^step_(\d+)$")
@@ -35,31 +34,6 @@ MANIFEST = "state.json"
 FORMAT = "timm-fcl training state 1"
 
 _logger = logging.getLogger(__name__)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _swap_dir(tmp: Path, final: Path) -> None:
-    """Put a finished folder in place of `final`; the old one is removed only after the new one is there.
-
-    Its files and entries reach the disk before the rename: otherwise a power loss could leave the new name on empty
-    files after the old folder is gone."""
-    for path in tmp.iterdir():
-        fsync(path)
-    fsync(tmp)
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rng_file(rank: int) -> str:
@@ -102,7 +76,7 @@ def save_state_atomic(accelerator, output: str | os.PathLike, step: int, keep: i
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_manifest(tmp, step, accelerator.num_processes, list(parts))
-        _swap_dir(tmp, final)  # the same step is saved again at an epoch end right after an interval save
+        swap_dir(tmp, final)  # the same step is saved again at an epoch end right after an interval save
         for stale in list_states(output)[:-keep] if keep > 0 else []:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -225,45 +199,3 @@ def load_training_state(accelerator, parts: Mapping[str, Any], *, output: str | 
     if candidates:
         raise StateError(f"no intact training state in {resume or output}: {candidates[0]}: {problems[0]}")
     return None
-
-
-# ----------------------------------------------------------------------------------------------------------- export
-# what a pretrained config says about where its weights came from: true of timm's default weights of the architecture
-# (e.g. ImageNet ones, their paper and license), false of a model this run trained
-INHERITED_PROVENANCE = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "license", "description",
-                        "origin_url", "paper_name", "paper_ids", "notes")
-
-
-def run_tag(method: str, dataset: str = "") -> str:
-    """The pretrained tag of a trained run: its method and data set (``fcl_cifar10``), as timm tags name weights."""
-    name = str(dataset or "").rstrip("/").split("/")[-1]
-    return f"{method}_{name}" if name else str(method)
-
-
-def describe_run(config_path: Path, tag: str) -> None:
-    """Make a timm config.json's pretrained_cfg describe these weights: ``tag`` instead of the architecture's default
-    weights' tag, and none of their provenance; what timm needs to build and preprocess (input size, mean / std, crop,
-    interpolation, classifier, first_conv, pool size) is kept."""
-    config = json.loads(config_path.read_text())
-    pretrained_cfg = {k: v for k, v in config.get("pretrained_cfg", {}).items() if k not in INHERITED_PROVENANCE}
-    config["pretrained_cfg"] = {"tag": tag, **{k: v for k, v in pretrained_cfg.items() if k != "tag"}}
-    config_path.write_text(json.dumps(config, indent=2))
-
-
-def export_model(model: torch.nn.Module, directory: str | os.PathLike, *, data_config: dict,
-                 label_names: Optional[Sequence[str]] = None, tag: str = "timm_fcl") -> Path:
-    """The bare timm model as model.safetensors + timm config.json, loadable by plain timm with
-    `timm.create_model("local-dir:DIRECTORY", pretrained=True)`; replaced atomically as a folder. The config's
-    pretrained_cfg carries ``tag`` (``run_tag``) and nothing of the weights the architecture was first made with."""
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # safetensors needs contiguous tensors (channels_last weights are not) and no shared storage
-    tensors = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp / "model.safetensors"))
-    model_config = {"label_names": list(label_names)} if label_names else None
-    save_timm_config(model, str(tmp / "config.json"), model_config=model_config, data_config=data_config)
-    describe_run(tmp / "config.json", tag)
-    _swap_dir(tmp, directory)
-    return directory

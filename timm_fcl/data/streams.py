@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from . import _compat
+from .. import _compat
 
 _logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ REFILL_POOL = 256  # raw samples a worker keeps to refill its quota after a bad 
 
 def default_data_root() -> Path:
     """The shared data folder: $TIMM_FCL_DATA, else ``shared/data`` beside the repository (a checkout's layout)."""
-    return Path(os.environ.get("TIMM_FCL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    return Path(os.environ.get("TIMM_FCL_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
 class DataError(ValueError):

@@ -1,0 +1,56 @@
+"""The exported timm model of a run (model.safetensors + timm config.json) and what its config says about where the
+weights came from: the run's own tag, none of the architecture's first weights' provenance."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import save_file
+
+from .._compat import save_timm_config
+from .atomic import swap_dir
+from .folder import CONFIG, WEIGHTS
+
+# what a pretrained config says about where its weights came from: true of timm's default weights of the architecture
+# (e.g. ImageNet ones, their paper and license), false of a model this run trained
+INHERITED_PROVENANCE = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "license", "description",
+                        "origin_url", "paper_name", "paper_ids", "notes")
+
+
+def run_tag(method: str, dataset: str = "") -> str:
+    """The pretrained tag of a trained run: its method and data set (``fcl_cifar10``), as timm tags name weights."""
+    name = str(dataset or "").rstrip("/").split("/")[-1]
+    return f"{method}_{name}" if name else str(method)
+
+
+def describe_run(config_path: Path, tag: str) -> None:
+    """Make a timm config.json's pretrained_cfg describe these weights: ``tag`` instead of the architecture's default
+    weights' tag, and none of their provenance; what timm needs to build and preprocess (input size, mean / std, crop,
+    interpolation, classifier, first_conv, pool size) is kept."""
+    config = json.loads(config_path.read_text())
+    pretrained_cfg = {k: v for k, v in config.get("pretrained_cfg", {}).items() if k not in INHERITED_PROVENANCE}
+    config["pretrained_cfg"] = {"tag": tag, **{k: v for k, v in pretrained_cfg.items() if k != "tag"}}
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def export_model(model: torch.nn.Module, directory: str | os.PathLike, *, data_config: dict,
+                 label_names: Optional[Sequence[str]] = None, tag: str = "timm_fcl") -> Path:
+    """The bare timm model as model.safetensors + timm config.json, loadable by plain timm with
+    `timm.create_model("local-dir:DIRECTORY", pretrained=True)`; replaced atomically as a folder. The config's
+    pretrained_cfg carries ``tag`` (``run_tag``) and nothing of the weights the architecture was first made with."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # safetensors needs contiguous tensors (channels_last weights are not) and no shared storage
+    tensors = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS))
+    model_config = {"label_names": list(label_names)} if label_names else None
+    save_timm_config(model, str(tmp / CONFIG), model_config=model_config, data_config=data_config)
+    describe_run(tmp / CONFIG, tag)
+    swap_dir(tmp, directory)
+    return directory

@@ -1,0 +1,79 @@
+"""Starting or resuming a run: the run a resume continues, the check that it resolves to the same settings, loading
+its newest intact state, recording the settings with each save, and starting the trackers."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from ..run import folder as run_folder
+from .build import Data, Training
+from .flags import ConfigError
+from .states import list_states, load_training_state
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+_logger = logging.getLogger("train_fcl")
+
+
+def previous_run(args: argparse.Namespace, output: Path) -> tuple[Optional[Path], dict]:
+    """The run folder a resume continues (--resume's, else --output when it holds states) and what its flags resolved
+    to; (None, {}) on a fresh start."""
+    source = Path(args.resume) if args.resume else output
+    folder = source.parent.parent if source.parent.name == run_folder.STATES else source
+    if not list_states(folder):
+        return None, {}
+    return folder, run_folder.read_resolved(folder)
+
+
+def record_settings(args: argparse.Namespace, run: Training) -> None:
+    """args.yaml and resolved.yaml of this start, written with each of its saves (main process): they describe what
+    the saved states and exports were made with, and a start that saves nothing changes nothing."""
+    run_folder.write_settings(run.output, vars(args), run.settings)
+
+
+def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Training, data: Data, settings: dict,
+                    previous: tuple[Optional[Path], dict] = (None, {})) -> None:
+    """Load the newest state of --resume (or of the run folder) if it was made with the same settings; keep the
+    resolved settings for the saves (record_settings); start the trackers. ``settings``: the flags that shape what
+    the run computes (flags.result_settings)."""
+    world = accelerator.num_processes
+    resolved = run.resolved(args, settings, data, world)
+    changes = run_folder.setting_changes(previous[1], resolved) if previous[0] is not None else []
+    if changes:
+        raise ConfigError(f"resume with other settings than the run in {previous[0]}: {', '.join(changes)}")
+    resume = load_training_state(accelerator, run.state_parts(accelerator), output=run.output, resume=args.resume)
+    if args.resume and resume is None:
+        raise ConfigError(f"--resume {args.resume}: no saved state there")
+    if resume is not None:
+        if accelerator.is_main_process:
+            p = run.progress
+            _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
+    run.settings = resolved
+    if accelerator.is_main_process:
+        _logger.info(f"{args.model}: {data.num_classes} classes, {world} process(es), {len(data.train)} batches of "
+                     f"{args.batch_size} per process and epoch, {run.num_epochs} epochs, method {args.method}, "
+                     f"output {run.output}")
+        if run.progress.epoch >= run.num_epochs:
+            _logger.info(f"all {run.num_epochs} epochs are done in {run.output}; raise --epochs to train on")
+    start_trackers(args, accelerator, run.output, resolved)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """Nested settings as trackers take hyper-parameters: dotted names, values bool / int / float / str."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def start_trackers(args: argparse.Namespace, accelerator: Accelerator, output: Path, resolved: dict) -> None:
+    """Start every tracker with the run's settings as its hyper-parameters: the flags and what they resolved to."""
+    config = {**_flat(vars(args)), **_flat(resolved, "resolved.")}
+    accelerator.init_trackers(args.experiment or "timm-fcl", config=config,
+                              init_kwargs={"wandb": {"name": output.name, "dir": str(output)}})
