@@ -203,7 +203,7 @@ def _smooth_jpeg(i: int, size: int, num_classes: int, seed: int) -> tuple[bytes,
 
 def write_imagenet_shards(out: Path, *, images: int, val_images: int, size: int, num_classes: int,
                           workers: int) -> dict:
-    from timm_fcl.shards import write_shards
+    from timm_fcl.data.shards import write_shards
 
     began = time.time()
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
