@@ -116,18 +116,34 @@ def _model_rows(config: dict) -> list:
     return rows
 
 
+def _defined_by_timm_fcl(arch: str) -> bool:
+    """Whether ``arch`` is one of timm_fcl's own architectures (timm knows it only once timm_fcl is imported)."""
+    import timm
+
+    import timm_fcl  # noqa: F401  (registers them)
+
+    return timm.models.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("timm_fcl")
+
+
 def _introduction(repo_id: str, arch: str, method: str, origin: str) -> list:
+    if _defined_by_timm_fcl(arch):
+        imports = ["import timm", f"import timm_fcl  # pip install timm-fcl: registers {arch}, which timm lacks"]
+        note = (f"timm itself does not define `{arch}`: `import timm_fcl` registers it (nothing else changes); "
+                "then timm loads the weights, a safetensors file, with its own loader.")
+    else:
+        imports = ["import timm"]
+        note = "Plain timm loads it (no timm-fcl import); the weights are a safetensors file."
     return [f"# {repo_id.split('/')[-1]}", "",
             f"A `{arch}` image classifier trained with timm-fcl (method `{method}`): "
             "Feature Contrastive Learning adds to cross-entropy a contrastive loss on the penultimate embedding that "
             "keeps the model insensitive to perturbations of low-utility input elements and sensitive to "
             "high-utility ones (\"Balancing Robustness and Sensitivity using Feature Contrastive Learning\").",
             "", origin, "",
-            "## How to load", "", "```python", "import timm", "",
+            "## How to load", "", "```python", *imports, "",
             f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
             "data_config = timm.data.resolve_model_data_config(model)",
             "transform = timm.data.create_transform(**data_config, is_training=False)", "```", "",
-            "Plain timm loads it (no timm-fcl import); the weights are a safetensors file.", ""]
+            note, ""]
 
 
 def card_data(repo_id: str, train_args: dict, rows: list, license: str, base: Optional[str]) -> ModelCardData:

@@ -109,6 +109,7 @@ def test_model_card_header_parses_and_carries_the_numbers(published):
     for param in ("| method | fcl |", "| k | 64 |", "| tau |", "| sigma |", "| weight |"):
         assert param in text, param
     assert 'timm.create_model("hf-hub:fcl-org/resnet18-toy", pretrained=True)' in text
+    assert "Plain timm loads it (no timm-fcl import)" in text and "import timm_fcl" not in text  # timm has resnet18
 
 
 def test_no_pickle_is_written_and_pickle_only_folders_are_refused(trained, published, tmp_path):

@@ -114,6 +114,14 @@ def test_fill_cache_installs_the_zoo_so_its_tags_load_offline(zoo, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.equal(torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1])), want)
+    # the card's own loading snippet runs as written, against the same cache
+    card = (snapshot / "README.md").read_text()
+    snippet = card.split("## How to load\n\n```python\n")[1].split("```")[0]
+    assert "import timm_fcl" in snippet  # timm itself lacks resnet20_cifar
+    proc = subprocess.run([sys.executable, "-c", snippet + "print(type(model).__name__, model.num_classes)"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["CifarResNet", "10"]
 
 
 def test_fill_cache_and_dry_run_together_are_refused(zoo, tmp_path):
