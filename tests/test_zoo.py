@@ -44,6 +44,23 @@ def zoo(tmp_path_factory):
     return folder.parent
 
 
+def expected_logits(zoo, cache, tmp_path):
+    """The zoo entry's logits on a saved test input (tmp_path/x.pt), and the environment of an offline load from
+    ``cache``."""
+    from safetensors.torch import load_file
+    import timm
+    import timm_fcl  # noqa: F401
+    model = timm.create_model("resnet20_cifar").eval()
+    model.load_state_dict(load_file(zoo / TAG / "model.safetensors"))
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")  # a test input, not a checkpoint
+    with torch.no_grad():
+        want = model(x)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
+               HF_HOME=str(tmp_path / "home"))
+    return want, env
+
+
 def zoo_cmd(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "hfhub.zoo", *args], env=env, cwd=ROOT, capture_output=True,
@@ -62,17 +79,7 @@ def test_zoo_dry_run_loads_offline_as_hub_name_and_as_pretrained_tag(zoo, tmp_pa
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("1" * 40)
 
-    from safetensors.torch import load_file
-    import timm
-    import timm_fcl  # noqa: F401
-    model = timm.create_model("resnet20_cifar").eval()
-    model.load_state_dict(load_file(zoo / TAG / "model.safetensors"))
-    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    torch.save(x, tmp_path / "x.pt")  # a test input, not a checkpoint
-    with torch.no_grad():
-        want = model(x)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
-               HF_HOME=str(tmp_path / "home"))
+    want, env = expected_logits(zoo, cache, tmp_path)
     for name in (f"hf-hub:{REPO_ID}", TAG):
         proc = subprocess.run([sys.executable, "-c", LOGITS, name, str(tmp_path / "x.pt")], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
@@ -99,17 +106,7 @@ def test_fill_cache_installs_the_zoo_so_its_tags_load_offline(zoo, tmp_path):
     assert zoo_cmd(str(zoo), "--fill-cache", str(cache)).returncode == 0  # again: the same snapshot, nothing added
     assert [p.name for p in (repo / "snapshots").iterdir()] == [snapshot.name]
 
-    from safetensors.torch import load_file
-    import timm
-    import timm_fcl  # noqa: F401
-    model = timm.create_model("resnet20_cifar").eval()
-    model.load_state_dict(load_file(zoo / TAG / "model.safetensors"))
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    torch.save(x, tmp_path / "x.pt")  # a test input, not a checkpoint
-    with torch.no_grad():
-        want = model(x)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
-               HF_HOME=str(tmp_path / "home"))
+    want, env = expected_logits(zoo, cache, tmp_path)
     proc = subprocess.run([sys.executable, "-c", LOGITS, TAG, str(tmp_path / "x.pt")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
