@@ -52,7 +52,7 @@ from timm_fcl.run import folder as run_folder  # noqa: E402
 from timm_fcl.data import default_data_root  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "cifar_robustness"
-PARTS = ("carve", "pretrain", "sweep", "continue", "eval", "tables", "zoo")
+PARTS = ("carve", "pretrain", "protocol", "sweep", "continue", "eval", "tables", "zoo")
 SUITES = ("clean", "un", "nun")
 GROUPS = ("noise", "blur", "weather", "digital")
 MAX_CLEAN_DROP = 0.01  # a setting may cost at most 1 point of XE's clean validation accuracy
@@ -87,9 +87,9 @@ METHODS = {m.name: m for m in (
 # The paper's lambda (1e-4) weighs the sum over a batch of 1024; over our batch of 128 the same pull on the weights
 # relative to the mean cross-entropy needs 8x that, so 8e-4 is the paper's setting at our batch size.
 PAPER_LAMBDA = 8e-4
-SWEEPS = {  # one factor at a time around Appendix B's CIFAR-10 settings (the paper's grid has 192 points)
+SWEEPS = {  # Appendix B's CIFAR-10 setting first, then one factor at a time around it (the paper's grid has 192 points)
     "xe": [{}],
-    "xe_gauss": [{"sigma": s, "weight": PAPER_LAMBDA} for s in (0.1, 0.3, 0.5)] + [{"sigma": 0.3, "weight": 3.2e-3}],
+    "xe_gauss": [{"sigma": s, "weight": PAPER_LAMBDA} for s in (0.3, 0.1, 0.5)] + [{"sigma": 0.3, "weight": 3.2e-3}],
     "cl_gauss": [{"sigma": 0.5, "tau": 0.5, "weight": PAPER_LAMBDA}, {"sigma": 0.3, "tau": 0.5, "weight": PAPER_LAMBDA},
                  {"sigma": 0.5, "tau": 2.0, "weight": PAPER_LAMBDA}, {"sigma": 0.5, "tau": 0.5, "weight": 3.2e-3}],
     "fcl": [{"k": 256, "sigma": 0.5, "tau": 2.0, "weight": PAPER_LAMBDA},
@@ -175,6 +175,16 @@ class Bench:
         return Path(self.args.results)
 
     @property
+    def protocol(self) -> str:
+        """The continuation's lr and length, e.g. lr0.001-e6: it names the run folders and the results folder."""
+        return f"lr{self.args.continue_lr:g}-e{self.args.continue_epochs}"
+
+    @property
+    def protocol_results(self) -> Path:
+        """The results of one continuation protocol: runs/, sweep/, the tables and their PNGs."""
+        return self.results / self.protocol
+
+    @property
     def holdout(self) -> Path:
         return self.work / "holdout"
 
@@ -194,7 +204,7 @@ class Bench:
 
     def run_dir(self, method: str, hp: dict, seed: int) -> Path:
         # flat and unique: timm_fcl.eval labels a model by its run folder's name
-        return self.work / "runs" / f"{method}-{hp_key(hp)}-s{seed}"
+        return self.work / "runs" / f"{method}-{hp_key(hp)}-{self.protocol}-s{seed}"
 
     def run(self, cmd: list[str], log: Path) -> None:
         """A command with the thread limit, its output appended to ``log``; killed at the deadline."""
@@ -306,7 +316,7 @@ def part_pretrain(b: Bench) -> None:
 
 def train_continuation(b: Bench, method: Method, hp: dict, seed: int) -> Path:
     run = b.run_dir(method.name, hp, seed)
-    cmd = train_flags(b, output=run, epochs=b.args.continue_epochs, lr=0.001, seed=seed)
+    cmd = train_flags(b, output=run, epochs=b.args.continue_epochs, lr=b.args.continue_lr, seed=seed)
     train(b, cmd + continuation_flags(b, method, hp), run, b.args.continue_epochs)
     return run
 
@@ -362,14 +372,13 @@ def condense(result: dict) -> dict:
 
 
 def sweep_result(b: Bench, name: str, hp: dict) -> Path:
-    return b.results / "sweep" / f"{name}-{hp_key(hp)}.json"
+    return b.protocol_results / "sweep" / f"{name}-{hp_key(hp)}.json"
 
 
-def part_sweep(b: Bench) -> None:
-    """Seed-0 continuations of every setting in SWEEPS, scored on the held-out validation split."""
-    names = [n for n in b.args.methods if len(SWEEPS[n]) > 1]
-    todo = [(name, hp) for name in (["xe"] if names else []) + names  # XE's clean accuracy is the reference
-            for hp in SWEEPS[name] if not sweep_result(b, name, hp).is_file()]
+def validate(b: Bench, settings: list[tuple[str, dict]]) -> None:
+    """Seed-0 continuations of (method, settings), trained if need be and scored on the held-out validation split;
+    each score is kept as a sweep result."""
+    todo = [(name, hp) for name, hp in settings if not sweep_result(b, name, hp).is_file()]
     runs = train_all(b, [(name, hp, SWEEP_SEED) for name, hp in todo])
     for start in range(0, len(todo), b.args.eval_group):
         group = list(zip(todo, runs))[start:start + b.args.eval_group]
@@ -377,7 +386,36 @@ def part_sweep(b: Bench) -> None:
                            out=b.work / "eval" / "sweep" / f"group-{int(time.time())}-{start}")
         for (name, hp), run in group:
             write_json(sweep_result(b, name, hp), {"method": name, "hp": hp, "seed": SWEEP_SEED,
-                                                   **condense(results[run.name])})
+                                                   **condense(results[run.name]), **protocol_fields(b)})
+
+
+def protocol_fields(b: Bench) -> dict:
+    return {"continue_lr": b.args.continue_lr, "continue_epochs": b.args.continue_epochs}
+
+
+def part_protocol(b: Bench) -> dict:
+    """The protocol check on the validation split: seed-0 XE and XE+Gaussian (Appendix B's setting) continued with
+    --continue-lr for --continue-epochs; the continuation shows a regularizer's effect when XE+Gaussian gains at least
+    MIN_GAUSS_GAIN UN over XE. Written to protocol/LR-EPOCHS.json under --results."""
+    pair = [("xe", SWEEPS["xe"][0]), ("xe_gauss", SWEEPS["xe_gauss"][0])]
+    validate(b, pair)
+    xe, gauss = (read_json(sweep_result(b, name, hp)) for name, hp in pair)
+    gain = {s: gauss[s] - xe[s] for s in SUITES}
+    verdict = {"protocol": b.protocol, **protocol_fields(b), "split": "validation", "xe": xe, "xe_gauss": gauss,
+               "gain": gain, "passes": gain["un"] >= MIN_GAUSS_GAIN,
+               "train_seconds": {name: read_json(b.run_dir(name, hp, SWEEP_SEED) / "bench_wall.json")["seconds"]
+                                 for name, hp in pair}}
+    write_json(b.results / "protocol" / f"{b.protocol}.json", verdict)
+    print(f"protocol {b.protocol} on validation: XE+Gaussian - XE = clean {gain['clean']:+.4f}, UN {gain['un']:+.4f}, "
+          f"NUN {gain['nun']:+.4f} (needed UN >= +{MIN_GAUSS_GAIN}): {'passes' if verdict['passes'] else 'FAILS'}")
+    return verdict
+
+
+def part_sweep(b: Bench) -> None:
+    """Seed-0 continuations of every setting in SWEEPS, scored on the held-out validation split."""
+    names = [n for n in b.args.methods if len(SWEEPS[n]) > 1]
+    validate(b, [(name, hp) for name in (["xe"] if names else []) + names  # XE's clean accuracy is the reference
+                 for hp in SWEEPS[name]])
     for name in names:
         print(f"{METHODS[name].label}: chosen {chosen_hp(b, name)}")
 
@@ -410,7 +448,7 @@ def part_continue(b: Bench) -> None:
 
 
 def run_result(b: Bench, name: str, seed: int) -> Path:
-    return b.results / "runs" / f"{name}-s{seed}.json"
+    return b.protocol_results / "runs" / f"{name}-s{seed}.json"
 
 
 def part_eval(b: Bench) -> None:
@@ -441,7 +479,7 @@ def evaluate_runs(b: Bench, group: list[tuple[str, int, Path]], threads: Optiona
             "val_top1": last_val_top1(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
             "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
             "eval_precision": a.eval_precision,
-            "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])),
+            "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])), **protocol_fields(b),
             "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit()})
         if seed == ZOO_SEED and name in ZOO_TAGS:  # exported now: the run folder does not outlive the part
             export_to_zoo(b, run, zoo_dir(b, name))
@@ -488,7 +526,7 @@ def mean_std(values: list[float]) -> str:
 def load_runs(b: Bench) -> dict:
     """{method: {seed: condensed results}} of every evaluated continuation."""
     runs: dict = {name: {} for name in METHODS}
-    for path in sorted((b.results / "runs").glob("*.json")):
+    for path in sorted((b.protocol_results / "runs").glob("*.json")):
         entry = read_json(path)
         runs.setdefault(entry["method"], {})[entry["seed"]] = entry
     return runs
@@ -593,15 +631,17 @@ def part_tables(b: Bench) -> str:
     t2 = ("Table 2: noisy CIFAR-10 test set (clean, UN, NUN)", T2_COLUMNS, t2_value, "paper_t2")
     t3 = (f"Table 3: generated CIFAR-10-C ({counts} corruptions x 5 severities, {sizes} images each; the mean is "
           f"over the corruptions present)", T3_COLUMNS, t3_value, "paper_t3")
-    text = f"{b.args.model}, pre-training {b.args.pretrain_epochs} + continuation {b.args.continue_epochs} epochs\n\n"
+    text = (f"{b.args.model}, pre-training {b.args.pretrain_epochs} epochs + continuation {b.args.continue_epochs} "
+            f"epochs at lr {b.args.continue_lr:g}\n\n")
     text += "\n\n".join(format_table(runs, *t) for t in (t2, t3))
     text += "\n\n" + format_costs(runs) + "\n\n" + protocol_check(runs)
     print(text)
-    b.results.mkdir(parents=True, exist_ok=True)  # beside the JSON files, but not committed (made from them)
-    (b.results / "tables.md").write_text(text + "\n")
+    out = b.protocol_results
+    out.mkdir(parents=True, exist_ok=True)  # beside the JSON files they are made from
+    (out / "tables.md").write_text(text + "\n")
     for t, png in ((t2, "table2.png"), (t3, "table3.png")):
-        plot_table(runs, b.results / png, *t)
-    print(f"wrote {b.results / 'tables.md'}, {b.results / 'table2.png'}, {b.results / 'table3.png'}")
+        plot_table(runs, out / png, *t)
+    print(f"wrote {out / 'tables.md'}, {out / 'table2.png'}, {out / 'table3.png'}")
     return text
 
 
@@ -668,7 +708,8 @@ def part_zoo(b: Bench) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- main
-PART_FUNCTIONS = {"carve": part_carve, "pretrain": part_pretrain, "sweep": part_sweep, "continue": part_continue,
+PART_FUNCTIONS = {"carve": part_carve, "pretrain": part_pretrain, "protocol": part_protocol, "sweep": part_sweep,
+                  "continue": part_continue,
                   "eval": part_eval, "tables": part_tables, "zoo": part_zoo}
 
 
@@ -684,6 +725,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="resnet20_cifar", choices=("resnet20_cifar", "resnet56_cifar"))
     p.add_argument("--pretrain-epochs", type=int, default=30)
     p.add_argument("--continue-epochs", type=int, default=6)
+    p.add_argument("--continue-lr", type=float, default=0.001,
+                   help="the continuation's lr (x0.1 after 2/3 of it); the pre-training peaks at 0.1")
     p.add_argument("-b", "--batch-size", type=int, default=128)
     p.add_argument("--paper-settings", action="store_true",
                    help="no sweep: every method takes the first setting of its grid (Appendix B's, at our batch)")

@@ -27,17 +27,18 @@ def smoke(tmp_path_factory):
             "--pretrain-epochs", "1", "--continue-epochs", "1", "--val-size", "32", "-b", "32", "--train-subset", "64",
             "--val-subset", "16", "--test-samples", "16", "--corruption-samples", "4", "--corruptions",
             "gaussian_noise", "defocus_blur", "--seeds", "0", "--paper-settings", "--threads", "1", "--jobs", "3",
-            "--eval-group", "8", "--part", "carve", "pretrain", "continue", "eval", "tables", "zoo"]
+            "--eval-group", "8", "--part", "carve", "pretrain", "protocol", "continue", "eval", "tables", "zoo"]
     assert bench.main(argv) == 0
     return root, argv
 
 
 def test_smoke_run_fills_both_tables_for_every_method(smoke, capsys):
     root, _ = smoke
-    results = root / "results"
+    results = root / "results" / "lr0.001-e1"
     paper = bench.Bench(bench.get_args_parser().parse_args(["--paper-settings"]), deadline=0)
     for name in bench.METHODS:
         entry = json.loads((results / "runs" / f"{name}-s0.json").read_text())
+        assert (entry["continue_lr"], entry["continue_epochs"]) == (0.001, 1)
         assert entry["method"] == name and entry["hp"] == bench.chosen_hp(paper, name)
         assert entry["precision"] == "bf16" and len(entry["commit"]) >= 40
         assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun"))
@@ -61,13 +62,13 @@ def test_continuations_start_from_the_pretraining_with_the_methods_flags(smoke):
     root, _ = smoke
     import yaml
     runs = root / "work" / "runs"
-    pg_fcl = yaml.safe_load((runs / "pg_fcl-k256-sigma0.5-tau1-weight0.0008-s0" / "args.yaml").read_text())
+    pg_fcl = yaml.safe_load((runs / "pg_fcl-k256-sigma0.5-tau1-weight0.0008-lr0.001-e1-s0" / "args.yaml").read_text())
     assert pg_fcl["method"] == "fcl" and pg_fcl["patch_gaussian"] and pg_fcl["crop_pad"] == 4
     assert pg_fcl["initial_checkpoint"] == str(root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10" / "model.safetensors")
-    xe = yaml.safe_load((runs / "xe-default-s0" / "args.yaml").read_text())
+    xe = yaml.safe_load((runs / "xe-default-lr0.001-e1-s0" / "args.yaml").read_text())
     assert xe["seed"] == pg_fcl["seed"] == 0 and xe["lr"] == 0.001 and not xe["patch_gaussian"]
-    every = yaml.safe_load((runs / "fcl_every4-every4-k256-sigma0.5-tau2-weight0.0008-s0" / "args.yaml").read_text())
-    other = yaml.safe_load((runs / "fcl_other-k256-negativesother_class-sigma0.5-tau2-weight0.0008-s0" /
+    every = yaml.safe_load((runs / "fcl_every4-every4-k256-sigma0.5-tau2-weight0.0008-lr0.001-e1-s0" / "args.yaml").read_text())
+    other = yaml.safe_load((runs / "fcl_other-k256-negativesother_class-sigma0.5-tau2-weight0.0008-lr0.001-e1-s0" /
                             "args.yaml").read_text())
     assert (every["fcl_every"], every["fcl_negatives"]) == (4, "all")
     assert (other["fcl_every"], other["fcl_negatives"]) == (1, "other_class") and other["fcl_k"] == 256
@@ -84,6 +85,29 @@ def test_pretraining_is_evaluated_and_exported_to_the_zoo(smoke):
     assert bench.condense(evaluated)["clean"] == entry["clean"]
     card = (zoo / "README.md").read_text()
     assert "timm-fcl/resnet20_cifar.xe_pretrain_cifar10" in card and f"{entry['clean']:.4f}" in card
+
+
+def test_protocol_check_scores_xe_gauss_against_xe_on_validation(smoke):
+    root, argv = smoke
+    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
+    verdict = json.loads((root / "results" / "protocol" / "lr0.001-e1.json").read_text())
+    xe = json.loads((b.protocol_results / "sweep" / "xe-default.json").read_text())
+    gauss = json.loads((b.protocol_results / "sweep" / "xe_gauss-sigma0.3-weight0.0008.json").read_text())
+    assert verdict["split"] == "validation" and verdict["continue_lr"] == 0.001
+    assert verdict["gain"]["un"] == pytest.approx(gauss["un"] - xe["un"])
+    assert verdict["passes"] == (verdict["gain"]["un"] >= bench.MIN_GAUSS_GAIN)
+    # the protocol's runs are the seed-0 continuations the test-set part evaluates: trained once
+    assert (b.run_dir("xe_gauss", bench.chosen_hp(b, "xe_gauss"), 0) / "bench_wall.json").is_file()
+    assert len(list((root / "work" / "runs").glob("xe_gauss-*-s0"))) == 1
+
+
+def test_paper_settings_are_appendix_b_at_our_batch():
+    b = bench.Bench(bench.get_args_parser().parse_args(["--paper-settings"]), deadline=0)
+    lam = 1e-4 * 1024 / 128  # the paper's lambda weighs a sum over 1024 images, ours over 128
+    assert bench.chosen_hp(b, "xe_gauss") == {"sigma": 0.3, "weight": pytest.approx(lam)}
+    assert bench.chosen_hp(b, "cl_gauss") == {"sigma": 0.5, "tau": 0.5, "weight": pytest.approx(lam)}
+    assert bench.chosen_hp(b, "fcl") == {"k": 256, "sigma": 0.5, "tau": 2.0, "weight": pytest.approx(lam)}
+    assert bench.chosen_hp(b, "pg_fcl") == {"k": 256, "sigma": 0.5, "tau": 1.0, "weight": pytest.approx(lam)}
 
 
 def entry(hp, clean, un, nun):
@@ -112,7 +136,7 @@ def test_zoo_holds_the_seed_0_picks_with_their_own_numbers(smoke):
         zoo = root / "zoo" / f"resnet20_cifar.{bench.ZOO_TAGS[name]}"
         run = b.run_dir(name, bench.chosen_hp(b, name), 0)
         assert bench.sha256(zoo / "model.safetensors") == bench.sha256(run / "model" / "model.safetensors")
-        entry = json.loads((root / "results" / "runs" / f"{name}-s0.json").read_text())
+        entry = json.loads((b.protocol_results / "runs" / f"{name}-s0.json").read_text())
         evaluated = json.loads((zoo / "eval" / "results.json").read_text())[run.name]
         assert bench.condense(evaluated)["un"] == entry["un"]
         assert f"{entry['un']:.4f}" in (zoo / "README.md").read_text()
