@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from timm_fcl.training import rng
 from timm_fcl.training.state_files import StateError, read_part, write_part
-from timm_fcl.training.states import load_training_state, save_state_atomic
+from timm_fcl.training.states import file_sha256, load_training_state, save_state_atomic
 from train_helpers import TOY_RUN, run, train_cmd
 
 TOY = [*TOY_RUN, "-b", "16", "--log-interval", "4", "--epochs", "2", "--workers", "0", "--checkpoint-interval", "3",
@@ -206,7 +206,8 @@ def test_random_streams_that_do_not_restore_are_refused(tmp_path):
     streams = read_part(folder / "rng_0.safetensors")
     write_part(folder / "rng_0.safetensors", {**streams, "python": (3, (1, 2), None)})
     manifest = json.loads((folder / "state.json").read_text())
-    manifest["files"]["rng_0.safetensors"] = (folder / "rng_0.safetensors").stat().st_size
+    manifest["files"]["rng_0.safetensors"] = {"size": (folder / "rng_0.safetensors").stat().st_size,
+                                              "sha256": file_sha256(folder / "rng_0.safetensors")}
     (folder / "state.json").write_text(json.dumps(manifest))
     fresh = _parts(1)
     torch.manual_seed(7)
@@ -215,6 +216,23 @@ def test_random_streams_that_do_not_restore_are_refused(tmp_path):
     after_refusal = torch.rand(2)
     torch.manual_seed(7)
     assert torch.equal(torch.rand(2), after_refusal)  # the refused streams were not half restored
+
+
+def test_a_same_size_change_is_caught_by_the_digest_and_a_sizes_only_manifest_still_loads(tmp_path):
+    parts = _parts(0)
+    folder = save_state_atomic(ONE_PROCESS, tmp_path, 1, keep=2, parts=parts)
+    manifest = json.loads((folder / "state.json").read_text())
+    assert manifest["files"]["model.safetensors"]["sha256"] == file_sha256(folder / "model.safetensors")
+    sizes_only = {**manifest, "format": "timm-fcl training state 1",
+                  "files": {k: v["size"] for k, v in manifest["files"].items()}}
+    (folder / "state.json").write_text(json.dumps(sizes_only))
+    assert load_training_state(ONE_PROCESS, _parts(1), output=tmp_path) == folder  # states saved before digests
+    (folder / "state.json").write_text(json.dumps(manifest))
+    data = bytearray((folder / "optimizer.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor: still parses, same size
+    (folder / "optimizer.safetensors").write_bytes(bytes(data))
+    with pytest.raises(StateError, match="optimizer.safetensors does not match its SHA-256"):
+        load_training_state(ONE_PROCESS, _parts(1), output=tmp_path)
 
 
 # ---------------------------------------------------------------------------------------- train_fcl.py end to end
@@ -258,17 +276,27 @@ def _garble_header(path: Path) -> None:  # same size, so only reading it finds t
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["truncated optimizer", "garbled model", "missing rng"])
+def _zero_weights(path: Path) -> None:  # same size, header intact: the file still parses, with other weights
+    data = bytearray(path.read_bytes())
+    end = min(len(data), 8 + int.from_bytes(data[:8], "little") + 40_000)
+    data[end - 40_000:end] = b"\0" * 40_000
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated optimizer", "garbled model", "zeroed weights", "missing rng"])
 def test_a_damaged_newest_state_is_passed_over_and_the_run_ends_identical(straight, toy, tmp_path, damage):
     out = _cut_back(straight, tmp_path / "run", 15)
     newest = _state(out, 15)
     {"truncated optimizer": lambda: _truncate(newest / "optimizer.safetensors"),
      "garbled model": lambda: _garble_header(newest / "model.safetensors"),
+     "zeroed weights": lambda: _zero_weights(newest / "model.safetensors"),
      "missing rng": lambda: (newest / "rng_0.safetensors").unlink()}[damage]()
     proc = run(train_cmd(*TOY, "--data-dir", str(toy), "--output", str(out)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     warning = [line for line in proc.stderr.splitlines() if "resuming from" in line]
     assert len(warning) == 1 and str(_state(out, 12)) in warning[0] and str(newest) in warning[0], warning
+    if damage == "zeroed weights":
+        assert "model.safetensors does not match its SHA-256" in warning[0]
     assert f"resumed from {_state(out, 12)}: epoch 1, batch 0, step 12" in proc.stderr
     assert _same_export(straight, out)
 

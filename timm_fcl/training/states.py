@@ -3,7 +3,8 @@
 A training state is a folder checkpoints/step_N of safetensors files (timm_fcl.training.state_files): one per part (model,
 optimizer, scheduler, EMA, progress, loss scaler), written by the main process since they are identical on every
 rank, and rng_R.safetensors with the random streams of each process R; state.json, written last, lists them with their
-sizes. Nothing in it is pickled, so resuming from a planted or damaged folder can at worst fail to parse it.
+sizes and SHA-256 digests. Nothing in it is pickled, so resuming from a planted or damaged folder can at worst fail to
+parse it, and a file changed after the save (even to the same size) is caught by its digest before anything is loaded.
 
 Every state is written to a temporary folder, flushed to the disk and renamed into place (timm_fcl.run.atomic), so a
 run killed during a save leaves the previous good state untouched; older states are deleted only after a new
@@ -11,6 +12,7 @@ one is in place. A damaged newest state is passed over for the newest intact one
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +33,8 @@ STATE_DIR = run_folder.STATES
 STATE_PATTERN = re.compile(r"^step_(\d+)$")
 STALE_PATTERN = re.compile(r"^\.step_(\d+)\.(tmp|old)$")
 MANIFEST = "state.json"
-FORMAT = "timm-fcl training state 1"
+FORMAT = "timm-fcl training state 2"
+FORMAT_SIZES_ONLY = "timm-fcl training state 1"  # a manifest of sizes without digests: still resumed from
 
 _logger = logging.getLogger(__name__)
 
@@ -50,8 +53,16 @@ def _present(parts: Mapping[str, Any]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------- saving
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _write_manifest(folder: Path, step: int, world: int, parts: Sequence[str]) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(folder.iterdir())}
     manifest = {"format": FORMAT, "step": step, "world_size": world, "parts": sorted(parts), "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
@@ -122,10 +133,14 @@ def _remove_stale(output: str | os.PathLike) -> None:
 def _read_manifest(folder: Path) -> dict:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest["format"] != FORMAT:
+        if manifest["format"] not in (FORMAT, FORMAT_SIZES_ONLY):
             raise ValueError(f"format {manifest['format']!r}")
         manifest["world_size"], manifest["parts"] = int(manifest["world_size"]), list(manifest["parts"])
-        manifest["files"] = {str(k): int(v) for k, v in manifest["files"].items()}
+        if manifest["format"] == FORMAT_SIZES_ONLY:
+            manifest["files"] = {str(k): {"size": int(v), "sha256": None} for k, v in manifest["files"].items()}
+        else:
+            manifest["files"] = {str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])}
+                                 for k, v in manifest["files"].items()}
         return manifest
     except FileNotFoundError:
         raise StateError(f"{MANIFEST} is missing (a state of accelerate's save_state holds pickles and is not "
@@ -144,12 +159,14 @@ def read_state(folder: Path, needed: Sequence[str], rank: int, world: int) -> tu
     missing = [name for name in needed if name not in manifest["parts"]]
     if missing:
         raise UsageError(f"{folder} holds no {', '.join(missing)} state, which this run needs")
-    for name, size in manifest["files"].items():
+    for name, expected in manifest["files"].items():
         path = folder / name
         if not path.is_file():
             raise StateError(f"{name} is missing")
-        if path.stat().st_size != size:
-            raise StateError(f"{name} has {path.stat().st_size} bytes instead of {size}")
+        if path.stat().st_size != expected["size"]:
+            raise StateError(f"{name} has {path.stat().st_size} bytes instead of {expected['size']}")
+        if expected["sha256"] is not None and file_sha256(path) != expected["sha256"]:
+            raise StateError(f"{name} does not match its SHA-256 in {MANIFEST} (changed after it was saved)")
     states = {name: read_part(folder / _part_file(name)) for name in needed}
     streams = read_part(folder / _rng_file(rank))
     try:
