@@ -385,8 +385,10 @@ def validate(b: Bench, settings: list[tuple[str, dict]]) -> None:
         results = evaluate(b, [run for _, run in group], suites=list(SUITES), split="validation", data_dir=b.holdout,
                            out=b.work / "eval" / "sweep" / f"group-{int(time.time())}-{start}")
         for (name, hp), run in group:
+            wall = read_json(run / "bench_wall.json") or {}
             write_json(sweep_result(b, name, hp), {"method": name, "hp": hp, "seed": SWEEP_SEED,
-                                                   **condense(results[run.name]), **protocol_fields(b)})
+                                                   **condense(results[run.name]), **protocol_fields(b),
+                                                   "commit": code_commit(), "train_seconds": wall.get("seconds")})
 
 
 def protocol_fields(b: Bench) -> dict:
