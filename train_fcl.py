@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import functools
 import logging
+import shutil
 import sys
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -28,6 +29,7 @@ import torch
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
 from timm_fcl.data import DataError
 from timm_fcl.run import folder as run_folder
+from timm_fcl.run.atomic import WriteError
 from timm_fcl.run.cli import OneLineParser, run_cli
 from timm_fcl.run.export import export_model, run_tag
 from timm_fcl.run.metrics import topk_hits
@@ -36,7 +38,8 @@ from timm_fcl.training.build import Data, Training, build_data, build_training, 
 from timm_fcl.training.checks import validate_args
 from timm_fcl.training.flags import flag_group
 from timm_fcl.training.resume import previous_run, record_settings, resume_or_start
-from timm_fcl.training.states import save_state_atomic
+from timm_fcl.training.signals import StopRequests, Stopped
+from timm_fcl.training.states import list_states, save_state_atomic
 from timm_fcl.training.steps import (DivergedError, LossMeter, check_labels, clip_gradients, log_interval,
                                      stop_if_diverged, training_batch)
 from timm_fcl.training.summary import epoch_row, keep_best, update_summary
@@ -142,6 +145,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="resume from this state folder (or run folder's latest)")
     add("--checkpoint-interval", type=int, default=0, at_least=0, may_change_on_resume=True,
         help="also save the state every N steps")
+    add("--checkpoint-minutes", type=float, default=30.0, at_least=0, may_change_on_resume=True,
+        help="also save the state when this many minutes have passed since the last save (0: never), so a hard kill "
+             "costs at most that much training")
+    add("--save-on-signal", nargs="+", default=[], metavar="SIGNAL", may_change_on_resume=True,
+        help="signals that save the state and stop, besides SIGTERM and SIGINT (e.g. SIGUSR1, which SLURM's "
+             "--signal sends ahead of the end of a job)")
     add("--checkpoint-hist", type=int, default=2, at_least=0, may_change_on_resume=True, help="training states kept")
     add("--log-interval", type=int, default=50, at_least=1, may_change_on_resume=True)
     add("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
@@ -159,27 +168,68 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     parser = get_args_parser()
     validate_args(args, parser)
+    stops = StopRequests(args.save_on_signal, minutes=args.checkpoint_minutes)
     accelerator, output = setup(args)
-    with lock_output(accelerator, output):
-        previous = previous_run(args, output)
-        data = build_data(args, accelerator, streams=previous[1].get("loader_streams"))
-        run = build_training(args, accelerator, data, output)
-        resume_or_start(args, accelerator, run, data, flags.result_settings(parser, args), previous)
+    with lock_output(accelerator, output), stops:
+        fresh = not list_states(output) and not (output / "tb").exists()
+        try:
+            return train_to_the_end(args, parser, accelerator, output, stops)
+        except Stopped:
+            raise
+        except BaseException:
+            if fresh and not list_states(output):  # a failed start leaves nothing behind (the lock removes the folder)
+                accelerator.end_training()
+                shutil.rmtree(output / "tb", ignore_errors=True)
+            raise
 
-        def save_on_interval() -> None:
-            if args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0 \
-                    and run.progress.batch < len(data.train):
-                stop_if_diverged(accelerator, run)
-                if accelerator.is_main_process:
-                    record_settings(args, run)
-                save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist,
-                                  run.state_parts(accelerator))
 
-        metrics: dict = {}
+def train_to_the_end(args: argparse.Namespace, parser: argparse.ArgumentParser, accelerator: Accelerator,
+                     output, stops: StopRequests) -> dict:
+    """Build, resume and train every epoch left; on a stop request (a signal), save the step in flight and raise
+    :class:`Stopped`."""
+    previous = previous_run(args, output)
+    data = build_data(args, accelerator, streams=previous[1].get("loader_streams"))
+    run = build_training(args, accelerator, data, output)
+    run.epoch_meter = LossMeter(accelerator.device)
+    resume_or_start(args, accelerator, run, data, flags.result_settings(parser, args), previous)
+
+    def save_now() -> None:
+        stop_if_diverged(accelerator, run)
+        if accelerator.is_main_process:
+            record_settings(args, run)
+        save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist,
+                          run.state_parts(accelerator), run.rank_parts())
+        stops.saved()
+
+    def stop(signum: int) -> Stopped:
+        import signal
+
+        p = run.progress
+        return Stopped(f"stopped by {signal.Signals(signum).name} at epoch {p.epoch} batch {p.batch} (step {p.step}), "
+                       f"the state saved in {run.output}: run the same command to resume", signum,
+                       quiet=not accelerator.is_main_process)
+
+    def after_step() -> None:
+        """The interval and time-based saves, and a stop request, at the end of an optimizer step (the epoch's last
+        step saves with the epoch)."""
+        signum, due = stops.poll(accelerator)
+        interval = args.checkpoint_interval and run.progress.step % args.checkpoint_interval == 0
+        if (interval or due or signum) and run.progress.batch < len(data.train):
+            save_now()
+            if signum:
+                raise stop(signum)
+
+    metrics: dict = {}
+    try:
         while run.progress.epoch < run.num_epochs:
             skipped_before = data.train.skipped()
-            train = train_one_epoch(args, accelerator, run, data, on_step=save_on_interval)
+            train = train_one_epoch(args, accelerator, run, data, on_step=after_step)
             metrics = end_of_epoch(args, accelerator, run, data, train, skipped_before)
+            stops.saved()
+            signum, _ = stops.poll(accelerator)
+            if signum and run.progress.epoch < run.num_epochs:  # the epoch's state is saved: stop here
+                raise stop(signum)
+    finally:
         accelerator.end_training()
     return metrics
 
@@ -196,7 +246,9 @@ def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Tra
     run.scheduler.step_update(num_updates=p.step)
     reg.train()
     n_batches, accum = len(data.train), args.grad_accum_steps
-    epoch, window = LossMeter(accelerator.device), LossMeter(accelerator.device)
+    if p.batch == 0 or run.epoch_meter is None:  # else: the means so far of an epoch resumed midway
+        run.epoch_meter = LossMeter(accelerator.device)
+    epoch, window = run.epoch_meter, LossMeter(accelerator.device)
     bar = tqdm(total=n_batches, initial=p.batch, desc=f"epoch {p.epoch}", leave=False,
                disable=args.no_progress or not accelerator.is_main_process, dynamic_ncols=True)
     # FCL's input requires grad (for the utility): without inputs= the backward would also compute the first layer's
@@ -304,7 +356,12 @@ def end_of_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Traini
 
 def cli(argv: Optional[list[str]] = None) -> int:
     """Run main; a bad input ends with one line on stderr (exit 2), never a traceback."""
-    return run_cli("train_fcl.py", lambda a: main(parse_args(a)), argv, errors=(DataError, DivergedError))
+    try:
+        return run_cli("train_fcl.py", lambda a: main(parse_args(a)), argv, errors=(DataError, DivergedError, WriteError))
+    except Stopped as exn:
+        if not exn.quiet:
+            print(f"train_fcl.py: {exn}", file=sys.stderr)
+        return exn.code
 
 
 if __name__ == "__main__":

@@ -249,6 +249,18 @@ def test_a_malformed_eval_json_is_one_line(trained, tmp_path, capsys, content):
     assert "is not a results.json of timm_fcl.eval" in err
 
 
+@pytest.mark.parametrize("name", ["args.yaml", "resolved.yaml"])
+@pytest.mark.parametrize("content, expected", [("- a list\n- of flags\n", "is not a mapping of settings: it holds a list"),
+                                               ("just words\n", "is not a mapping of settings: it holds a str"),
+                                               ("epochs: [1\n", "is not YAML")])
+def test_a_run_yaml_that_is_not_a_mapping_is_one_line(trained, tmp_path, capsys, name, content, expected):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    (run_dir / name).write_text(content)
+    err = one_line_refusal([str(run_dir), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out")], capsys)
+    assert f"{run_dir / name} {expected}" in err and not (tmp_path / "out").exists()
+
+
 def test_a_non_empty_dry_run_folder_needs_overwrite(trained, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from timm_fcl.training import rng
 from timm_fcl.training.state_files import StateError, read_part, write_part
 from timm_fcl.training.states import file_sha256, load_training_state, save_state_atomic
-from train_helpers import TOY_RUN, run, train_cmd
+from train_helpers import TOY_RUN, one_error_line, run, train_cmd
 
 TOY = [*TOY_RUN, "-b", "16", "--log-interval", "4", "--epochs", "2", "--workers", "0", "--checkpoint-interval", "3",
        "--checkpoint-hist", "10"]
@@ -329,3 +329,61 @@ def test_two_processes_pass_over_a_state_missing_one_rank_file_and_end_identical
     assert one.returncode == 2 and _error_lines(one.stderr)[0].endswith(
         "was saved by 2 process(es) and this run has 1: resume with as many (each keeps its own place in the data "
         "and random streams)")
+
+
+# ------------------------------------------------------------------------------------------------------ a full disk
+# train_fcl.py with the safetensors writer failing as on a full disk for every file of one state folder
+FULL_DISK = """
+import runpy, sys
+from safetensors import SafetensorError
+from timm_fcl.training import state_files
+real, marker = state_files.save_file, sys.argv[1]
+def save_file(tensors, path, metadata=None):
+    if marker in path:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    return real(tensors, path, metadata=metadata)
+state_files.save_file = save_file
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_full_disk_during_a_save_is_one_line_keeps_the_newest_state_and_the_run_resumes(straight, toy, tmp_path):
+    out = tmp_path / "run"
+    argv = [*TOY, "--data-dir", str(toy), "--output", str(out)]
+    python, script = train_cmd()
+    full = run([python, "-c", FULL_DISK, "step_000000006", script, *argv])
+    line = one_error_line("full disk", full.returncode, full.stderr)
+    assert line == (f"train_fcl.py: error: cannot save the training state of step 6: Error while serializing: I/O "
+                    f"error: No space left on device (os error 28); the newest complete state "
+                    f"({_state(out, 3)}) is kept: free space and run the same command to resume"), line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000000003"]  # no half-written folder
+    assert not (out / ".lock").exists()
+    again = run(train_cmd(*argv))  # space is back
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {_state(out, 3)}" in again.stderr
+    assert _same_export(straight, out)
+
+
+def test_a_full_disk_during_an_export_keeps_the_previous_export(tmp_path, monkeypatch):
+    import timm
+    from safetensors import SafetensorError
+    from timm_fcl.run import export
+    from timm_fcl.run.atomic import WriteError
+
+    model = timm.create_model("resnet18", num_classes=3)
+    config = timm.data.resolve_model_data_config(model)
+    export.export_model(model, tmp_path / "model", data_config=config)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()}
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(export, "save_file", full)
+    with torch.no_grad():
+        next(model.parameters()).add_(1)
+    with pytest.raises(WriteError, match=r"cannot export the model to .*model: .*No space left on device.*; the "
+                                         r"previous export is kept"):
+        export.export_model(model, tmp_path / "model", data_config=config)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left

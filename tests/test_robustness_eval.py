@@ -470,3 +470,52 @@ def test_pretrained_resnet18_and_its_tag_from_an_offline_hub_cache(tmp_path):
     for label in ("resnet18", "resnet18.a1_in1k"):  # the saved weights predict every label: random ones would not
         assert [(r["correct"], r["total"]) for r in results[label]["rows"]] == [(6, 6)], HUB_LOAD
         assert results[label]["weights"] == f"timm pretrained {hub_id}"
+
+
+# ------------------------------------------------------------------------ numbers only from the weights it was given
+def test_a_config_whose_classes_contradict_the_weights_is_one_line(tmp_path, capsys):
+    """timm would build a 5-way head for such a config and re-initialize it: the accuracy printed would be of a head
+    nobody trained. The export is refused before any set is read."""
+    exported_lenet(tmp_path / "lenet")
+    config = json.loads((tmp_path / "lenet" / "config.json").read_text())
+    assert config["num_classes"] == 10
+    (tmp_path / "lenet" / "config.json").write_text(json.dumps({**config, "num_classes": 5}))
+    line = one_error_line(["--model", str(tmp_path / "lenet"), "--suites", "clean", "--data-dir",
+                           str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")], capsys)
+    assert "num_classes 5 contradicts" in line and "has shape [10, " in line, line
+    assert not (tmp_path / "out").exists()
+
+    exported_lenet(tmp_path / "lenet")  # the same export intact loads and keeps its trained head exactly
+    model = load_models([str(tmp_path / "lenet")])[0].model
+    assert torch.equal(model.state_dict()[f"{model.default_cfg['classifier']}.weight"],
+                       exported_lenet(tmp_path / "again").state_dict()[f"{model.default_cfg['classifier']}.weight"])
+
+
+@pytest.mark.parametrize("where", ["flag", "config"])
+def test_a_std_that_is_not_positive_is_one_line(tmp_path, capsys, where):
+    exported_lenet(tmp_path / "lenet")
+    argv = ["--model", str(tmp_path / "lenet"), "--suites", "clean", "--data-dir", str(tmp_path / "nowhere")]
+    if where == "flag":
+        line = one_error_line([*argv, "--std", "1", "0", "1"], capsys)
+        assert "--std: std [1.0, 0.0, 1.0] must be positive" in line, line
+    else:
+        config = json.loads((tmp_path / "lenet" / "config.json").read_text())
+        config["pretrained_cfg"]["std"] = [0.0]
+        (tmp_path / "lenet" / "config.json").write_text(json.dumps(config))
+        line = one_error_line(argv, capsys)
+        assert f"{tmp_path / 'lenet' / 'config.json'}: std [0.0] must be positive" in line, line
+
+
+def test_labels_outside_the_models_classes_are_one_line(tmp_path, capsys):
+    make_cifar_c(tmp_path / "cifar")
+    labels = np.load(tmp_path / "cifar" / "labels.npy")
+    labels[7] = NUM_CLASSES + 2
+    np.save(tmp_path / "cifar" / "labels.npy", labels)
+    line = one_error_line([*PLANTED, "--suites", "cifar-c", "--cifar-c-dir", str(tmp_path / "cifar"), "--output",
+                           str(tmp_path / "out")], capsys)
+    assert f"labels.npy: label {NUM_CLASSES + 2} (at index 7; 1 of 100 are) is outside [0, {NUM_CLASSES})" in line, line
+    # in range for a model with more classes: the same folder is evaluated
+    ok = main(get_args_parser().parse_args([*PLANTED, "--num-classes", str(NUM_CLASSES + 3), "--suites", "cifar-c",
+                                            "--cifar-c-dir", str(tmp_path / "cifar"), "--corruptions", "fog",
+                                            "--output", str(tmp_path / "out13")]))
+    assert ok["planted_label_reader"]["rows"][0]["total"] == 20

@@ -108,7 +108,11 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(toy, t
     a, b = load_file(tmp_path / "straight" / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["eval_top1"] for r in _summary(out)] == [r["eval_top1"] for r in _summary(tmp_path / "straight")]
+    resumed, uninterrupted = _summary(out), _summary(tmp_path / "straight")
+    assert [r["eval_top1"] for r in resumed] == [r["eval_top1"] for r in uninterrupted]
+    # the epoch cut by the kill reports the loss of all its steps, those before the resume included
+    assert [(r["train_loss"], r["train_ce"], r["train_fcl"]) for r in resumed] == \
+        [(r["train_loss"], r["train_ce"], r["train_fcl"]) for r in uninterrupted]
 
 
 # ------------------------------------------------------------------------------------------ every sample once per epoch
@@ -214,6 +218,8 @@ def test_bad_inputs_give_one_error_line_and_keep_what_was_saved(toy, tmp_path):
     ckpt = tmp_path / "seven.safetensors"
     save_file(timm.create_model("resnet18", num_classes=7).state_dict(), str(ckpt))
     bad_labels = make_shards(tmp_path / "bad", bad_label_at=5)
+    pickled = tmp_path / "pickled.safetensors"
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), pickled)  # a pickle under the name
     base = [*TOY, "--workers", "0"]
     cases = {
         "data dir": ([*base, "--data-dir", str(tmp_path / "nowhere")], "does not exist"),
@@ -221,6 +227,8 @@ def test_bad_inputs_give_one_error_line_and_keep_what_was_saved(toy, tmp_path):
         "method": ([*base, "--data-dir", str(toy), "--method", "magic"], "invalid choice: 'magic'"),
         "classes": ([*base, "--data-dir", str(toy), "--num-classes", "10", "--initial-checkpoint", str(ckpt)],
                     "contradicts --initial-checkpoint"),
+        "pickle": ([*base, "--data-dir", str(toy), "--initial-checkpoint", str(pickled)],
+                   f"--initial-checkpoint {pickled} is not a safetensors file"),
         # resumes the finished run above and trains a second epoch, which meets label 13
         "labels": ([*base, "--data-dir", str(bad_labels), "--epochs", "2"], "outside [0, 10)"),
     }

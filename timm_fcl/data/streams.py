@@ -19,16 +19,22 @@ loader. What this module adds over timm's `ReaderWds` is what exact, resumable m
 - A corrupt or truncated shard is skipped with a warning and counted; the stream refills its quota by repeating
   samples it already read, so the ranks stay in step and the run goes on. An undecodable image is replaced by another
   sample of its batch; a batch with no decodable sample stops the run.
+- Before a run, local shards are counted from their tar headers (``tarindex``, no image decoded): a split
+  whose shards hold other counts than ``_info.json`` lists is refused, and a sample without a label (.cls) or an image
+  is left out of the epoch's numbering (the epoch has that many samples fewer) and logged every epoch.
 """
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import random
+import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -40,6 +46,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from .. import _compat
+from .tarindex import ShardCount, UnreadableShard, count_shard
 
 _logger = logging.getLogger(__name__)
 
@@ -134,15 +141,30 @@ class AugMixViews:
 
 
 # ----------------------------------------------------------------------------------------------------- sources
+def is_complete(extensions: set) -> bool:
+    """A sample the reader can train on: an image and a label (.cls), by its extensions."""
+    return "cls" in extensions and any(k in extensions for k in IMAGE_KEYS)
+
+
 class WdsSource:
-    """WebDataset shards (local paths or URLs) with known lengths; reads raw samples (bytes) without decoding."""
+    """WebDataset shards (local paths or URLs) with known lengths; reads raw samples (bytes) without decoding.
+
+    ``counted[i]``: shard i was counted before the run (``count_split``) and ``lengths[i]`` is its number of complete
+    samples (image and label): the others are not numbered at all. An uncounted shard (a URL, a truncated tar) is
+    numbered as ``_info.json`` lists it, and a sample found incomplete there is skipped when read (its stream
+    refills the quota as for a bad shard). ``incomplete`` / ``incomplete_example``: the counted shards' samples left
+    out, and the first of them as 'KEY in SHARD'."""
 
     def __init__(self, urls: Sequence[str], lengths: Sequence[int], *, image_mode: str = "RGB",
-                 class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None):
+                 class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
+                 counted: Optional[Sequence[bool]] = None, incomplete: int = 0,
+                 incomplete_example: Optional[str] = None, split: str = ""):
         self.urls, self.lengths = list(urls), [int(n) for n in lengths]
         self.image_mode, self.class_names = image_mode, list(class_names) if class_names else None
         self.num_classes = num_classes or (len(class_names) if class_names else None)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.counted = list(counted) if counted is not None else [False] * len(self.urls)
+        self.incomplete, self.incomplete_example, self.split = incomplete, incomplete_example, split
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -151,7 +173,10 @@ class WdsSource:
         """The epoch's shard order; samples are then numbered through the shards in that order."""
         return np.arange(len(self.urls)) if rng is None else rng.permutation(len(self.urls))
 
-    def raw(self, positions: Sequence[int], order: np.ndarray, on_bad_shard: Callable[[str, str], None]) -> Iterator:
+    def raw(self, positions: Sequence[int], order: np.ndarray, on_bad_shard: Callable[[str, str], None],
+            on_incomplete: Optional[Callable[[str, str], None]] = None) -> Iterator:
+        """The raw samples at these positions of the epoch's order; a sample without an image or a label in an
+        uncounted shard is not yielded and goes to on_incomplete(url, key)."""
         import webdataset as wds
 
         lengths = np.asarray(self.lengths)[order]
@@ -159,15 +184,20 @@ class WdsSource:
         positions = np.asarray(positions, dtype=np.int64)
         shard_of = np.searchsorted(starts, positions, side="right") - 1
         for slot in np.unique(shard_of):
-            url = self.urls[order[slot]]
+            url, counted = self.urls[order[slot]], self.counted[order[slot]]
             wanted = set((positions[shard_of == slot] - starts[slot]).tolist())
             last, seen = max(wanted), -1
             try:
-                for seen, sample in enumerate(wds.tarfile_to_samples()([{"url": url}])):
+                for sample in wds.tarfile_to_samples()([{"url": url}]):
+                    complete = is_complete(set(sample))
+                    if not complete and counted:  # not numbered: the count before the run left it out
+                        continue
+                    seen += 1
                     if seen in wanted:
-                        if not any(k in sample for k in IMAGE_KEYS) or "cls" not in sample:
-                            raise ValueError(f"sample {sample.get('__key__')} has no image or no .cls")
-                        yield sample
+                        if complete:
+                            yield sample
+                        elif on_incomplete is not None:
+                            on_incomplete(url, str(sample.get("__key__")))
                     if seen >= last:
                         break
             except Exception as exn:  # a truncated gzip, a broken tar header, a missing member
@@ -229,17 +259,38 @@ class EpochStream(IterableDataset):
         # shared with the loader's worker processes, which inherit them
         self.bad_shards = mp.Value("i", 0)
         self.repeated = mp.Value("i", 0)
+        self._incomplete_read = mp.Value("i", 0)  # samples without an image or a label met in uncounted shards
         if len(self.selected) < self.world_size * self.streams:
             raise DataError(f"{len(self.selected)} samples cannot feed {self.world_size} processes x "
                             f"{self.streams} loader streams; use fewer --workers or more data")
+        if not is_training:
+            self._log_incomplete("validation")
 
     def skipped(self) -> tuple[int, int]:
         """(unreadable shards skipped, samples repeated to keep the quota) so far, on this rank."""
         return self.bad_shards.value, self.repeated.value
 
+    def incomplete_per_epoch(self) -> int:
+        """Samples without an image or a label (.cls) that every epoch leaves out (found by counting the shards)."""
+        return int(getattr(self.source, "incomplete", 0) or 0)
+
+    def incomplete_read(self) -> int:
+        """Samples without an image or a label met so far while reading uncounted shards, on this rank (each one
+        also counts as repeated when its quota was refilled)."""
+        return self._incomplete_read.value
+
+    def _log_incomplete(self, when: str) -> None:
+        n = self.incomplete_per_epoch()
+        if n and self.rank == 0:
+            _logger.warning(f"{when}: {n} sample(s) of split '{getattr(self.source, 'split', '')}' without a label "
+                            f"(.cls) or an image left out, {len(self.source)} remain "
+                            f"(e.g. {self.source.incomplete_example})")
+
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Select the epoch's order; skip_batches > 0 resumes after that many batches of this rank."""
         self.epoch, self.skip_batches = epoch, skip_batches
+        if self.is_training:
+            self._log_incomplete(f"epoch {epoch}")
 
     def _range(self, stream: int) -> range:
         return stream_range(len(self.selected), self.world_size * self.streams, stream,
@@ -255,11 +306,18 @@ class EpochStream(IterableDataset):
             self.bad_shards.value += 1
         _logger.warning(f"skipping unreadable shard {url} ({why})")
 
+    def _on_incomplete(self, url: str, key: str) -> None:
+        with self._incomplete_read.get_lock():
+            self._incomplete_read.value += 1
+        _logger.warning(f"skipping sample {key} of {url}: no label (.cls) or no image")
+
     def _raw_batches(self, stream: int) -> Iterator[list]:
         """The stream's batches of raw (undecoded) items, each item with its index in the stream."""
         positions = [self.selected[i] for i in self._range(stream)]
         order_rng = np.random.default_rng([self.seed, self.epoch]) if self.is_training else None
-        items = self.source.raw(positions, self.source.order(order_rng), self._on_bad_shard)
+        order = self.source.order(order_rng)
+        items = self.source.raw(positions, order, self._on_bad_shard, self._on_incomplete) \
+            if isinstance(self.source, WdsSource) else self.source.raw(positions, order, self._on_bad_shard)
         if self.is_training and isinstance(self.source, WdsSource):
             items = _compat.wds_shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
                                         rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))
@@ -325,11 +383,19 @@ class EpochStream(IterableDataset):
             yield pool[k % len(pool)]
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A loader worker leaves the process group: a launcher or a terminal sends SIGTERM / SIGINT to the whole group,
+    and the training process, which saves its state on them, still needs its workers for the step in flight. The
+    loader still ends its workers itself (and they end with a training process that dies)."""
+    os.setpgrp()
+
+
 def make_loader(stream: EpochStream, *, num_workers: int, pin_memory: bool = False) -> DataLoader:
     # own generator: creating the loader's iterator must not draw from the global torch RNG, which the
     # regularizer's noise uses and a checkpoint restores
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, generator=torch.Generator())
+                      persistent_workers=False, generator=torch.Generator(),
+                      worker_init_fn=_leave_stop_signals_to_the_trainer if num_workers else None)
 
 
 # ----------------------------------------------------------------------------------------------- sources from args
@@ -339,9 +405,38 @@ def _is_url(path: str) -> bool:
 
 def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     """Shard urls and lengths of a split: a name listed in root/_info.json, or a brace pattern 'PATTERN|N'."""
+    urls, lengths, info, _ = _wds_split(root, split)
+    return urls, lengths, info
+
+
+def _is_pattern(split: str) -> bool:
+    return "tar" in split or ".." in split  # as timm's _parse_split_info
+
+
+def load_info(root: str) -> dict:
+    """root/_info.json parsed; a file there that is no JSON object is an error of its own (timm's loader would warn
+    'not found' and go on without it). Without one (or for a URL), timm's loader: info.json, or nothing."""
+    path = os.path.join(root, "_info.json")
+    if _is_url(root) or not os.path.exists(path):
+        return _compat.load_wds_info(root)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as exn:
+        raise DataError(f"{path} cannot be read ({type(exn).__name__}: {exn.strerror or exn})") from None
+    except UnicodeDecodeError as exn:
+        raise DataError(f"{path} is not valid JSON (not UTF-8 text: {exn.reason} at byte {exn.start})") from None
+    try:
+        return json.loads(text)
+    except ValueError as exn:
+        raise DataError(f"{path} is not valid JSON ({exn})") from None
+
+
+def _wds_split(root: str, split: str) -> tuple[list[str], list[int], dict, bool]:
+    """wds_split, and whether the lengths are per shard as listed (else shares of a total: 'PATTERN|N')."""
     if not _is_url(root) and not os.path.isdir(root):
         raise DataError(f"data dir {root} does not exist")
-    info = _compat.load_wds_info(root)
+    info = load_info(root)
     if not isinstance(info, dict):
         raise DataError(f"{root}/_info.json: expected an object, got {type(info).__name__}")
     if not isinstance(info.get("splits", {}), dict):
@@ -354,6 +449,9 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
             split = found
     if split in listed:
         check_split_entry(f"{root}/_info.json, split '{split}'", listed[split])
+    elif not _is_pattern(split) and (info or not _is_url(root) and os.path.exists(os.path.join(root, "_info.json"))):
+        raise DataError(f"{root}/_info.json lists no split '{split}' "
+                        f"(its splits: {', '.join(map(str, listed)) or 'none'})")
     try:
         split_info = _compat.parse_wds_split(split, info)
     except (RuntimeError, KeyError) as exn:
@@ -361,6 +459,7 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
                         f"pattern like 'name-{{000..009}}.tar|NUM_SAMPLES'): {exn}") from None
     urls = [f if _is_url(f) or os.path.isabs(f) else os.path.join(root, f) for f in split_info.filenames]
     lengths = list(split_info.shard_lengths)
+    per_shard = bool(lengths)
     if not lengths:
         if not split_info.num_samples:
             raise DataError(f"shard lengths of '{split}' are unknown: add an _info.json or write 'PATTERN|NUM_SAMPLES'")
@@ -371,7 +470,62 @@ def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
         missing = [u for u in urls if not _is_url(u) and not os.path.exists(u)]
         if missing:
             raise DataError(f"{len(missing)} shard(s) of split '{split}' missing, e.g. {missing[0]}")
-    return urls, lengths, info
+    return urls, lengths, info, per_shard
+
+
+def _count(url: str) -> ShardCount | str:
+    try:
+        return count_shard(url, is_complete)
+    except UnreadableShard as exn:
+        return str(exn)
+
+
+def count_split(root: str, split: str, urls: Sequence[str], lengths: Sequence[int], *, per_shard: bool = True
+                ) -> tuple[list[int], list[bool], int, Optional[str]]:
+    """Check a split's local shards against the lengths _info.json lists, counting their samples from the tar headers
+    (no image read), and return what an epoch numbers: (lengths, counted, incomplete samples, the first one as
+    'KEY in SHARD').
+
+    A shard read to its end must hold its listed length (``per_shard``; else the shards together the listed total):
+    any other count is an error before the run. A counted shard's length becomes its number of complete samples
+    (image and .cls). A shard that cannot be read to its end (truncated, corrupt) keeps its listed length, with a
+    warning: the stream skips what it cannot read and refills the quota, as before the count. URLs are not counted.
+    """
+    if not urls or any(_is_url(u) for u in urls):
+        return list(lengths), [False] * len(urls), 0, None
+    start = time.perf_counter()
+    threads = max(1, min(8, (os.cpu_count() or 1) // 2, len(urls)))
+    with ThreadPoolExecutor(threads) as pool:  # inflating a gzip shard releases the GIL
+        counts = list(pool.map(_count, urls))
+    held = sum(c.samples for c in counts if isinstance(c, ShardCount))
+    wrong = [(u, n, c.samples) for u, n, c in zip(urls, lengths, counts) if isinstance(c, ShardCount)
+             and (c.samples > n or (c.ended and c.samples != n))]
+    if per_shard and wrong:
+        url, claimed, counted = wrong[0]
+        raise DataError(f"split '{split}': {root}/_info.json lists {sum(lengths)} samples, its shards hold {held} "
+                        f"({len(wrong)} shard(s) differ, e.g. {os.path.basename(url)}: listed {claimed}, "
+                        f"holds {counted})")
+    ends = [isinstance(c, ShardCount) and c.ended for c in counts]
+    if not per_shard and all(ends) and held != sum(lengths):
+        raise DataError(f"split '{split}': its pattern gives {sum(lengths)} samples, its shards hold {held}")
+    new_lengths, counted, incomplete, example = [], [], 0, None
+    for url, n, c, ended in zip(urls, lengths, counts, ends):
+        if not ended:
+            _logger.warning(f"shard {url} of split '{split}' cannot be read to its end "
+                            f"({c if isinstance(c, str) else f'it stops after {c.samples} samples'}): "
+                            f"it is used as far as it reads")
+        if not ended or not (per_shard or all(ends)):  # lengths of a pattern split stay equal shares of its total
+            new_lengths.append(n)
+            counted.append(False)
+            continue
+        new_lengths.append(c.complete)
+        counted.append(True)
+        incomplete += c.samples - c.complete
+        if example is None and c.first_incomplete is not None:
+            example = f"{c.first_incomplete} in {os.path.basename(url)}"
+    _logger.info(f"split '{split}': {held} samples in {len(urls)} shard(s) counted in "
+                 f"{time.perf_counter() - start:.2f} s")
+    return new_lengths, counted, incomplete, example
 
 
 def check_split_entry(where: str, entry) -> None:
@@ -394,9 +548,14 @@ def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, dow
     """A source for --dataset: 'wds/NAME' (shards), 'torch/NAME' (torchvision), '' or 'folder' (image folders)."""
     image_mode = "RGB" if in_chans == 3 else "L"
     if dataset.startswith("wds/"):
-        urls, lengths, info = wds_split(root, split)
+        urls, lengths, info, per_shard = _wds_split(root, split)
+        lengths, counted, incomplete, example = count_split(root, split, urls, lengths, per_shard=per_shard)
+        if incomplete and not sum(lengths):
+            raise DataError(f"split '{split}' of {root}: none of its samples has both an image and a label (.cls), "
+                            f"e.g. {example}")
         return WdsSource(urls, lengths, image_mode=image_mode, class_names=info.get("class_names"),
-                         num_classes=info.get("num_classes"))
+                         num_classes=info.get("num_classes"), counted=counted, incomplete=incomplete,
+                         incomplete_example=example, split=split)
     from timm.data import create_dataset
 
     if not download and not os.path.isdir(root):

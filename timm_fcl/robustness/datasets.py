@@ -111,6 +111,18 @@ def check_classes(where: Union[str, Path], classes: Sequence[str], class_map: Di
                          f"not in the class map ({len(unknown)} of {len(classes)})")
 
 
+def check_labels(labels: Union[np.ndarray, Sequence[int]], num_classes: Optional[int], where: str) -> None:
+    """Refuse labels outside [0, num_classes): the model would score those images as wrong, without a word."""
+    labels = np.asarray(labels)
+    if num_classes is None or not labels.size:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ValueError(f"{where}: label {labels[first]} (at index {first}; {int(bad.sum())} of {labels.size} are) is "
+                         f"outside [0, {num_classes}), the model's classes")
+
+
 def read_class_map(path: Union[str, Path]) -> Dict[str, int]:
     """A class map file (timm's: .txt with one class name per line, or .pkl of a dict) as {name: index}."""
     from timm.data.readers.class_map import load_class_map
@@ -139,15 +151,18 @@ def cifar_c_sets(
         *,
         corruptions: Optional[Sequence[str]] = None,
         severities: Sequence[int] = SEVERITIES,
+        num_classes: Optional[int] = None,
 ) -> List[CorruptionSet]:
     """The (corruption, severity) sets of a CIFAR-10-C / CIFAR-100-C folder (memory-mapped, nothing copied).
 
-    ``corruptions=None`` takes every one of the 19 whose ``.npy`` is present (at least one must be).
+    ``corruptions=None`` takes every one of the 19 whose ``.npy`` is present (at least one must be). With
+    ``num_classes``, a label of labels.npy outside [0, num_classes) is refused.
     """
     root = Path(root)
     if not (root / "labels.npy").is_file():
         raise FileNotFoundError(f"{root} is not a CIFAR-C folder: labels.npy is missing")
     labels = np.load(root / "labels.npy")
+    check_labels(labels, num_classes, str(root / "labels.npy"))
     if corruptions is None:
         corruptions = [c for c in CORRUPTIONS if (root / f"{c}.npy").is_file()]
         if not corruptions:
@@ -176,12 +191,14 @@ def imagenet_c_sets(
         corruptions: Optional[Sequence[str]] = None,
         severities: Sequence[int] = SEVERITIES,
         class_map: Union[str, Dict[str, int], None] = None,
+        num_classes: Optional[int] = None,
 ) -> List[CorruptionSet]:
     """The (corruption, severity) sets of an ImageNet-C tree ``<corruption>/<severity>/<wnid>/*.JPEG``, unresized.
 
     ``corruptions=None`` takes every one of the 19 with a folder. Every set must hold the same wnid folders (a set
     missing one would shift the indices of the others); without ``class_map`` the class index is the wnid's position
-    among them, sorted. ``class_map`` (a dict, or a file for ``read_class_map``) must name every wnid.
+    among them, sorted. ``class_map`` (a dict, or a file for ``read_class_map``) must name every wnid. With
+    ``num_classes``, a class index outside [0, num_classes) is refused.
     """
     import timm.data
 
@@ -203,11 +220,13 @@ def imagenet_c_sets(
             diff = [f"lacks {sorted(set(wnids) - set(other))[:3]}", f"adds {sorted(set(other) - set(wnids))[:3]}"]
             raise ValueError(f"ImageNet-C sets disagree on their classes: {folder} "
                              f"{' and '.join(d for d in diff if not d.endswith('[]'))} compared with {folders[0][2]}")
+    where = f"--class-map {class_map}" if isinstance(class_map, (str, Path)) else f"the class map of {root}"
     if isinstance(class_map, (str, Path)):
         class_map = read_class_map(class_map)
     if class_map is None:
-        class_map = {w: i for i, w in enumerate(wnids)}
+        class_map, where = {w: i for i, w in enumerate(wnids)}, f"{root} (its sorted wnid folders)"
     check_classes(root, wnids, class_map)
+    check_labels([class_map[w] for w in wnids], num_classes, where)
     sets = []
     for name, severity, folder in folders:
         data = timm.data.create_dataset("", root=str(folder), class_map=class_map)

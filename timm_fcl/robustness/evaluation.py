@@ -29,8 +29,8 @@ from ..run import model_io
 from ..run.metrics import topk_hits
 from . import noise
 from .corruptions import CORRUPTIONS, preset_for_size
-from .datasets import (ArrayDataset, cifar_c_sets, generated_suite_dir, imagenet_c_sets, iter_clean_images,
-                       load_clean_images, read_class_map)
+from .datasets import (ArrayDataset, check_labels, cifar_c_sets, generated_suite_dir, imagenet_c_sets,
+                       iter_clean_images, load_clean_images, read_class_map)
 from .metrics import summarize_corruptions
 
 SUITES = ("clean", "un", "nun", "cifar-c", "imagenet-c", "generated")
@@ -98,6 +98,27 @@ def weights_source(spec: str, checkpoint: Optional[str], pretrained: bool) -> st
                               "--checkpoint none to evaluate random weights on purpose")
 
 
+def data_config_source(spec: str) -> str:
+    """Where a model's mean / std come from, for error messages: an export's config.json, else the model's name."""
+    resolved = model_io.resolve_spec(spec)
+    if resolved.startswith("local-dir:"):
+        return str(Path(resolved[len("local-dir:"):]) / run_folder.CONFIG)
+    return f"the data config of '{spec}'"
+
+
+def check_std(std: Sequence[float], where: str) -> None:
+    """Refuse a normalization std that is not positive: dividing by it makes every input infinite or NaN."""
+    if not all(float(s) > 0 for s in std):  # "not >" also catches NaN
+        raise ValueError(f"{where}: std {list(std)} must be positive (each value above 0)")
+
+
+def model_classes(models: Sequence[EvalModel]) -> Optional[int]:
+    """The fewest classes of the models (None when none says): every label of a test set must be below it."""
+    counts = [getattr(m.model, "num_classes", None) for m in models]
+    counts = [c for c in counts if isinstance(c, int) and c > 0]
+    return min(counts) if counts else None
+
+
 def load_models(
         specs: Sequence[str],
         *,
@@ -110,20 +131,25 @@ def load_models(
 ) -> List[EvalModel]:
     """Every model in eval mode on ``device``; ``checkpoints`` has one entry per spec (a file, or "none" for random
     weights); ``pretrained`` loads timm's weights for timm names without a file; ``data_overrides`` are
-    ``resolve_model_data_config`` args (img_size, mean, std, crop_pct, interpolation)."""
+    ``resolve_model_data_config`` args (img_size, mean, std, crop_pct, interpolation). An export folder's weights
+    are used exactly as stored (``model_io.create_model``'s ``exact``): nothing of them is adapted to the config."""
     import timm.data
 
     if checkpoints and len(checkpoints) != len(specs):
         raise ValueError("give one --checkpoint per --model (use 'none' for models that need none)")
+    data_overrides = dict(data_overrides or {})
+    if data_overrides.get("std") is not None:
+        check_std(data_overrides["std"], "--std")
     models = []
     for spec, given in zip(specs, checkpoints or [None] * len(specs)):
         weights = weights_source(spec, given, pretrained)  # before any model is built: refusals come at once
         checkpoint = None if given in (None, "none") else given
-        model = model_io.create_model(spec, num_classes=num_classes, checkpoint=checkpoint,
+        model = model_io.create_model(spec, num_classes=num_classes, checkpoint=checkpoint, exact=True,
                                       pretrained=pretrained and weights.startswith("timm")).eval().to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        config = timm.data.resolve_model_data_config(model, args=dict(data_overrides or {}))
+        config = timm.data.resolve_model_data_config(model, args=data_overrides)
+        check_std(config["std"], data_config_source(spec))
         models.append(EvalModel(model_label(spec, checkpoint), spec, model, config, weights))
     return models
 
@@ -219,16 +245,18 @@ class CleanSource:
 
 
 def clean_derived_sets(source: CleanSource, *, suites: Sequence[str], data_config: dict,
-                       corruptions: Optional[Sequence[str]] = None,
-                       class_map: Optional[Dict[str, int]] = None) -> Tuple[List[EvalSet], Optional[str]]:
+                       corruptions: Optional[Sequence[str]] = None, class_map: Optional[Dict[str, int]] = None,
+                       num_classes: Optional[int] = None) -> Tuple[List[EvalSet], Optional[str]]:
     """The clean, UN, NUN and generated sets from one read of the clean set at the model's input size (its labels
-    through ``class_map`` when given), and the parameter preset of the generated suite (None when not requested)."""
+    through ``class_map`` when given; refused outside [0, ``num_classes``)), and the parameter preset of the generated
+    suite (None when not requested)."""
     if not source.data_dir:
         raise ValueError("the clean / un / nun / generated suites need --data-dir (and --dataset)")
     size, crop_pct = data_config["input_size"][-1], data_config["crop_pct"]
     read = dict(dataset=source.dataset, root=source.data_dir, seed=source.seed, size=size, crop_pct=crop_pct)
     images, labels = load_clean_images(split=source.split, max_samples=source.max_samples, class_map=class_map,
                                        **read)
+    check_labels(labels, num_classes, f"{source.data_dir} ({source.dataset or 'image folder'}, {source.split} split)")
     print(f"clean set: {len(images)} images of {images.shape[1]}x{images.shape[2]} from {source.data_dir}")
     sets = [EvalSet("clean", "clean", 0, ArrayDataset(images, labels))] if "clean" in suites else []
     if "un" in suites or "nun" in suites:
@@ -254,13 +282,15 @@ def build_sets(
         imagenet_c_dir: Optional[str] = None,
         class_map: Optional[str] = None,
         corruptions: Optional[Sequence[str]] = None,
+        num_classes: Optional[int] = None,
 ) -> Tuple[List[EvalSet], Dict[str, str]]:
     """Every requested test set, and the parameter preset of each corruption suite.
 
     ``data_config`` is the (first) model's: the clean-derived suites (clean, un, nun, generated; they need ``clean``)
     are read at its input size. ``corruptions`` None takes all 19 (those present on disk for the released suites).
     ``class_map`` (a file for ``read_class_map``: class name -> index) labels the clean set and the ImageNet-C sets
-    alike, so that the clean accuracy of relative mCE counts the same classes.
+    alike, so that the clean accuracy of relative mCE counts the same classes. With ``num_classes`` (the models'), a
+    label outside [0, num_classes) is refused, naming the file or folder it comes from, before any set is generated.
     """
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
@@ -270,19 +300,21 @@ def build_sets(
     presets: Dict[str, str] = {}
     if set(CLEAN_DERIVED_SUITES) & set(suites):
         sets, generated = clean_derived_sets(clean or CleanSource(data_dir=None), suites=suites,
-                                             data_config=data_config, corruptions=corruptions, class_map=class_map)
+                                             data_config=data_config, corruptions=corruptions, class_map=class_map,
+                                             num_classes=num_classes)
         presets.update({"generated": generated} if generated else {})
     if "cifar-c" in suites:
         if not cifar_c_dir:
             raise ValueError("the cifar-c suite needs --cifar-c-dir (the folder with gaussian_noise.npy, labels.npy)")
         presets["cifar-c"] = "cifar"
-        sets += [EvalSet("cifar-c", c, s, d) for c, s, d in cifar_c_sets(cifar_c_dir, corruptions=corruptions)]
+        sets += [EvalSet("cifar-c", c, s, d) for c, s, d in
+                 cifar_c_sets(cifar_c_dir, corruptions=corruptions, num_classes=num_classes)]
     if "imagenet-c" in suites:
         if not imagenet_c_dir:
             raise ValueError("the imagenet-c suite needs --imagenet-c-dir (the folder with gaussian_noise/1/<wnid>/)")
         presets["imagenet-c"] = "imagenet"
         sets += [EvalSet("imagenet-c", c, s, d) for c, s, d in
-                 imagenet_c_sets(imagenet_c_dir, corruptions=corruptions, class_map=class_map)]
+                 imagenet_c_sets(imagenet_c_dir, corruptions=corruptions, class_map=class_map, num_classes=num_classes)]
     return sets, presets
 
 

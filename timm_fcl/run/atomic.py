@@ -7,6 +7,11 @@ import shutil
 from pathlib import Path
 
 
+class WriteError(RuntimeError):
+    """A file or folder could not be written (a full disk, a read-only folder): what was there before is kept;
+    reported as one line."""
+
+
 def fsync(path: str | os.PathLike) -> None:
     """Flush a file's or a folder's entries to the disk (a folder: the names of the files in it)."""
     fd = os.open(path, os.O_RDONLY)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .._compat import save_timm_config
-from .atomic import swap_dir
+from .atomic import WriteError, swap_dir
+from .cli import first_line
 from .folder import CONFIG, WEIGHTS
 
 # what a pretrained config says about where its weights came from: true of timm's default weights of the architecture
@@ -44,13 +46,18 @@ def export_model(model: torch.nn.Module, directory: str | os.PathLike, *, data_c
     pretrained_cfg carries ``tag`` (``run_tag``) and nothing of the weights the architecture was first made with."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     # safetensors needs contiguous tensors (channels_last weights are not) and no shared storage
     tensors = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp / WEIGHTS))
     model_config = {"label_names": list(label_names)} if label_names else None
-    save_timm_config(model, str(tmp / CONFIG), model_config=model_config, data_config=data_config)
-    describe_run(tmp / CONFIG, tag)
-    swap_dir(tmp, directory)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / WEIGHTS))
+        save_timm_config(model, str(tmp / CONFIG), model_config=model_config, data_config=data_config)
+        describe_run(tmp / CONFIG, tag)
+        swap_dir(tmp, directory)
+    except (OSError, SafetensorError) as exn:  # safetensors reports a full disk as its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the previous export is kept" if directory.is_dir() else "nothing was exported"
+        raise WriteError(f"cannot export the model to {directory}: {first_line(exn)}; {kept}") from None
     return directory

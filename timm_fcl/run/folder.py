@@ -26,6 +26,7 @@ from typing import Optional
 import yaml
 
 from .atomic import atomic_write_text
+from .cli import UsageError, first_line
 
 MODEL = "model"
 MODEL_EMA = "model_ema"
@@ -69,7 +70,18 @@ def run_of(export: str | os.PathLike) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    """A run folder's YAML file as a mapping ({} when absent or empty); anything else is refused as one line."""
+    if not path.is_file():
+        return {}
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exn:
+        raise UsageError(f"{path} is not YAML ({first_line(exn)})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{path} is not a mapping of settings: it holds a {type(value).__name__}")
+    return value
 
 
 def read_args(run: str | os.PathLike) -> dict:

@@ -3,15 +3,17 @@ an ``hf-hub:`` / ``local-dir:`` name, a train_fcl.py run folder or an export fol
 a local weights file as the pretrained source (head adapted), or a checkpoint loaded as it is."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import timm
 import torch
+from safetensors import SafetensorError, safe_open
 
 from . import folder as run_folder
-from .cli import UsageError
+from .cli import UsageError, first_line
 
 HUB_PREFIXES = ("hf-hub:", "local-dir:")
 
@@ -45,23 +47,92 @@ def _classifier_names(model: torch.nn.Module) -> list[str]:
     return list(name) if isinstance(name, (list, tuple)) else [name]
 
 
-def checkpoint_classes(path: str | os.PathLike, model: torch.nn.Module) -> Optional[int]:
+def safetensors_shapes(path: str | os.PathLike, what: str = "") -> dict[str, list[int]]:
+    """{key: shape} of a safetensors file, read from its header only: a pickle (or anything else) named
+    ``.safetensors`` is refused unread, as one line naming ``what`` (e.g. the flag) and the file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as exn:
+        raise ModelError(f"{what + ' ' if what else ''}{path} is not a safetensors file ({first_line(exn)}); "
+                         "a pickle renamed .safetensors is never loaded") from None
+
+
+def checkpoint_classes(path: str | os.PathLike, model: torch.nn.Module, what: str = "checkpoint") -> Optional[int]:
     """Rows of ``model``'s classifier weight stored in a checkpoint (None when it has no such tensor).
     A safetensors file is read from its header only; other files go through timm's ``load_state_dict``."""
     path = Path(path)
     keys = [f"{n}.weight" for n in _classifier_names(model)]
+    if path.suffix == ".safetensors":
+        shapes = safetensors_shapes(path, what)
+        found = [k for k in keys if k in shapes]
+        return int(shapes[found[0]][0]) if found else None
     try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                found = [k for k in keys if k in f.keys()]
-                return int(f.get_slice(found[0]).get_shape()[0]) if found else None
         state = timm.models.load_state_dict(str(path))
     except (OSError, RuntimeError, ValueError) as exn:
-        raise ModelError(f"cannot read checkpoint {path}: {str(exn).splitlines()[0] if str(exn) else exn}") from None
+        raise ModelError(f"cannot read {what} {path}: {first_line(exn)}") from None
     found = [k for k in keys if k in state]
     return int(state[found[0]].shape[0]) if found else None
+
+
+def load_error_line(exn: BaseException) -> str:
+    """The telling line of a failed load: torch's ``Error(s) in loading state_dict for X:`` is followed by the first
+    mismatch (a key and its two shapes, or the missing keys), which is what the user needs to see."""
+    lines = [line.strip() for line in str(exn).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[1]
+    return first_line(exn)
+
+
+def read_export_config(folder: Path) -> dict:
+    """An export folder's config.json, refused as one line when it is not a JSON mapping."""
+    path = folder / run_folder.CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise ModelError(f"{path} is not JSON ({first_line(exn)})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path} is not a timm config: expected a mapping, got {type(config).__name__}")
+    return config
+
+
+def export_classes(folder: Path) -> Optional[int]:
+    """Rows of the classifier weight in an export's model.safetensors (None without one), refused when any
+    ``num_classes`` of its config.json says otherwise: timm would re-initialize the classifier without a word."""
+    config = read_export_config(folder)
+    shapes = safetensors_shapes(folder / run_folder.WEIGHTS)
+    pretrained_cfg = config.get("pretrained_cfg", config)  # a legacy config is one flat mapping
+    pretrained_cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else {}
+    names = pretrained_cfg.get("classifier") or config.get("classifier") or ()
+    keys = [f"{n}.weight" for n in ([names] if isinstance(names, str) else names if isinstance(names, list) else [])]
+    key = next((k for k in keys if k in shapes and shapes[k]), None)
+    if key is None:
+        return None
+    model_args = config.get("model_args") if isinstance(config.get("model_args"), dict) else {}
+    stored = int(shapes[key][0])
+    claims = {"num_classes": config.get("num_classes"), "model_args.num_classes": model_args.get("num_classes"),
+              "pretrained_cfg.num_classes": pretrained_cfg.get("num_classes")}
+    for name, value in claims.items():
+        if value is not None and value != stored:
+            raise ModelError(f"{folder / run_folder.CONFIG}: {name} {value} contradicts {folder / run_folder.WEIGHTS}, "
+                             f"whose classifier {key} has shape {shapes[key]}")
+    return stored
+
+
+def check_weights_fit(model: torch.nn.Module, path: Path) -> None:
+    """Every tensor of the safetensors file ``path`` has its place in ``model``, with the same shape, and the model
+    has no tensor the file lacks: the model holds the file's weights exactly, nothing adapted or re-initialized."""
+    shapes = safetensors_shapes(path)
+    for key, tensor in model.state_dict().items():
+        if key not in shapes:
+            raise ModelError(f"{path} lacks {key} (shape {list(tensor.shape)}) of the model its config builds")
+        if list(tensor.shape) != shapes[key]:
+            raise ModelError(f"{path}: {key} has shape {shapes[key]} but the model its config builds has "
+                             f"{list(tensor.shape)}")
+    unexpected = [k for k in shapes if k not in model.state_dict()]
+    if unexpected:
+        raise ModelError(f"{path} holds {unexpected[0]} (shape {shapes[unexpected[0]]}), which the model its config "
+                         "builds has no place for")
 
 
 def _classes_with_checkpoint(spec: str, checkpoint: str, num_classes: Optional[int], flag: str,
@@ -69,7 +140,7 @@ def _classes_with_checkpoint(spec: str, checkpoint: str, num_classes: Optional[i
     """The class count of a model that will load ``checkpoint``: ``num_classes`` if the file agrees, else its own."""
     if not os.path.isfile(checkpoint):
         raise ModelError(f"{flag} {checkpoint} does not exist")
-    stored = checkpoint_classes(checkpoint, timm.create_model(spec, **kwargs))
+    stored = checkpoint_classes(checkpoint, timm.create_model(spec, **kwargs), flag)
     if stored is not None and num_classes is not None and stored != num_classes:
         raise ModelError(f"--num-classes {num_classes} contradicts {flag} {checkpoint}, whose classifier has "
                          f"{stored} outputs")
@@ -86,6 +157,7 @@ def create_model(
         pretrained_path: Optional[str] = None,
         checkpoint: Optional[str] = None,
         checkpoint_flag: str = "--checkpoint",
+        exact: bool = False,
         **kwargs,
 ) -> torch.nn.Module:
     """A timm model (in train mode, as timm creates it) from ``spec``.
@@ -100,6 +172,8 @@ def create_model(
         pretrained_path: a local weights file used as the pretrained source, classifier adapted as timm does.
         checkpoint: weights loaded as they are (``strict``), e.g. a model.safetensors of an earlier run.
         checkpoint_flag: how the command that calls this names ``checkpoint`` in its error messages.
+        exact: an export folder's weights are used exactly as stored (evaluation): a ``num_classes`` that differs
+            from theirs, or any tensor of another shape, is refused instead of adapted (fine-tuning adapts them).
         kwargs: more ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
     """
     spec = resolve_spec(spec)
@@ -113,6 +187,14 @@ def create_model(
     elif not timm.is_model(spec):
         raise ModelError(f"unknown model '{spec}': neither a timm model name (timm.list_models() lists them), "
                          "an hf-hub:/local-dir: name, nor a training output folder")
+    export = Path(spec[len("local-dir:"):]) if spec.startswith("local-dir:") else None
+    if export is not None and run_folder.is_export(export):
+        stored = export_classes(export)
+        if exact and stored is not None and num_classes is not None and num_classes != stored:
+            raise ModelError(f"--num-classes {num_classes} contradicts {export / run_folder.WEIGHTS}, whose classifier "
+                             f"has {stored} outputs")
+    else:
+        export = None
     if checkpoint:
         num_classes = _classes_with_checkpoint(spec, checkpoint, num_classes, checkpoint_flag, kwargs)
     if pretrained_path:
@@ -126,12 +208,13 @@ def create_model(
         kwargs["num_classes"] = num_classes
     try:
         model = timm.create_model(spec, pretrained=pretrained, **kwargs)
-    except (RuntimeError, ValueError, OSError, TypeError) as exn:  # TypeError: a model argument it does not take
-        raise ModelError(f"cannot create model '{spec}': {str(exn).splitlines()[0]}") from None
+    except (RuntimeError, ValueError, OSError, TypeError, SafetensorError) as exn:  # TypeError: an argument it lacks
+        raise ModelError(f"cannot create model '{spec}': {load_error_line(exn)}") from None
+    if export is not None and exact:
+        check_weights_fit(model, export / run_folder.WEIGHTS)
     if checkpoint:
         try:
             timm.models.load_checkpoint(model, checkpoint, strict=True)
-        except (RuntimeError, KeyError) as exn:
-            raise ModelError(f"{checkpoint_flag} {checkpoint} does not fit '{spec}': "
-                             f"{str(exn).splitlines()[0]}") from None
+        except (RuntimeError, KeyError, SafetensorError) as exn:
+            raise ModelError(f"{checkpoint_flag} {checkpoint} does not fit '{spec}': {load_error_line(exn)}") from None
     return model

@@ -238,6 +238,7 @@ class Training:
     mixup: Optional[Callable] = None  # timm's Mixup (mixup / cutmix into soft targets), None when off
     finite: Optional[torch.Tensor] = None  # on the device: every loss of this process so far was finite
     settings: dict = dataclasses.field(default_factory=dict)  # resolved(), written beside every save
+    epoch_meter: Optional[object] = None  # this process's loss means of the epoch so far (steps.LossMeter)
 
     def resolved(self, args: argparse.Namespace, settings: dict, data: Data, world: int) -> dict:
         """What the run computes (resolved.yaml); ``settings``: the flags that shape it."""
@@ -254,6 +255,11 @@ class Training:
         """What a saved training state holds, by name (timm_fcl.training.states saves and loads it without pickles)."""
         return {"model": accelerator.unwrap_model(self.reg), "optimizer": self.optimizer, "scheduler": self.scheduler,
                 "ema": self.ema, "progress": self.progress, "scaler": accelerator.scaler}
+
+    def rank_parts(self) -> dict:
+        """What a saved state holds for each process apart: the epoch's loss means so far, so that a run resumed
+        mid-epoch reports the same training loss for that epoch as an uninterrupted one."""
+        return {"epoch_loss": self.epoch_meter}
 
 
 def build_loss(args: argparse.Namespace) -> tuple[Callable, Callable]:

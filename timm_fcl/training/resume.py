@@ -44,7 +44,8 @@ def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Tra
     changes = run_folder.setting_changes(previous[1], resolved) if previous[0] is not None else []
     if changes:
         raise ConfigError(f"resume with other settings than the run in {previous[0]}: {', '.join(changes)}")
-    resume = load_training_state(accelerator, run.state_parts(accelerator), output=run.output, resume=args.resume)
+    resume = load_training_state(accelerator, run.state_parts(accelerator), output=run.output, resume=args.resume,
+                                 rank_parts=run.rank_parts())
     if args.resume and resume is None:
         raise ConfigError(f"--resume {args.resume}: no saved state there")
     if resume is not None:

@@ -2,7 +2,8 @@
 
 A training state is a folder checkpoints/step_N of safetensors files (timm_fcl.training.state_files): one per part (model,
 optimizer, scheduler, EMA, progress, loss scaler), written by the main process since they are identical on every
-rank, and rng_R.safetensors with the random streams of each process R; state.json, written last, lists them with their
+rank, and rng_R.safetensors with the random streams of each process R (NAME_R.safetensors for any other part that
+differs between processes, e.g. the epoch's loss meter); state.json, written last, lists them with their
 sizes and SHA-256 digests. Nothing in it is pickled, so resuming from a planted or damaged folder can at worst fail to
 parse it, and a file changed after the save (even to the same size) is caught by its digest before anything is loaded.
 
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 
 from ..run import folder as run_folder
-from ..run.atomic import swap_dir
+from ..run.atomic import WriteError, swap_dir
 from ..run.cli import UsageError, first_line
 from . import rng
 from .state_files import StateError, read_part, write_part
@@ -61,33 +63,81 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_manifest(folder: Path, step: int, world: int, parts: Sequence[str]) -> None:
+def _rank_file(name: str, rank: int) -> str:
+    return f"{name}_{rank}.safetensors"
+
+
+def _write_manifest(folder: Path, step: int, world: int, parts: Sequence[str], rank_parts: Sequence[str]) -> None:
     files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(folder.iterdir())}
-    manifest = {"format": FORMAT, "step": step, "world_size": world, "parts": sorted(parts), "files": files}
+    manifest = {"format": FORMAT, "step": step, "world_size": world, "parts": sorted(parts),
+                "rank_parts": sorted(rank_parts), "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
+class SaveError(WriteError):
+    """A training state could not be written (e.g. the disk is full): the newest complete state is kept; reported as
+    one line."""
+
+
+def _all_ok(accelerator, problem: Optional[str]) -> bool:
+    """Whether no process met a problem (a collective when there are several, so every rank takes the same path)."""
+    if accelerator.num_processes == 1:
+        return problem is None
+    failed = accelerator.reduce(torch.tensor([float(problem is not None)], device=accelerator.device),
+                                reduction="sum")
+    return int(failed.item()) == 0
+
+
+def _give_up_save(accelerator, output, tmp: Path, step: int, problem: Optional[str]) -> SaveError:
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    newest = list_states(output)
+    kept = f"the newest complete state ({newest[-1]}) is kept" if newest else "no earlier state exists"
+    return SaveError(f"cannot save the training state of step {step}: {problem or 'another process could not write'}"
+                     f"; {kept}: free space and run the same command to resume")
+
+
 def save_state_atomic(accelerator, output: str | os.PathLike, step: int, keep: int,
-                      parts: Mapping[str, Any]) -> Path:
-    """Every part's state_dict (each an object with state_dict/load_state_dict; None for an absent one) and each
-    process's random streams, in a temporary folder renamed to checkpoints/step_N once all of it is on the disk;
-    keeps the newest `keep` states. Called on every process."""
+                      parts: Mapping[str, Any], rank_parts: Optional[Mapping[str, Any]] = None) -> Path:
+    """Every part's state_dict (each an object with state_dict/load_state_dict; None for an absent one), each
+    process's random streams and its own ``rank_parts``, in a temporary folder renamed to checkpoints/step_N once all
+    of it is on the disk; keeps the newest `keep` states. Called on every process. A write that fails on any process
+    (a full disk) removes the unfinished folder on every process and raises :class:`SaveError`; the states saved
+    before are untouched."""
     folder = Path(output) / STATE_DIR
     final, tmp = folder / f"step_{step:09d}", folder / f".step_{step:09d}.tmp"
-    parts = _present(parts)
+    parts, rank_parts = _present(parts), _present(rank_parts or {})
+    problem = None
     if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as exn:
+            problem = first_line(exn)
     accelerator.wait_for_everyone()
-    write_part(tmp / _rng_file(accelerator.process_index), rng.capture(accelerator.device.type))
+    try:
+        if problem is None:
+            write_part(tmp / _rng_file(accelerator.process_index), rng.capture(accelerator.device.type))
+            for name, obj in rank_parts.items():
+                write_part(tmp / _rank_file(name, accelerator.process_index), obj.state_dict())
+            if accelerator.is_main_process:
+                for name, obj in parts.items():
+                    write_part(tmp / _part_file(name), obj.state_dict())
+    except (OSError, SafetensorError) as exn:  # safetensors reports a full disk as its own error
+        problem = first_line(exn)
+    if not _all_ok(accelerator, problem):
+        raise _give_up_save(accelerator, output, tmp, step, problem)
     if accelerator.is_main_process:
-        for name, obj in parts.items():
-            write_part(tmp / _part_file(name), obj.state_dict())
-    accelerator.wait_for_everyone()
+        try:
+            _write_manifest(tmp, step, accelerator.num_processes, list(parts), list(rank_parts))
+            swap_dir(tmp, final)  # the same step is saved again at an epoch end right after an interval save
+        except OSError as exn:
+            problem = first_line(exn)
+    if not _all_ok(accelerator, problem):
+        raise _give_up_save(accelerator, output, tmp, step, problem)
     if accelerator.is_main_process:
-        _write_manifest(tmp, step, accelerator.num_processes, list(parts))
-        swap_dir(tmp, final)  # the same step is saved again at an epoch end right after an interval save
         for stale in list_states(output)[:-keep] if keep > 0 else []:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -136,6 +186,7 @@ def _read_manifest(folder: Path) -> dict:
         if manifest["format"] not in (FORMAT, FORMAT_SIZES_ONLY):
             raise ValueError(f"format {manifest['format']!r}")
         manifest["world_size"], manifest["parts"] = int(manifest["world_size"]), list(manifest["parts"])
+        manifest["rank_parts"] = list(manifest.get("rank_parts", []))
         if manifest["format"] == FORMAT_SIZES_ONLY:
             manifest["files"] = {str(k): {"size": int(v), "sha256": None} for k, v in manifest["files"].items()}
         else:
@@ -149,9 +200,11 @@ def _read_manifest(folder: Path) -> dict:
         raise StateError(f"{MANIFEST} is unreadable ({first_line(exn)})") from None
 
 
-def read_state(folder: Path, needed: Sequence[str], rank: int, world: int) -> tuple[dict, dict]:
-    """The state_dicts of the `needed` parts and this process's random streams, each file checked; StateError when
-    the state is damaged, UsageError when it cannot be this run's."""
+def read_state(folder: Path, needed: Sequence[str], rank: int, world: int,
+               wanted_rank_parts: Sequence[str] = ()) -> tuple[dict, dict]:
+    """The state_dicts of the `needed` parts, of those `wanted_rank_parts` the state holds (this process's own,
+    under their names) and this process's random streams, each file checked; StateError when the state is damaged,
+    UsageError when it cannot be this run's."""
     manifest = _read_manifest(folder)
     if manifest["world_size"] != world:
         raise UsageError(f"{folder} was saved by {manifest['world_size']} process(es) and this run has {world}: "
@@ -168,6 +221,8 @@ def read_state(folder: Path, needed: Sequence[str], rank: int, world: int) -> tu
         if expected["sha256"] is not None and file_sha256(path) != expected["sha256"]:
             raise StateError(f"{name} does not match its SHA-256 in {MANIFEST} (changed after it was saved)")
     states = {name: read_part(folder / _part_file(name)) for name in needed}
+    states.update({name: read_part(folder / _rank_file(name, rank)) for name in wanted_rank_parts
+                   if name in manifest["rank_parts"]})
     streams = read_part(folder / _rng_file(rank))
     try:
         rng.check(streams)
@@ -178,6 +233,8 @@ def read_state(folder: Path, needed: Sequence[str], rank: int, world: int) -> tu
 
 def _apply(folder: Path, states: dict, streams: dict, parts: Mapping[str, Any], device_type: str) -> None:
     for name, obj in parts.items():
+        if name not in states:  # a rank part of a state saved before the run kept it: it starts afresh
+            continue
         try:
             obj.load_state_dict(states[name])
         except (RuntimeError, KeyError, TypeError, ValueError) as exn:
@@ -186,7 +243,7 @@ def _apply(folder: Path, states: dict, streams: dict, parts: Mapping[str, Any], 
 
 
 def load_training_state(accelerator, parts: Mapping[str, Any], *, output: str | os.PathLike,
-                        resume: str | os.PathLike = "") -> Optional[Path]:
+                        resume: str | os.PathLike = "", rank_parts: Optional[Mapping[str, Any]] = None) -> Optional[Path]:
     """Load `resume` (a state folder, or an output folder's newest state) or else the newest state of `output` into
     `parts` and restore every process's random streams. The state used is the newest that every process finds intact;
     passing over a damaged one is logged with both names. None when there is no state; a UsageError when none is
@@ -194,12 +251,13 @@ def load_training_state(accelerator, parts: Mapping[str, Any], *, output: str | 
     if accelerator.is_main_process:
         _remove_stale(output)
     accelerator.wait_for_everyone()
-    parts = _present(parts)
+    parts, rank_parts = _present(parts), _present(rank_parts or {})
     candidates = _state_candidates(resume or output)
     problems = []
     for folder in candidates:
         try:
-            states, streams = read_state(folder, list(parts), accelerator.process_index, accelerator.num_processes)
+            states, streams = read_state(folder, list(parts), accelerator.process_index, accelerator.num_processes,
+                                         list(rank_parts))
             problem = None
         except StateError as exn:
             problem = str(exn)
@@ -208,7 +266,7 @@ def load_training_state(accelerator, parts: Mapping[str, Any], *, output: str | 
         intact = accelerator.reduce(torch.tensor([problem is None], dtype=torch.float32, device=accelerator.device),
                                     reduction="sum")
         if int(intact.item()) == accelerator.num_processes:
-            _apply(folder, states, streams, parts, accelerator.device.type)
+            _apply(folder, states, streams, {**parts, **rank_parts}, accelerator.device.type)
             if folder != candidates[0] and accelerator.is_main_process:
                 _logger.warning(f"resuming from {folder} instead of {candidates[0]}, which is damaged ({problems[0]})")
             return folder

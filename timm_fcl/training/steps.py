@@ -44,6 +44,16 @@ class LossMeter:
         self.carried += out.weight > 0
         self.images += images
 
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "steps": int(self.steps), "carried": int(self.carried), "images": int(self.images)}
+
+    def load_state_dict(self, state: dict) -> None:
+        sums = state["sums"]
+        if not isinstance(sums, torch.Tensor) or sums.shape != self.sums.shape:
+            raise ValueError("the loss sums are not 3 numbers")
+        self.sums = sums.to(self.sums.device, self.sums.dtype)
+        self.steps, self.carried, self.images = int(state["steps"]), int(state["carried"]), int(state["images"])
+
     def means(self) -> dict:
         loss, ce, fcl = (self.sums / max(self.steps, 1)).tolist()
         return {"loss": loss, "ce": ce, "fcl": fcl * max(self.steps, 1) / max(self.carried, 1)}
