@@ -63,7 +63,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--dataset", default="", help="wds/NAME (WebDataset shards), torch/NAME (torchvision), "
         "or '' (image folder with train/ and validation/ subfolders)")
     add("--train-split", default="train")
-    add("--val-split", default="validation")
+    add("--val-split", default="validation", help="the split that chooses the best epoch, --eval-metric's and a "
+        "plateau schedule's; never replaced by 'test' when missing (name it to validate on test data knowingly)")
+    add("--val-holdout", type=int, default=0, at_least=0,
+        help="hold N training images out as the validation split instead (a seeded pick, the same every run, written "
+             "once as shards to OUTPUT/holdout/; WebDataset data only)")
     add("--dataset-download", action="store_true", may_change_on_resume=True,
         help="let torchvision download torch/ sets")
     add("--train-subset", type=int, default=None, at_least=1,
@@ -188,7 +192,7 @@ def train_to_the_end(args: argparse.Namespace, parser: argparse.ArgumentParser, 
     """Build, resume and train every epoch left; on a stop request (a signal), save the step in flight and raise
     :class:`Stopped`."""
     previous = previous_run(args, output)
-    data = build_data(args, accelerator, streams=previous[1].get("loader_streams"))
+    data = build_data(args, accelerator, streams=previous[1].get("loader_streams"), output=output)
     run = build_training(args, accelerator, data, output)
     run.epoch_meter = LossMeter(accelerator.device)
     resume_or_start(args, accelerator, run, data, flags.result_settings(parser, args), previous)
@@ -343,7 +347,7 @@ def end_of_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Traini
         record_settings(args, run)
         export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names,
                                    tag=run_tag(args.method, args.dataset))
-        keep_best(args.eval_metric, run.output, row, functools.partial(export, run.bare))
+        keep_best(args.eval_metric, run.output, row, functools.partial(export, run.bare), split=data.val_split)
         update_summary(run.output / run_folder.SUMMARY, row)
         export(run.bare, run.output / run_folder.MODEL)
         if run.ema is not None:

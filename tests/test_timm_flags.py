@@ -251,11 +251,10 @@ def test_eval_metric_keeps_the_best_epoch_in_model_best(toy, tmp_path, monkeypat
     assert all(torch.equal(best[k], weights[best_epoch][k]) for k in best)
     assert not all(torch.equal(best[k], weights[2][k]) for k in best)  # not simply the last epoch
     record = json.loads((out / "best.json").read_text())
-    print(metric, record)
     assert record == {"eval_metric": metric, "value": planted[best_epoch], "epoch": best_epoch,
-                      "step": 2 * (best_epoch + 1)}
+                      "step": 2 * (best_epoch + 1), "chosen_on": "validation"}
     rows = (out / "summary.csv").read_text().splitlines()
-    assert rows[-1].split(",")[-2:] == [str(best_epoch), str(planted[best_epoch])]
+    assert rows[-1].split(",")[-3:] == [str(best_epoch), str(planted[best_epoch]), "validation"]
 
 
 # ---------------------------------------------------------------------------------------- trackers, precision, clipping

@@ -51,7 +51,9 @@ from .tarindex import ShardCount, UnreadableShard, count_shard
 _logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-EVAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation", "test")
+# names of a validation split, as timm's readers know them; a request for one finds another, never the test split
+# (choosing the best epoch or a schedule on test data must be asked for by name: --val-split test)
+VAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation")
 REFILL_POOL = 256  # raw samples a worker keeps to refill its quota after a bad shard
 
 
@@ -69,6 +71,14 @@ class DataError(ValueError):
         if message.startswith("Caught DataError") and "Traceback" in message:
             message = message.rstrip().splitlines()[-1].partition(": ")[2]
         super().__init__(message)
+
+
+class MissingSplit(DataError):
+    """The shards' _info.json does not list the split asked for; ``listed``: the splits it does list."""
+
+    def __init__(self, message: str, listed: Sequence[str] = ()):
+        super().__init__(message)
+        self.listed = list(listed)
 
 
 # ---------------------------------------------------------------------------------------------- partition arithmetic
@@ -442,16 +452,16 @@ def _wds_split(root: str, split: str) -> tuple[list[str], list[int], dict, bool]
     if not isinstance(info.get("splits", {}), dict):
         raise DataError(f"{root}/_info.json: 'splits' must be an object")
     listed = info.get("splits", {})
-    if split in EVAL_SYNONYMS and split not in listed:  # as timm's folder reader: 'validation' finds 'val', 'test'
-        found = next((name for name in EVAL_SYNONYMS if name in listed), None)
+    if split in VAL_SYNONYMS and split not in listed:  # as timm's folder reader: 'validation' finds 'val'
+        found = next((name for name in VAL_SYNONYMS if name in listed), None)
         if found is not None:
             _logger.info(f"split '{split}' not in {root}/_info.json, using '{found}'")
             split = found
     if split in listed:
         check_split_entry(f"{root}/_info.json, split '{split}'", listed[split])
     elif not _is_pattern(split) and (info or not _is_url(root) and os.path.exists(os.path.join(root, "_info.json"))):
-        raise DataError(f"{root}/_info.json lists no split '{split}' "
-                        f"(its splits: {', '.join(map(str, listed)) or 'none'})")
+        raise MissingSplit(f"{root}/_info.json lists no split '{split}' "
+                           f"(its splits: {', '.join(map(str, listed)) or 'none'})", listed=list(listed))
     try:
         split_info = _compat.parse_wds_split(split, info)
     except (RuntimeError, KeyError) as exn:

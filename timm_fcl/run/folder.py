@@ -8,8 +8,9 @@
       args.yaml        the flags the run was started with
       resolved.yaml    what those flags resolved to (``Resolved``); a resume must resolve to the same
       summary.csv      one row per epoch (with the best epoch so far and its metric)
-      best.json        the best epoch: metric, value, epoch, step
+      best.json        the best epoch: metric, value, epoch, step, and the split that chose it
       .lock            held by the run writing the folder (host, pid, run id)
+      holdout/         with --val-holdout N: the training shards carved into train and an N-image validation split
       eval/results.json  robustness results of the exported model (python -m timm_fcl.eval --output OUTPUT/eval)
 
 A resume may change only the flags that change how a run goes, not what it computes (train_fcl.py declares them
@@ -37,6 +38,7 @@ RESOLVED = "resolved.yaml"
 SUMMARY = "summary.csv"
 BEST = "best.json"
 LOCK = ".lock"
+HOLDOUT = "holdout"  # --val-holdout: the training shards carved into train + validation
 EVAL_RESULTS = os.path.join("eval", "results.json")
 _EXPORTS = (MODEL, MODEL_EMA, MODEL_BEST)
 WEIGHTS = "model.safetensors"

@@ -16,6 +16,7 @@ import torch
 
 from .. import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
 from ..data import AugMixViews, DataError, EpochStream, create_source, make_loader
+from ..data.streams import MissingSplit
 from ..run import folder as run_folder
 from ..run.model_io import create_model, default_in_chans
 from .checks import accelerator_type, check_mixed_precision, resolve_mixed_precision
@@ -24,6 +25,8 @@ from .lock import LockedError, RunLock
 
 if TYPE_CHECKING:
     from accelerate import Accelerator, PartialState
+
+_logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ accelerator, folder
@@ -174,19 +177,47 @@ class Data:
     num_classes: int
     class_names: Optional[list]
     data_config: dict
+    val_split: str = "validation"  # the split that chooses the best epoch, as the run folder names it
 
 
-def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Optional[int] = None) -> Data:
+def holdout_data(args: argparse.Namespace, accelerator: Accelerator, output: Path) -> tuple[str, str, str]:
+    """(data dir, train split, validation split) of the run: the flags' own, or with --val-holdout N a carve of the
+    training shards into OUTPUT/holdout/ (N seeded picks as 'validation', the rest as 'train'; written once by the
+    main process, found again on resume)."""
+    if not args.val_holdout:
+        return args.data_dir, args.train_split, args.val_split
+    from ..data.holdout import carve_validation
+
+    if not str(args.dataset).startswith("wds/"):
+        raise DataError(f"--val-holdout needs WebDataset shards (--dataset wds/NAME), not '{args.dataset}'")
+    folder = Path(output) / run_folder.HOLDOUT
+    if accelerator.is_main_process:
+        info = carve_validation(args.data_dir, folder, val_size=args.val_holdout, split=args.train_split)
+        sizes = {k: v.get("num_samples") for k, v in info.get("splits", {}).items()}
+        _logger.info(f"--val-holdout {args.val_holdout}: {folder} holds train {sizes.get('train')} and validation "
+                     f"{sizes.get('validation')} images carved from {args.data_dir} ({args.train_split})")
+    accelerator.wait_for_everyone()
+    return str(folder), args.train_split, "validation"
+
+
+def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Optional[int] = None,
+               output: Optional[Path] = None) -> Data:
     """The model (its class count may come from the data, its input config decides the transforms) and the streams;
     each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule). ``streams``: the
-    parts of each rank's training share (a resumed run's own; default one per loader worker)."""
+    parts of each rank's training share (a resumed run's own; default one per loader worker). A validation split
+    missing from the shards is an error that says how to choose one, never a quiet switch to the test split."""
     from timm.data import resolve_data_config
 
     channels = in_chans(args) or default_in_chans(args.model)
-    train_src = create_source(args.dataset, args.data_dir, args.train_split, in_chans=channels,
-                              download=args.dataset_download)
-    val_src = create_source(args.dataset, args.data_dir, args.val_split, in_chans=channels,
-                            download=args.dataset_download)
+    data_dir, train_split, val_split = holdout_data(args, accelerator, output)
+    train_src = create_source(args.dataset, data_dir, train_split, in_chans=channels, download=args.dataset_download)
+    try:
+        val_src = create_source(args.dataset, data_dir, val_split, in_chans=channels, download=args.dataset_download)
+    except MissingSplit as exn:
+        if "test" not in exn.listed:
+            raise
+        raise DataError(f"{exn}: the best epoch is never chosen on the test split unasked; say --val-split test to "
+                        "do so knowingly, or --val-holdout N to hold N training images out as validation") from None
     model = build_model(args, train_src.num_classes)
     if train_src.num_classes and train_src.num_classes > model.num_classes:
         raise DataError(f"the data has {train_src.num_classes} classes but the model has {model.num_classes} outputs")
@@ -199,7 +230,8 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Opti
                         shuffle_buffer=args.shuffle_buffer, streams=streams, **common)
     val = EpochStream(val_src, transform=eval_tf, is_training=False, subset=args.val_subset, **common)
     return Data(train=train, val=val, model=model, num_classes=model.num_classes, class_names=train_src.class_names,
-                data_config=data_config,
+                data_config=data_config, val_split=f"{val_split} (held out of {args.train_split})"
+                if args.val_holdout else val_split,
                 train_loader=make_loader(train, num_workers=args.workers, pin_memory=args.pin_mem),
                 val_loader=make_loader(val, num_workers=args.workers, pin_memory=args.pin_mem))
 

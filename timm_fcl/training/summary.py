@@ -46,10 +46,12 @@ def update_summary(path: Path, row: dict) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def keep_best(eval_metric: str, output: Path, row: dict, export: Callable[[Path], object]) -> None:
+def keep_best(eval_metric: str, output: Path, row: dict, export: Callable[[Path], object],
+              split: str = "validation") -> None:
     """The best epoch so far by ``eval_metric`` (lower is better for the loss; the earliest of equals): exported to
-    model_best/ when it is this one, recorded in this row and in best.json. Earlier epochs come from summary.csv, so
-    a resumed run keeps its best, and epochs a resume re-runs are judged again."""
+    model_best/ when it is this one, recorded in this row (with the ``split`` that chose it) and in best.json.
+    Earlier epochs come from summary.csv, so a resumed run keeps its best, and epochs a resume re-runs are judged
+    again."""
     key = f"eval_{eval_metric}"
     sign = -1.0 if eval_metric == "loss" else 1.0
     earlier = [(int(r[EPOCH]), int(r[STEP]), float(r[key])) for r in read_summary(output / run_folder.SUMMARY)
@@ -57,6 +59,6 @@ def keep_best(eval_metric: str, output: Path, row: dict, export: Callable[[Path]
     epoch, step, value = max(sorted(earlier) + [(row[EPOCH], row[STEP], row[key])], key=lambda e: sign * e[2])
     if epoch == row[EPOCH]:
         export(output / run_folder.MODEL_BEST)
-    row.update({"best_epoch": epoch, f"best_{key}": value})
-    best = {"eval_metric": eval_metric, "value": value, EPOCH: epoch, STEP: step}
+    row.update({"best_epoch": epoch, f"best_{key}": value, "best_chosen_on": split})
+    best = {"eval_metric": eval_metric, "value": value, EPOCH: epoch, STEP: step, "chosen_on": split}
     atomic_write_text(output / run_folder.BEST, json.dumps(best, indent=2) + "\n")
