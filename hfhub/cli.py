@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
     p.add_argument("--ema", action="store_true", help="publish the EMA weights (a run trained with --model-ema)")
     p.add_argument("--eval", dest="eval_json", type=Path, default=None,
-                   help="results.json of python -m timm_fcl.eval (default: FOLDER/eval/results.json if present)")
+                   help="results.json of python -m timm_fcl.eval measured on the published export (default: the "
+                        "export's eval/results.json, else the run's, if it measured these weights)")
+    p.add_argument("--no-eval", action="store_true", help="publish without robustness numbers")
     p.add_argument("--private", action="store_true")
     p.add_argument("--license", default="apache-2.0")
     p.add_argument("--dry-run", type=Path, default=None, metavar="FOLDER",

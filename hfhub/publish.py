@@ -1,6 +1,6 @@
 """Publish a timm-fcl checkpoint to the Hugging Face Hub as model.safetensors + timm config.json + a model card.
 
-    python -m hfhub.publish OUTPUT_DIR --repo-id ORG/NAME [--ema] [--eval eval/results.json] [--dry-run FOLDER]
+    python -m hfhub.publish OUTPUT_DIR --repo-id ORG/NAME [--ema] [--eval eval/results.json | --no-eval] [--dry-run FOLDER]
 
 OUTPUT_DIR is a train_fcl.py run folder (``timm_fcl.run.folder``: its model export, or with --ema its EMA export, is
 published, and the flags and resolved settings it recorded fill the card) or an export folder itself. --dry-run writes
@@ -19,6 +19,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 
 from timm_fcl.run import folder as run_folder
+from timm_fcl.run.atomic import file_sha256
 from timm_fcl.run.cli import OneLineParser, UsageError, first_line, run_cli
 from timm_fcl.run.export import INHERITED_PROVENANCE, describe_run, run_tag
 
@@ -120,24 +121,55 @@ def without_local_paths(results: dict) -> dict:
             for label, result in results.items()}
 
 
-def find_eval_json(run: Path, eval_json: Optional[Path]) -> Optional[Path]:
-    """--eval as given, or else the run's eval/results.json (refused when it is a link to outside the run)."""
+def find_eval_json(export: Path, run: Path, eval_json: Optional[Path]) -> Optional[Path]:
+    """--eval as given, else the export's own eval/results.json, else the run's (a link out of the run is refused)."""
     if eval_json is not None:
         if not Path(eval_json).is_file():
             raise PublishError(f"evaluation results {eval_json} not found")
         return Path(eval_json)
-    default = run / run_folder.EVAL_RESULTS
-    return inside(default, run) if default.is_file() else None
+    for candidate in dict.fromkeys([export / "eval" / "results.json", run / run_folder.EVAL_RESULTS]):
+        if candidate.is_file():
+            return inside(candidate, run)
+    return None
+
+
+def results_of_export(results: dict, *, export: Path, run: Path, weights: Path, where: Path, given: bool) -> dict:
+    """The entries of ``results`` (read from ``where``) measured on this export's weights: those whose
+    ``weights_sha256`` (recorded by timm_fcl.eval) is the SHA-256 of ``weights``. A results file that records digests,
+    none of them this export's, is refused (a run's eval/results.json measures its model/, not its model_best/ or
+    model_ema/); one from before digests is taken for the export it lies in, for the run's model/ export (what
+    ``timm_fcl.eval --model RUN`` measures) and when given with --eval."""
+    digest = file_sha256(weights)
+    recorded = {label: r for label, r in results.items() if r.get("weights_sha256")}
+    mine = {label: r for label, r in recorded.items() if r["weights_sha256"] == digest}
+    if mine:
+        return mine
+    fix = (f"evaluate this export (python -m timm_fcl.eval --model {export} ... --output {export / 'eval'}), "
+           "give its results with --eval, or publish without numbers (--no-eval)")
+    if recorded:
+        raise PublishError(f"{where} was measured on other weights than {export / run_folder.WEIGHTS}: {fix}")
+    if not (given or where.parent.parent == export or export in (run, run / run_folder.MODEL)):
+        raise PublishError(f"{where} does not record which weights it measured, and {export} is not the run's "
+                           f"{run_folder.MODEL}/ export it would be of: {fix}")
+    return results
 
 
 def stage(folder: Path, target: Path, *, repo_id: str, ema: bool = False, eval_json: Optional[Path] = None,
-          license: str = "apache-2.0") -> Path:
-    """Write the folder to upload: the export's weights and config, README.md (and the evaluation JSON)."""
+          license: str = "apache-2.0", no_eval: bool = False) -> Path:
+    """Write the folder to upload: the export's weights and config, README.md and the evaluation JSON of exactly
+    these weights (refused when there is none, unless ``no_eval``)."""
     export = find_export(folder, ema)
     run = run_folder.run_of(export)
     config, weights, config_path = check_export(export, run)
-    eval_json = find_eval_json(run, eval_json)
-    eval_results = without_local_paths(read_eval_results(eval_json)) if eval_json else None
+    eval_results = None
+    if not no_eval:
+        where = find_eval_json(export, run, eval_json)
+        if where is None:
+            raise PublishError(f"no evaluation of {export}: run python -m timm_fcl.eval --model {export} ... --output "
+                               f"{export / 'eval'} first, or publish without numbers (--no-eval)")
+        eval_results = without_local_paths(results_of_export(
+            read_eval_results(where), export=export, run=run, weights=weights, where=where,
+            given=eval_json is not None))
     train_args = run_folder.read_args(run)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / run_folder.WEIGHTS)
@@ -172,10 +204,11 @@ def stage_dry_run(folder: Path, target: Path, *, overwrite: bool = False, **kwar
 
 
 def publish(folder: Path, *, repo_id: str, ema: bool = False, eval_json: Optional[Path] = None, private: bool = False,
-            license: str = "apache-2.0", dry_run: Optional[Path] = None, overwrite: bool = False) -> str:
+            license: str = "apache-2.0", dry_run: Optional[Path] = None, overwrite: bool = False,
+            no_eval: bool = False) -> str:
     if "/" not in repo_id:
         raise PublishError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
-    kwargs = dict(repo_id=repo_id, ema=ema, eval_json=eval_json, license=license)
+    kwargs = dict(repo_id=repo_id, ema=ema, eval_json=eval_json, license=license, no_eval=no_eval)
     if dry_run is not None:
         return str(stage_dry_run(folder, dry_run, overwrite=overwrite, **kwargs))
     from huggingface_hub import create_repo, upload_folder
@@ -193,7 +226,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> str:
     where = publish(args.folder, repo_id=args.repo_id, ema=args.ema, eval_json=args.eval_json, private=args.private,
-                    license=args.license, dry_run=args.dry_run, overwrite=args.overwrite)
+                    license=args.license, dry_run=args.dry_run, overwrite=args.overwrite, no_eval=args.no_eval)
     print(f"{'wrote' if args.dry_run else 'published'} {where}")
     return where
 

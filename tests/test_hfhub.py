@@ -314,7 +314,58 @@ def test_an_older_export_is_published_without_imagenet_provenance(trained, tmp_p
     config["pretrained_cfg"].update(tag="a1_in1k", paper_ids="arXiv:2110.00476", license="apache-2.0",
                                     origin_url="https://github.com/huggingface/pytorch-image-models")
     (export / "config.json").write_text(json.dumps(config))
-    publish_main(get_args_parser().parse_args([str(export), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out")]))
+    publish_main(get_args_parser().parse_args([str(export), "--repo-id", "a/b", "--no-eval", "--dry-run",
+                                               str(tmp_path / "out")]))
     pcfg = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
     assert pcfg["tag"] == "timm_fcl" and not {"paper_ids", "license", "origin_url"} & set(pcfg)
     assert pcfg["input_size"] == config["pretrained_cfg"]["input_size"]
+
+
+# ------------------------------------------------------------------------ the numbers of the weights that are published
+def _evaluate(model: Path, data: Path, out: Path) -> dict:
+    from timm_fcl.robustness.cli import main as eval_main, get_args_parser as eval_parser
+
+    return eval_main(eval_parser().parse_args(["--model", str(model), "--suites", "clean", "--data-dir", str(data),
+                                               "--dataset", "wds/toy", "--split", "validation", "--workers", "0",
+                                               "--output", str(out)]))
+
+
+def test_an_export_is_published_with_its_own_numbers_never_another_exports(trained, tmp_path, capsys):
+    import timm
+    from safetensors.torch import load_file
+    from timm_fcl.run.export import export_model
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    shutil.rmtree(run_dir / "eval")
+    # a best epoch whose weights differ from the last epoch's (here: the last epoch's, shifted)
+    cfg = json.loads((run_dir / "model" / "config.json").read_text())
+    model = timm.create_model(cfg["architecture"], num_classes=cfg["num_classes"])
+    model.load_state_dict({k: v + 0.05 if v.is_floating_point() else v
+                           for k, v in load_file(run_dir / "model" / "model.safetensors").items()})
+    export_model(model, run_dir / "model_best", data_config=timm.data.resolve_model_data_config(model))
+    data = trained.parent / "shards"
+    last = _evaluate(run_dir, data, run_dir / "eval")  # the run's evaluation measures model/
+    capsys.readouterr()
+    argv = [str(run_dir / "model_best"), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out")]
+    err = one_line_refusal(argv, capsys)
+    assert f"{run_dir / 'eval' / 'results.json'} was measured on other weights than " \
+           f"{run_dir / 'model_best' / 'model.safetensors'}" in err, err
+    assert not (tmp_path / "out").exists()
+
+    best = _evaluate(run_dir / "model_best", data, run_dir / "model_best" / "eval")
+    capsys.readouterr()
+    (label_best, result_best), = best.items()
+    (_, result_last), = last.items()
+    assert result_best["weights_sha256"] != result_last["weights_sha256"]
+    assert cli(argv) == 0
+    published = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert [r["accuracy"] for r in published[label_best]["rows"]] == [r["accuracy"] for r in result_best["rows"]]
+    assert cli([str(run_dir), "--repo-id", "a/b", "--dry-run", str(tmp_path / "out_model")]) == 0  # model/: its own
+    published = json.loads((tmp_path / "out_model" / "eval_results.json").read_text())
+    assert [r["weights_sha256"] for r in published.values()] == [result_last["weights_sha256"]]
+
+    shutil.rmtree(run_dir / "eval")
+    shutil.rmtree(run_dir / "model_best" / "eval")
+    err = one_line_refusal([str(run_dir), "--repo-id", "a/b", "--dry-run", str(tmp_path / "none")], capsys)
+    assert f"no evaluation of {run_dir / 'model'}" in err and "--no-eval" in err, err

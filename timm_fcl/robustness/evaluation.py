@@ -4,7 +4,8 @@ requested test sets once, count top-1 and top-5 hits of every model on every set
 
 Inputs are scaled to [0, 1], brought to the model's channel count (RGB to grey for ``in_chans=1`` models) and
 normalized with each model's own mean / std (``timm.data.resolve_model_data_config``); corrupted images are never
-resized. Results are plain dicts (they go to results.json as they are): ``{label: {"spec", "weights", "rows":
+resized. Results are plain dicts (they go to results.json as they are): ``{label: {"spec", "weights",
+"weights_sha256" (of a local weights file, else None), "rows":
 [{"model", "suite", "corruption", "severity", "accuracy", "top5", "correct", "correct_top5", "total"}],
 "summaries": {suite: summarize_corruptions(...) + "preset"}}}``; ``accuracy`` is top-1.
 """
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from ..run import folder as run_folder
 from ..run import model_io
+from ..run.atomic import file_sha256
 from ..run.metrics import topk_hits
 from . import noise
 from .corruptions import CORRUPTIONS, preset_for_size
@@ -55,6 +57,7 @@ class EvalModel:
     model: torch.nn.Module
     data_config: dict
     weights: str = ""
+    weights_sha256: Optional[str] = None  # of the local weights file (an export's model.safetensors, a checkpoint)
 
 
 @dataclass
@@ -106,6 +109,18 @@ def data_config_source(spec: str) -> str:
     return f"the data config of '{spec}'"
 
 
+def local_weights_sha256(spec: str, checkpoint: Optional[str]) -> Optional[str]:
+    """The SHA-256 of the weights file a model is evaluated with, when it is a local file (a checkpoint, or the
+    model.safetensors of an export or run folder): publishing matches an export to the results measured on it."""
+    if checkpoint not in (None, "none"):
+        return file_sha256(checkpoint)
+    resolved = model_io.resolve_spec(spec)
+    if resolved.startswith("local-dir:"):
+        path = Path(resolved[len("local-dir:"):]) / run_folder.WEIGHTS
+        return file_sha256(path) if path.is_file() else None
+    return None
+
+
 def check_std(std: Sequence[float], where: str) -> None:
     """Refuse a normalization std that is not positive: dividing by it makes every input infinite or NaN."""
     if not all(float(s) > 0 for s in std):  # "not >" also catches NaN
@@ -150,7 +165,8 @@ def load_models(
             model = model.to(memory_format=torch.channels_last)
         config = timm.data.resolve_model_data_config(model, args=data_overrides)
         check_std(config["std"], data_config_source(spec))
-        models.append(EvalModel(model_label(spec, checkpoint), spec, model, config, weights))
+        models.append(EvalModel(model_label(spec, checkpoint), spec, model, config, weights,
+                                local_weights_sha256(spec, checkpoint)))
     return models
 
 
@@ -371,6 +387,6 @@ def run(
                          "total": total})
             if on_row:
                 on_row(rows[-1])
-        results[m.label] = {"spec": m.spec, "weights": m.weights, "rows": rows,
+        results[m.label] = {"spec": m.spec, "weights": m.weights, "weights_sha256": m.weights_sha256, "rows": rows,
                             "summaries": summarize_rows(rows, suite_presets)}
     return results

@@ -2,6 +2,7 @@
 and renamed into place, so a process killed while writing leaves the previous version untouched."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +11,15 @@ from pathlib import Path
 class WriteError(RuntimeError):
     """A file or folder could not be written (a full disk, a read-only folder): what was there before is kept;
     reported as one line."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex): what a saved state's manifest and an evaluation record of a weights file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync(path: str | os.PathLike) -> None:

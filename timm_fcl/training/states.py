@@ -13,7 +13,6 @@ one is in place. A damaged newest state is passed over for the newest intact one
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..run import folder as run_folder
-from ..run.atomic import WriteError, swap_dir
+from ..run.atomic import WriteError, file_sha256, swap_dir
 from ..run.cli import UsageError, first_line
 from . import rng
 from .state_files import StateError, read_part, write_part
@@ -55,14 +54,6 @@ def _present(parts: Mapping[str, Any]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------- saving
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _rank_file(name: str, rank: int) -> str:
     return f"{name}_{rank}.safetensors"
 
