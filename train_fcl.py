@@ -332,12 +332,14 @@ def end_of_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Traini
                                         num_classes=data.num_classes, split=args.val_split,
                                         channels_last=args.channels_last)
     val = evaluate_on_val(run.bare)
+    lrs = [group["lr"] for group in run.optimizer.param_groups]
+    lr = sum(lrs) / len(lrs)  # the epoch's own lr, as timm's summary has it (the mean over parameter groups)
     # the next epoch's lr, from the validation metric (the plateau scheduler needs it; the others ignore it)
     run.scheduler.step(p.epoch + 1, metric=val[args.eval_metric])
     skipped = accelerator.reduce(torch.tensor([a - b for a, b in zip(data.train.skipped(), skipped_before)],
                                               device=accelerator.device), reduction="sum").tolist()
     ema = evaluate_on_val(run.ema.module) if run.ema is not None else None
-    row = epoch_row(p, run.optimizer.param_groups[0]["lr"], train, val, skipped, ema)
+    row = epoch_row(p, lr, train, val, skipped, ema)
     if skipped[0] or skipped[1]:
         _logger.warning(f"epoch {p.epoch}: {skipped[0]} unreadable shard(s) skipped, {skipped[1]} sample(s) "
                         f"repeated to keep the ranks in step")

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -270,3 +271,19 @@ def test_cheaper_mode_and_compile_flags_reach_the_regularizer():
     assert args.torchcompile == "inductor" and get_args_parser().parse_args([]).torchcompile is None
     with pytest.raises(ConfigError, match="fraction must lie in"):
         fcl_config(get_args_parser().parse_args(["--fcl-fraction", "0"]), {"std": (1.0,)}, 10)
+
+
+def test_summary_lr_is_the_epochs_own_lr_as_logged(toy, tmp_path):
+    out = tmp_path / "run"
+    proc = run(train_cmd(*TOY, "--data-dir", str(toy), "--epochs", "3", "--workers", "0", "--train-subset", "32",
+                         "--decay-epochs", "1", "--decay-rate", "0.1", "--log-interval", "1", "--output", str(out)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = {}
+    for line in proc.stderr.splitlines():
+        m = re.search(r" epoch (\d+) step \d+ batch \d+/\d+ lr ([0-9.e-]+) ", line)
+        if m:
+            logged.setdefault(int(m.group(1)), set()).add(float(m.group(2)))
+    rows = _summary(out)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.05, 0.005, 0.0005])
+    for r in rows:  # every step of the epoch logged the lr its summary row shows
+        assert [float(r["lr"])] * len(logged[int(r["epoch"])]) == pytest.approx(sorted(logged[int(r["epoch"])])), logged
