@@ -22,6 +22,7 @@ import functools
 import logging
 import shutil
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
@@ -88,7 +89,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--num-classes", type=int, default=None, at_least=1, help="default: from the checkpoint or the data")
     add("--in-chans", type=int, default=None, at_least=1)
     add("--img-size", type=int, default=None, at_least=1)
-    add("--input-size", type=int, nargs=3, default=None, at_least=1, metavar="C H W")
+    add("--input-size", type=int, nargs=3, default=None, at_least=1, metavar=("C", "H", "W"))
     add("--crop-pct", type=float, default=None, above=0, at_most=1, help="validation center crop fraction")
     add("--mean", type=float, nargs="+", default=None)
     add("--std", type=float, nargs="+", default=None, above=0)
@@ -188,7 +189,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def train_to_the_end(args: argparse.Namespace, parser: argparse.ArgumentParser, accelerator: Accelerator,
-                     output, stops: StopRequests) -> dict:
+                     output: Path, stops: StopRequests) -> dict:
     """Build, resume and train every epoch left; on a stop request (a signal), save the step in flight and raise
     :class:`Stopped`."""
     previous = previous_run(args, output)
