@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, TOY_RUN, env, run, train_cmd
+from train_helpers import ROOT, TOY_RUN, env, run, train_cmd, trained_run
 
 # 2 epochs of 12 steps, a log line every step (the test waits for one to send its signal); no interval saves, so only
 # the signal's save can hold a mid-epoch state
@@ -50,10 +50,7 @@ def _signal_at(cmd: list[str], signum: int, after_step: int) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def straight(toy, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("straight") / "run"
-    proc = run(train_cmd(*TOY, "--data-dir", str(toy), "--output", str(out)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return trained_run(tmp_path_factory.mktemp("straight") / "run", toy, TOY)
 
 
 def _stopped_line(proc: subprocess.CompletedProcess, name: str) -> re.Match:

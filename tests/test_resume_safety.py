@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from timm_fcl.training import rng
 from timm_fcl.training.state_files import StateError, read_part, write_part
 from timm_fcl.training.states import file_sha256, load_training_state, save_state_atomic
-from train_helpers import TOY_RUN, one_error_line, run, train_cmd
+from train_helpers import TOY_RUN, one_error_line, run, train_cmd, trained_run
 
 TOY = [*TOY_RUN, "-b", "16", "--log-interval", "4", "--epochs", "2", "--workers", "0", "--checkpoint-interval", "3",
        "--checkpoint-hist", "10"]
@@ -54,10 +54,7 @@ def _cut_back(finished: Path, to: Path, newest_step: int) -> Path:
 @pytest.fixture(scope="module")
 def straight(toy, tmp_path_factory) -> Path:
     """An uninterrupted run: 2 epochs of 12 steps, a state every 3 steps (the one at step 15 is mid-epoch)."""
-    out = tmp_path_factory.mktemp("straight") / "run"
-    proc = run(train_cmd(*TOY, "--data-dir", str(toy), "--output", str(out)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return trained_run(tmp_path_factory.mktemp("straight") / "run", toy, TOY)
 
 
 # ------------------------------------------------------------------------------------------- the files of a state

@@ -60,6 +60,14 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def trained_run(out: Path, toy: Path, flags: list[str]) -> Path:
+    """``out`` after an uninterrupted train_fcl.py run with ``flags`` on the toy shards (the reference a stopped and
+    resumed run must equal)."""
+    proc = run(train_cmd(*flags, "--data-dir", str(toy), "--output", str(out)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error:" in line]  # warnings above may name an exception (Error:)
 

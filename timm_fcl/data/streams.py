@@ -238,7 +238,7 @@ class MapSource:
     def order(self, rng: Optional[np.random.Generator]) -> np.ndarray:
         return np.arange(len(self.dataset)) if rng is None else rng.permutation(len(self.dataset))
 
-    def raw(self, positions: Sequence[int], order: np.ndarray, on_bad_shard) -> Iterator:
+    def raw(self, positions: Sequence[int], order: np.ndarray, on_bad_shard, on_incomplete=None) -> Iterator:
         return (int(order[p]) for p in positions)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
@@ -326,8 +326,7 @@ class EpochStream(IterableDataset):
         positions = [self.selected[i] for i in self._range(stream)]
         order_rng = np.random.default_rng([self.seed, self.epoch]) if self.is_training else None
         order = self.source.order(order_rng)
-        items = self.source.raw(positions, order, self._on_bad_shard, self._on_incomplete) \
-            if isinstance(self.source, WdsSource) else self.source.raw(positions, order, self._on_bad_shard)
+        items = self.source.raw(positions, order, self._on_bad_shard, self._on_incomplete)
         if self.is_training and isinstance(self.source, WdsSource):
             items = _compat.wds_shuffle(items, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
                                         rng=random.Random(f"{self.seed}-{self.epoch}-{stream}"))

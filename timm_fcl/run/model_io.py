@@ -187,22 +187,11 @@ def create_model(
     elif not timm.is_model(spec):
         raise ModelError(f"unknown model '{spec}': neither a timm model name (timm.list_models() lists them), "
                          "an hf-hub:/local-dir: name, nor a training output folder")
-    export = Path(spec[len("local-dir:"):]) if spec.startswith("local-dir:") else None
-    if export is not None and run_folder.is_export(export):
-        stored = export_classes(export)
-        if exact and stored is not None and num_classes is not None and num_classes != stored:
-            raise ModelError(f"--num-classes {num_classes} contradicts {export / run_folder.WEIGHTS}, whose classifier "
-                             f"has {stored} outputs")
-    else:
-        export = None
+    export = _checked_export(spec, num_classes, exact)
     if checkpoint:
         num_classes = _classes_with_checkpoint(spec, checkpoint, num_classes, checkpoint_flag, kwargs)
     if pretrained_path:
-        if not os.path.isfile(pretrained_path):
-            raise ModelError(f"--pretrained-path {pretrained_path} does not exist")
-        # timm's train.py convention: the file replaces the pretrained source; num_classes=-1 forces head adaptation
-        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(pretrained_path), num_classes=-1)
-        pretrained = True
+        kwargs["pretrained_cfg_overlay"], pretrained = _file_as_pretrained_source(pretrained_path), True
     num_classes = num_classes or default_num_classes
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -213,8 +202,33 @@ def create_model(
     if export is not None and exact:
         check_weights_fit(model, export / run_folder.WEIGHTS)
     if checkpoint:
-        try:
-            timm.models.load_checkpoint(model, checkpoint, strict=True)
-        except (RuntimeError, KeyError, SafetensorError) as exn:
-            raise ModelError(f"{checkpoint_flag} {checkpoint} does not fit '{spec}': {load_error_line(exn)}") from None
+        _load_exactly(model, spec, checkpoint, checkpoint_flag)
     return model
+
+
+def _file_as_pretrained_source(path: str) -> dict:
+    """timm's train.py convention for --pretrained-path: the file replaces the pretrained source, and num_classes=-1
+    makes timm adapt the classifier."""
+    if not os.path.isfile(path):
+        raise ModelError(f"--pretrained-path {path} does not exist")
+    return dict(file=os.path.abspath(path), num_classes=-1)
+
+
+def _checked_export(spec: str, num_classes: Optional[int], exact: bool) -> Optional[Path]:
+    """The export folder a ``local-dir:`` spec names (None for anything else), its config checked against its
+    weights; with ``exact``, a ``num_classes`` other than the weights' is refused."""
+    export = Path(spec[len("local-dir:"):]) if spec.startswith("local-dir:") else None
+    if export is None or not run_folder.is_export(export):
+        return None
+    stored = export_classes(export)
+    if exact and stored is not None and num_classes is not None and num_classes != stored:
+        raise ModelError(f"--num-classes {num_classes} contradicts {export / run_folder.WEIGHTS}, whose classifier "
+                         f"has {stored} outputs")
+    return export
+
+
+def _load_exactly(model: torch.nn.Module, spec: str, checkpoint: str, flag: str) -> None:
+    try:
+        timm.models.load_checkpoint(model, checkpoint, strict=True)
+    except (RuntimeError, KeyError, SafetensorError) as exn:
+        raise ModelError(f"{flag} {checkpoint} does not fit '{spec}': {load_error_line(exn)}") from None
