@@ -31,10 +31,12 @@ import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, i
 from timm_fcl.data import DataError
 from timm_fcl.run import folder as run_folder
 from timm_fcl.run.atomic import WriteError
-from timm_fcl.run.cli import OneLineParser, run_cli
+from timm_fcl.run.cli import OneLineParser, run_cli, this_process_only
 from timm_fcl.run.export import export_model, run_tag
 from timm_fcl.run.metrics import topk_hits
+from timm_fcl.run.progress import progress_bar
 from timm_fcl.training import flags
+from timm_fcl.training.best_history import keep_best_epochs
 from timm_fcl.training.build import Data, Training, build_data, build_training, lock_output, setup
 from timm_fcl.training.checks import validate_args
 from timm_fcl.training.flags import flag_group
@@ -56,7 +58,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Every flag with its default, bounds and help; ``may_change_on_resume`` marks those a resume may change."""
     parser = OneLineParser(description="Train a timm model with Feature Contrastive Learning", add_help=add_help)
     add = flag_group(parser, "config file")
-    add("--config", default=None, may_change_on_resume=True, help="YAML file setting any flag (by its long name); "
+    add("-c", "--config", default=None, may_change_on_resume=True, help="YAML file setting any flag (by its long name); "
         "flags given on the command line override it")
     add = flag_group(parser, "data")
     add("--data-dir", default=None, may_change_on_resume=True,  # as long as it holds the same splits and sizes
@@ -74,6 +76,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--train-subset", type=int, default=None, at_least=1,
         help="train on the first N samples of each epoch's shuffled order")
     add("--val-subset", type=int, default=None, at_least=1, help="validate on an evenly spaced subset of N")
+    add("--train-num-samples", type=int, default=None, at_least=1,
+        help="the training split's size, checked against what the data holds (the shards are counted)")
+    add("--val-num-samples", type=int, default=None, at_least=1, help="the same for the validation split")
+    add("--class-map", default="", help="class name to index file for an image folder (timm's format)")
     add("--shuffle-buffer", type=int, default=2048, at_least=0, help="WebDataset in-worker shuffle buffer")
     add("-j", "--workers", type=int, default=2, at_least=0, may_change_on_resume=True,
         help="loader workers per process")
@@ -83,8 +89,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--model", default="resnet50")
     add("--pretrained", action="store_true", help="start from pretrained weights (timm's, an hf-hub:/local-dir: "
         "model's, or --pretrained-path); a different --num-classes resets the classifier")
-    add("--pretrained-path", default=None, help="load this file (safetensors preferred) as the pretrained weights, "
-        "with the classifier adapted to --num-classes as timm does for its own pretrained weights")
+    add("--pretrained-path", default=None, help="load this file (safetensors preferred), export or run folder as "
+        "the pretrained weights; an export's config.json gives the input config (flags override it) and its "
+        "classifier is kept unless the class count differs")
     add("--initial-checkpoint", default="", help="load these weights before training")
     add("--num-classes", type=int, default=None, at_least=1, help="default: from the checkpoint or the data")
     add("--in-chans", type=int, default=None, at_least=1)
@@ -94,11 +101,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--mean", type=float, nargs="+", default=None)
     add("--std", type=float, nargs="+", default=None, above=0)
     add("--interpolation", default="")
+    add("--gp", default=None, help="global pool type (fast, avg, max, avgmax, avgmaxc; default: the model's)")
+    add("--drop-block", type=float, default=None, at_least=0, at_most=1, help="drop block rate of the model")
+    add("--bn-momentum", type=float, default=None, at_least=0, at_most=1, help="batch norm momentum override")
+    add("--bn-eps", type=float, default=None, above=0, help="batch norm epsilon override")
+    add("--head-init-scale", type=float, default=None, help="scale the new classifier's weights and bias by this")
+    add("--head-init-bias", type=float, default=None, help="set the new classifier's bias to this")
     add("--channels-last", action="store_true")
+    add("--grad-checkpointing", action="store_true", help="recompute activations in the backward (timm models that "
+        "support it); the same result, less memory")
+    add("--sync-bn", action="store_true", help="synchronized batch norm across processes (several processes only)")
     add("--torchcompile", nargs="?", const="inductor", default=None, metavar="BACKEND",
         help="torch.compile the model's forward_features and forward_head, the calls the FCL step makes (default "
              "backend inductor; compiling takes minutes on a CPU)")
-    add("--model-ema", action="store_true", help="keep and export an EMA of the weights")
+    add("--model-ema", action="store_true", help="keep and export an EMA of the weights; as in timm, the EMA's "
+        "validation is then the eval metrics (model_best/, the best epochs, a plateau schedule, summary.csv's eval_)")
     add("--model-ema-decay", type=float, default=0.9998, at_least=0, at_most=1)
     add("--model-ema-warmup", action="store_true")
 
@@ -108,27 +125,49 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--ratio", type=float, nargs=2, default=[3.0 / 4.0, 4.0 / 3.0], above=0)
     add("--hflip", type=float, default=0.5, at_least=0, at_most=1)
     add("--color-jitter", type=float, default=0.4, at_least=0)
+    add("--vflip", type=float, default=0.0, at_least=0, at_most=1)
+    add("--color-jitter-prob", type=float, default=None, at_least=0, at_most=1,
+        help="probability of applying the color jitter at all")
+    add("--grayscale-prob", type=float, default=None, at_least=0, at_most=1)
+    add("--gaussian-blur-prob", type=float, default=None, at_least=0, at_most=1)
+    add("--train-crop-mode", default=None, help="timm's training crop mode (e.g. rrc, rkrc, rkrr)")
+    add("--train-interpolation", default="random",
+        help="resize interpolation of the training crop (random, bilinear, bicubic; '' for the model's)")
     add("--aa", default=None, help="auto-augment policy, e.g. rand-m9-mstd0.5")
-    add("--reprob", type=float, default=0.0, at_least=0, at_most=1)
+    add("--reprob", type=float, default=0.0, at_least=0, at_most=1, help="random erasing probability")
+    add("--remode", default="pixel", choices=("const", "rand", "pixel"), help="random erasing fill")
+    add("--recount", type=int, default=1, at_least=1, help="random erasing count")
+    add("--resplit", action="store_true", help="no random erasing of the first (clean) augmentation split")
     add("--crop-pad", type=int, default=0, at_least=0, metavar="PAD", help="the standard CIFAR augmentation instead "
         "of timm's: zero-pad by PAD, random crop of the input size, flip with --hflip (--scale, --ratio, "
         "--color-jitter, --aa, --reprob unused)")
 
     add = flag_group(parser, "optimization")
     add("-b", "--batch-size", type=int, default=128, at_least=1, help="per process")
+    add("-vb", "--validation-batch-size", type=int, default=None, at_least=1, may_change_on_resume=True,
+        help="validation batch per process (default: --batch-size)")
     add("--grad-accum-steps", type=int, default=1, at_least=1)
     add("--epochs", type=int, default=300, at_least=1, may_change_on_resume=True)  # it may only grow
     add("--opt", default="sgd", help="timm optimizer name (sgd is Nesterov; momentum is plain)")
     add("--opt-eps", type=float, default=None, above=0)
     add("--opt-betas", type=float, nargs="+", default=None, at_least=0, at_most=1)
+    add("--opt-kwargs", nargs="*", default={}, action=flags.ParseKwargs, metavar="KEY=VALUE",
+        help="more arguments of the optimizer")
+    add("--layer-decay", type=float, default=None, above=0, help="layer-wise lr decay (timm's param groups)")
+    add("--layer-decay-min-scale", type=float, default=0.0, at_least=0, help="the smallest layer-wise lr scale")
+    add("--layer-decay-no-opt-scale", type=float, default=None, at_least=0,
+        help="layers whose lr scale falls below this are not optimized")
     add("--momentum", type=float, default=0.9, at_least=0)
     add("--weight-decay", type=float, default=2e-5, at_least=0)
     add("--clip-grad", type=float, default=None, above=0)
     add("--lr", type=float, default=None, at_least=0,  # 0 trains nothing on purpose (e.g. checking what a run loads)
-        help="default: lr-base x global batch / lr-base-size")
+        help="default: --lr-base scaled by global batch / --lr-base-size (see --lr-base-scale)")
     add("--lr-base", type=float, default=0.1, above=0)
     add("--lr-base-size", type=int, default=256, at_least=1)
-    add("--sched", default="cosine", help="timm scheduler: cosine, step, multistep, plateau, ...")
+    add("--lr-base-scale", default="", choices=("", "linear", "sqrt"),
+        help="how --lr-base scales with the global batch (default: sqrt for ada* and lamb optimizers, else linear)")
+    add("--sched", default="cosine", help="timm scheduler: cosine, step, multistep, plateau, wsd, ...; none "
+        "keeps --lr")
     add("--sched-on-updates", action="store_true")
     add("--warmup-epochs", type=int, default=5, at_least=0)
     add("--warmup-lr", type=float, default=1e-5, at_least=0)
@@ -138,6 +177,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], at_least=0)
     add("--decay-rate", "--dr", type=float, default=0.1, above=0)
     add("--cooldown-epochs", type=int, default=0, at_least=0)
+    add("--patience-epochs", type=int, default=10, at_least=0, help="plateau scheduler patience")
+    add("--lr-noise", type=float, nargs="+", default=None, at_least=0, metavar="PCT",
+        help="lr noise on (and off) at these fractions of the epochs")
+    add("--lr-noise-pct", type=float, default=0.67, at_least=0, help="lr noise limit")
+    add("--lr-noise-std", type=float, default=1.0, at_least=0, help="lr noise std-dev")
+    add("--lr-cycle-mul", type=float, default=1.0, above=0, help="lr cycle length multiplier")
+    add("--lr-cycle-decay", type=float, default=0.5, at_least=0, help="lr decay of each cycle")
+    add("--lr-cycle-limit", type=int, default=1, at_least=1, help="lr cycles (on when > 1)")
+    add("--lr-k-decay", type=float, default=1.0, above=0, help="lr k-decay of cosine / poly")
 
     flags.add_fcl_flags(parser)
     flags.add_timm_flags(parser)
@@ -148,6 +196,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "output/train/DATE-TIME-MODEL-SIZE); a run finds its latest state there and resumes from it")
     add("--resume", default="", may_change_on_resume=True,
         help="resume from this state folder (or run folder's latest)")
+    add("--no-resume-opt", action="store_true", may_change_on_resume=True,
+        help="resume the weights and progress but start the optimizer afresh (its state, and the scheduler's)")
     add("--checkpoint-interval", type=int, default=0, at_least=0, may_change_on_resume=True,
         help="also save the state every N steps")
     add("--checkpoint-minutes", type=float, default=30.0, at_least=0, may_change_on_resume=True,
@@ -156,8 +206,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--save-on-signal", nargs="+", default=[], metavar="SIGNAL", may_change_on_resume=True,
         help="signals that save the state and stop, besides SIGTERM and SIGINT (e.g. SIGUSR1, which SLURM's "
              "--signal sends ahead of the end of a job)")
-    add("--checkpoint-hist", type=int, default=2, at_least=0, may_change_on_resume=True, help="training states kept")
+    add("--checkpoint-hist", type=int, default=10, at_least=0, may_change_on_resume=True,
+        help="the N best epochs by --eval-metric kept as exports in OUTPUT/best/epoch_E/ (timm's checkpoint "
+             "history; 0: none), beside model_best/")
+    add("--state-hist", type=int, default=2, at_least=1, may_change_on_resume=True,
+        help="training states kept (the newest, in OUTPUT/checkpoints/, to resume from)")
     add("--log-interval", type=int, default=50, at_least=1, may_change_on_resume=True)
+    add("--amp-dtype", default=None, choices=("float16", "bfloat16"),
+        help="--amp's dtype (default: the launch config's, else float16 on a GPU as timm, bfloat16 on a CPU)")
     add("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
         help="default: accelerate's launch config, else no")
     add("--no-progress", action="store_true", may_change_on_resume=True, help="no tqdm bar")
@@ -202,7 +258,7 @@ def train_to_the_end(args: argparse.Namespace, parser: argparse.ArgumentParser, 
         stop_if_diverged(accelerator, run)
         if accelerator.is_main_process:
             record_settings(args, run)
-        save_state_atomic(accelerator, run.output, run.progress.step, args.checkpoint_hist,
+        save_state_atomic(accelerator, run.output, run.progress.step, args.state_hist,
                           run.state_parts(accelerator), run.rank_parts())
         stops.saved()
 
@@ -243,19 +299,18 @@ def train_to_the_end(args: argparse.Namespace, parser: argparse.ArgumentParser, 
 def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Training, data: Data,
                     on_step: Optional[Callable[[], None]] = None) -> dict:
     """Train from progress.batch to the end of the epoch; returns this rank's mean loss, ce and fcl."""
-    from tqdm.auto import tqdm
-
     p, reg, optimizer = run.progress, run.reg, run.optimizer
     data.train.set_epoch(p.epoch, skip_batches=p.batch)
-    run.scheduler.step(p.epoch)
+    if p.epoch > 0:  # the epoch's lr (timm steps only a resumed start: a plateau schedule would take its warmup lr)
+        run.scheduler.step(p.epoch)
     run.scheduler.step_update(num_updates=p.step)
     reg.train()
     n_batches, accum = len(data.train), args.grad_accum_steps
     if p.batch == 0 or run.epoch_meter is None:  # else: the means so far of an epoch resumed midway
         run.epoch_meter = LossMeter(accelerator.device)
     epoch, window = run.epoch_meter, LossMeter(accelerator.device)
-    bar = tqdm(total=n_batches, initial=p.batch, desc=f"epoch {p.epoch}", leave=False,
-               disable=args.no_progress or not accelerator.is_main_process, dynamic_ncols=True)
+    bar = progress_bar(total=n_batches, initial=p.batch, desc=f"epoch {p.epoch}", leave=False, dynamic_ncols=True,
+                       enabled=not args.no_progress and accelerator.is_main_process)  # a terminal only
     # FCL's input requires grad (for the utility): without inputs= the backward would also compute the first layer's
     # input gradient, which nothing uses
     params = [q for q in reg.parameters() if q.requires_grad]
@@ -292,22 +347,24 @@ def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Tra
             on_step()
     bar.close()
     if p.batch < n_batches:  # the loader ended early: the ranks would fall out of step
-        raise DataError(f"epoch {p.epoch}: the training loader gave {p.batch} of {n_batches} batches")
+        raise this_process_only(DataError(f"epoch {p.epoch}: the training loader gave {p.batch} of {n_batches} "
+                                          f"batches"))
     stop_if_diverged(accelerator, run)
     return epoch.means()
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator, *, num_classes: int,
-             split: str, channels_last: bool = False) -> dict:
-    """Top-1, top-5 and mean cross-entropy over the validation split, every sample counted once across ranks.
+             split: str, channels_last: bool = False, progress: bool = False) -> dict:
+    """Top-1, top-5 and mean cross-entropy over the validation split, every sample counted once across ranks;
+    ``progress``: a bar of this rank's batches, drawn on a terminal only.
 
     Each rank reads its own exact share of the split (timm_fcl.data.streams), so summing per-rank totals once at the
     end counts every sample once; no per-batch gather, so ranks may hold different numbers of batches.
     """
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss sum, top1, top5, count
-    for x, y in loader:
+    for x, y in progress_bar(loader, desc=f"validating on {split}", leave=False, dynamic_ncols=True, enabled=progress):
         check_labels(y, num_classes, split)
         x, y = x.to(accelerator.device), y.to(accelerator.device)
         if channels_last:
@@ -326,39 +383,54 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accele
 
 def end_of_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Training, data: Data, train: dict,
                  skipped_before: tuple[int, int]) -> dict:
-    """Validate (and the EMA), step the scheduler on the metric, log, write the summary row, export the model(s), and
-    save the state of the finished epoch."""
+    """Validate (and the EMA, whose metrics then are the eval metrics, as in timm), step the scheduler on the
+    --eval-metric, log, write the summary row, export the model(s) and the best epochs, and save the state of the
+    finished epoch."""
     p = run.progress
     evaluate_on_val = functools.partial(evaluate, loader=data.val_loader, accelerator=accelerator,
                                         num_classes=data.num_classes, split=args.val_split,
-                                        channels_last=args.channels_last)
+                                        channels_last=args.channels_last,
+                                        progress=not args.no_progress and accelerator.is_main_process)
     val = evaluate_on_val(run.bare)
+    ema = evaluate_on_val(run.ema.module) if run.ema is not None else None
+    judged = ema if ema is not None else val  # timm: under --model-ema the EMA's metrics are the eval metrics
     lrs = [group["lr"] for group in run.optimizer.param_groups]
     lr = sum(lrs) / len(lrs)  # the epoch's own lr, as timm's summary has it (the mean over parameter groups)
     # the next epoch's lr, from the validation metric (the plateau scheduler needs it; the others ignore it)
-    run.scheduler.step(p.epoch + 1, metric=val[args.eval_metric])
+    run.scheduler.step(p.epoch + 1, metric=judged[args.eval_metric])
     skipped = accelerator.reduce(torch.tensor([a - b for a, b in zip(data.train.skipped(), skipped_before)],
                                               device=accelerator.device), reduction="sum").tolist()
-    ema = evaluate_on_val(run.ema.module) if run.ema is not None else None
     row = epoch_row(p, lr, train, val, skipped, ema)
     if skipped[0] or skipped[1]:
         _logger.warning(f"epoch {p.epoch}: {skipped[0]} unreadable shard(s) skipped, {skipped[1]} sample(s) "
                         f"repeated to keep the ranks in step")
     if accelerator.is_main_process:
-        _logger.info(f"epoch {p.epoch} validation: top1 {val['top1']:.2f} top5 {val['top5']:.2f} "
-                     f"loss {val['loss']:.4f} on {val['samples']} samples")
+        for name, metrics in (("", val), (" (EMA)", ema)) if ema is not None else (("", val),):
+            _logger.info(f"epoch {p.epoch} validation{name}: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "
+                         f"loss {metrics['loss']:.4f} on {metrics['samples']} samples")
         record_settings(args, run)
-        export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names,
-                                   tag=run_tag(args.method, args.dataset))
-        keep_best(args.eval_metric, run.output, row, functools.partial(export, run.bare), split=data.val_split)
-        update_summary(run.output / run_folder.SUMMARY, row)
-        export(run.bare, run.output / run_folder.MODEL)
-        if run.ema is not None:
-            export(run.ema.module, run.output / run_folder.MODEL_EMA)
-    accelerator.log({f"eval/{k}": v for k, v in val.items()}, step=p.step)
+        export_epoch(args, run, data, row)
+    raw = {f"raw_eval/{k}": v for k, v in val.items()} if ema is not None else {}
+    accelerator.log({**{f"eval/{k}": v for k, v in judged.items()}, **raw}, step=p.step)
     p.epoch, p.batch = p.epoch + 1, 0
-    save_state_atomic(accelerator, run.output, p.step, args.checkpoint_hist, run.state_parts(accelerator))
+    save_state_atomic(accelerator, run.output, p.step, args.state_hist, run.state_parts(accelerator))
     return row
+
+
+def export_epoch(args: argparse.Namespace, run: Training, data: Data, row: dict) -> None:
+    """On the main process: model_best/ when the epoch is the best so far, best.json, the summary row, the
+    --checkpoint-hist best epochs (best/epoch_E/), model/ and model_ema/. The weights judged by the row's eval_
+    metrics, the EMA under --model-ema as in timm, are the ones model_best/ and best/ hold."""
+    export = functools.partial(export_model, data_config=data.data_config, label_names=data.class_names,
+                               tag=run_tag(args.method, args.dataset))
+    judged, weights = (run.ema.module, "ema") if run.ema is not None else (run.bare, "model")
+    keep_best(args.eval_metric, run.output, row, functools.partial(export, judged), split=data.val_split,
+              weights=weights)
+    update_summary(run.output / run_folder.SUMMARY, row)
+    keep_best_epochs(args.eval_metric, run.output, row, functools.partial(export, judged), args.checkpoint_hist)
+    export(run.bare, run.output / run_folder.MODEL)
+    if run.ema is not None:
+        export(run.ema.module, run.output / run_folder.MODEL_EMA)
 
 
 def cli(argv: Optional[list[str]] = None) -> int:

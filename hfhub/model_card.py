@@ -13,10 +13,19 @@ CITATION = """@misc{anonymous_feature_contrastive_learning,
   note = {Paper under double-blind review},
 }"""
 
-RECIPE_KEYS = ("model", "pretrained", "dataset", "num_classes", "img_size", "input_size", "epochs", "batch_size",
-               "world_size", "global_batch", "opt", "lr", "momentum", "weight_decay", "sched", "warmup_epochs",
-               "decay_milestones", "mixed_precision", "model_ema", "seed", "patch_gaussian")
+# the settings that shape the result, in the order a reader reproduces them: data, model, optimization,
+# regularization, run; each shown with its value, 0 included (a switch only when on, an unset one never)
+RECIPE_KEYS = ("model", "pretrained", "dataset", "num_classes", "img_size", "input_size", "train_subset", "val_holdout",
+               "epochs", "batch_size", "grad_accum_steps", "world_size", "global_batch", "opt", "lr", "momentum",
+               "weight_decay", "clip_grad", "sched", "warmup_epochs", "min_lr", "decay_epochs", "decay_milestones",
+               "decay_rate", "smoothing", "mixup", "cutmix", "drop", "drop_path", "crop_pad", "aa", "reprob",
+               "mixed_precision", "model_ema", "model_ema_decay", "seed", "patch_gaussian")
 PATCH_GAUSSIAN_KEYS = ("patch_gaussian_size", "patch_gaussian_sigma")
+# settings whose 0 turns a feature off rather than being a value: shown only when on
+SWITCH_KEYS = ("val_holdout", "crop_pad")
+# settings only one kind of schedule reads (timm's scheduler factory): shown with that schedule only
+SCHEDULE_KEYS = {"decay_epochs": ("step",), "decay_milestones": ("multistep",),
+                 "decay_rate": ("step", "multistep", "plateau")}
 # what the flags resolved to (resolved.yaml) wins over the flags (e.g. a derived lr, the classes found in the data)
 RESOLVED_RECIPE_KEYS = ("num_classes", "epochs", "world_size", "global_batch", "lr")
 
@@ -34,11 +43,24 @@ def fcl_params(train_args: dict, resolved: dict) -> dict:
     return params
 
 
+def _recorded(value: object) -> bool:
+    """Whether a recipe value says something: any number (0 too) or text; not an unset one (None, '', []) nor a
+    switch that is off (False: the feature was not used)."""
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, (str, list, tuple, dict)) and not value)
+
+
 def recipe_rows(train_args: dict, resolved: dict) -> list:
-    """(setting, value) of the training recipe; Patch Gaussian's settings only when it was on."""
+    """(setting, value) of the training recipe: every setting of RECIPE_KEYS the run recorded, 0 included; Patch
+    Gaussian's settings only when it was on, the EMA decay only with the EMA, a schedule's own settings only with it."""
     values = dict(train_args, **{k: resolved[k] for k in RESOLVED_RECIPE_KEYS if resolved.get(k) is not None})
     keys = RECIPE_KEYS + (PATCH_GAUSSIAN_KEYS if values.get("patch_gaussian") else ())
-    return [(k, values[k]) for k in keys if values.get(k) not in (None, "", [], False)]
+    if not values.get("model_ema"):
+        keys = tuple(k for k in keys if k != "model_ema_decay")
+    if values.get("sched") is not None:
+        keys = tuple(k for k in keys if values["sched"] in SCHEDULE_KEYS.get(k, (values["sched"],)))
+    return [(k, values[k]) for k in keys if _recorded(values.get(k)) and (k not in SWITCH_KEYS or values[k])]
 
 
 def published_result(eval_results: dict, run_name: str = "") -> dict:

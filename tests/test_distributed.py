@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import launch_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,9 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_process_fcl_keeps_ranks_identical(tmp_path, mixed_precision, config):
     out = tmp_path / "ranks.json"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
-           str(ROOT / "tests" / "ddp_worker.py"), str(out), mixed_precision, json.dumps(config)]
+    cmd = [*launch_cmd(2, mixed_precision), str(ROOT / "tests" / "ddp_worker.py"), str(out), mixed_precision,
+           json.dumps(config)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -160,6 +160,21 @@ def test_card_of_an_older_run_reads_the_fcl_flags_and_shows_patch_gaussian_when_
     assert recipe["patch_gaussian_size"] == "16" and recipe["patch_gaussian_sigma"] == "0.2"
 
 
+def test_card_recipe_shows_zero_settings_and_the_train_subset():
+    args = {"model": "resnet18", "method": "xe", "smoothing": 0.0, "weight_decay": 0, "mixup": 0.0, "train_subset": 100,
+            "val_holdout": 0, "sched": "cosine", "decay_milestones": [90, 180], "decay_rate": 0.1,
+            "model_ema": False, "model_ema_decay": 0.9998, "clip_grad": None, "aa": None}
+    recipe = card_table(build_model_card("org/name", {"architecture": "resnet18"}, train_args=args), "Training recipe")
+    assert recipe["smoothing"] == "0.0" and recipe["weight_decay"] == "0" and recipe["mixup"] == "0.0"
+    assert recipe["train_subset"] == "100"
+    # unset, off, or read by another schedule only: no row
+    assert not {"val_holdout", "decay_milestones", "decay_rate", "model_ema", "model_ema_decay", "clip_grad",
+                "aa"} & set(recipe)
+    step = card_table(build_model_card("o/n", {}, train_args={**args, "sched": "step", "train_subset": None,
+                                                              "decay_epochs": 30}), "Training recipe")
+    assert step["decay_epochs"] == "30" and step["decay_rate"] == "0.1" and "train_subset" not in step
+
+
 def test_published_card_parses_with_huggingface_hub_and_equals_the_run(trained, published):
     from huggingface_hub import ModelCard
 

@@ -18,7 +18,7 @@ from train_helpers import ROOT, TOY_RUN, env, run, train_cmd, trained_run
 
 # 2 epochs of 12 steps, a log line every step (the test waits for one to send its signal); no interval saves, so only
 # the signal's save can hold a mid-epoch state
-TOY = [*TOY_RUN, "-b", "16", "--log-interval", "1", "--epochs", "2", "--workers", "1", "--checkpoint-hist", "10"]
+TOY = [*TOY_RUN, "-b", "16", "--log-interval", "1", "--epochs", "2", "--workers", "1", "--state-hist", "10"]
 STOPPED = re.compile(r"^train_fcl\.py: stopped by (SIG\w+) at epoch (\d+) batch (\d+) \(step (\d+)\), the state saved "
                      r"in (.+): run the same command to resume$")
 

@@ -21,7 +21,7 @@ from timm_fcl.training.states import file_sha256, load_training_state, save_stat
 from train_helpers import TOY_RUN, one_error_line, run, train_cmd, trained_run
 
 TOY = [*TOY_RUN, "-b", "16", "--log-interval", "4", "--epochs", "2", "--workers", "0", "--checkpoint-interval", "3",
-       "--checkpoint-hist", "10"]
+       "--state-hist", "10"]
 # what accelerate's save_state writes (all of it unpickled by its load_state)
 ACCELERATE_FILES = ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl",
                     "random_states_1.pkl", "optimizer.bin", "scheduler.bin", "pytorch_model.bin", "sampler.bin",

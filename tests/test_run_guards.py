@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -116,6 +118,43 @@ def test_resume_with_a_setting_that_changes_the_result_is_refused_naming_it(toy,
         assert tree_digest(copies[difference]) == before  # a refused resume loads nothing and writes nothing
 
 
+def test_a_refusal_under_two_processes_is_printed_once_by_the_main_process(toy, tmp_path):
+    out = tmp_path / "run"
+    base = [*TOY_RUN, "-b", "16", "--train-subset", "32", "--workers", "0", "--epochs", "1", "--data-dir", str(toy),
+            "--output", str(out)]
+    first = run(train_cmd(*base))  # one process is enough to start from: a changed flag is named before the world size
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run(train_cmd(*base, "--smoothing", "0", processes=2))  # both processes refuse the changed setting
+    assert again.returncode != 0
+    refusals = [line for line in again.stderr.splitlines() if "resume with other settings" in line]
+    want = f"train_fcl.py: error: resume with other settings than the run in {out}: smoothing 0.1 -> 0.0"
+    assert refusals == [want], again.stderr[-3000:]
+    # torchrun's failure report names the main process's status (the other may be ended by torchrun first)
+    statuses = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s+exitcode\s*:\s*(-?\d+)", again.stderr)
+    assert ("0", "2") in statuses or ("1", "2") in statuses, again.stderr[-3000:]
+
+
+def test_run_cli_prints_on_the_main_process_only_unless_the_error_is_this_process_alone(monkeypatch, capsys):
+    from timm_fcl.run.cli import RANK_VARIABLES, UsageError, run_cli, this_process_only
+
+    def refuse(error: Exception) -> Callable[[object], None]:
+        def main(argv: object) -> None:
+            raise error
+        return main
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for rank, printed in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert run_cli("prog", refuse(UsageError("bad flag"))) == 2
+        assert capsys.readouterr().err == ("prog: error: bad flag\n" if printed else "")
+    assert run_cli("prog", refuse(this_process_only(UsageError("label 12 is outside [0, 10)")))) == 2
+    assert capsys.readouterr().err == "prog: error: label 12 is outside [0, 10) (process 1)\n"
+    monkeypatch.delenv("RANK")  # no launcher: a process alone is the main one
+    assert run_cli("prog", refuse(UsageError("bad flag"))) == 2
+    assert capsys.readouterr().err == "prog: error: bad flag\n"
+
+
 def test_setting_changes_name_flags_first_then_derived_values_and_epochs_may_only_grow():
     from timm_fcl.run.folder import setting_changes
 
@@ -128,7 +167,7 @@ def test_setting_changes_name_flags_first_then_derived_values_and_epochs_may_onl
 
 def test_resume_mid_epoch_with_other_workers_ends_with_the_weights_of_the_straight_run(toy, tmp_path):
     straight = tmp_path / "straight"
-    args = [*FAST, "--data-dir", str(toy), "--epochs", "2", "--checkpoint-interval", "3", "--checkpoint-hist", "10"]
+    args = [*FAST, "--data-dir", str(toy), "--epochs", "2", "--checkpoint-interval", "3", "--state-hist", "10"]
     proc = run(train_cmd(*args, "--workers", "0", "--output", str(straight)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     cut = tmp_path / "cut"  # the straight run as a kill after step 3 (batch 3 of 4 in epoch 0) would leave it
@@ -230,7 +269,7 @@ def test_bad_data_and_fcl_settings_are_one_error_line_before_the_first_step(toy,
 def test_diverging_loss_stops_with_one_line_and_nothing_saved_after_it(toy, tmp_path):
     out = tmp_path / "run"
     proc = run(train_cmd(*FAST, "--data-dir", str(toy), "--workers", "0", "--epochs", "1", "--lr", "1e30",
-                         "--checkpoint-interval", "1", "--checkpoint-hist", "0", "--output", str(out)))
+                         "--checkpoint-interval", "1", "--state-hist", "10", "--output", str(out)))
     line = one_error_line("lr 1e30", proc.returncode, proc.stderr)
     print(line)
     assert "the loss or the weights became NaN or infinite by step" in line

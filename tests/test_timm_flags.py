@@ -1,6 +1,7 @@
 """timm's train.py flags in train_fcl.py, each checked by what it does: the loss label smoothing gives, the utility of a
 mixed batch, the model drop path reaches, AugMix views with JSD and FCL, the FCL weight under gradient accumulation,
-run folders, the best epoch's export, trackers' hyper-parameters, --amp and --clip-mode."""
+run folders, the best epoch's export (the EMA's under --model-ema) and the --checkpoint-hist best epochs, trackers'
+hyper-parameters, --amp and --clip-mode."""
 from __future__ import annotations
 
 import json
@@ -252,9 +253,79 @@ def test_eval_metric_keeps_the_best_epoch_in_model_best(toy, tmp_path, monkeypat
     assert not all(torch.equal(best[k], weights[2][k]) for k in best)  # not simply the last epoch
     record = json.loads((out / "best.json").read_text())
     assert record == {"eval_metric": metric, "value": planted[best_epoch], "epoch": best_epoch,
-                      "step": 2 * (best_epoch + 1), "chosen_on": "validation"}
+                      "step": 2 * (best_epoch + 1), "chosen_on": "validation", "weights": "model"}
     rows = (out / "summary.csv").read_text().splitlines()
     assert rows[-1].split(",")[-3:] == [str(best_epoch), str(planted[best_epoch]), "validation"]
+
+
+def _planted_run(out: Path, toy: Path, monkeypatch, planted: list[float], *argv: str) -> list[dict]:
+    """Train toy epochs of 2 steps in this process, each validation call scoring the next ``planted`` value (top1,
+    top5 and loss alike); returns the weights each call validated."""
+    import train_fcl
+    weights = []
+
+    def planted_evaluate(model, loader, accelerator, **_):
+        weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        value = planted[len(weights) - 1]
+        return {"loss": value, "top1": value, "top5": value, "samples": 16}
+
+    monkeypatch.setattr(train_fcl, "evaluate", planted_evaluate)
+    train_fcl.main(train_fcl.parse_args([*TOY, "--data-dir", str(toy), "-b", "16", "--train-subset", "32",
+                                         "--method", "xe", "--output", str(out), *argv]))
+    return weights
+
+
+def _same(path: Path, weights: dict) -> bool:
+    from safetensors.torch import load_file
+    saved = load_file(path / "model.safetensors")
+    return saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in saved)
+
+
+def test_model_ema_is_judged_on_the_emas_validation_as_in_timm(toy, tmp_path, monkeypatch, fresh_accelerate):
+    import csv
+    from timm.scheduler.step_lr import StepLRScheduler
+    seen, step = [], StepLRScheduler.step
+
+    def recording_step(self, epoch: int, metric=None) -> None:  # the metric each epoch end hands a plateau schedule
+        if metric is not None:
+            seen.append(metric)
+        step(self, epoch, metric)
+
+    monkeypatch.setattr(StepLRScheduler, "step", recording_step)
+    # each epoch validates the trained weights, then the EMA: the trained ones are best at epoch 1, the EMA at 0
+    raw, ema = [10.0, 30.0, 20.0], [25.0, 15.0, 5.0]
+    out = tmp_path / "run"
+    weights = _planted_run(out, toy, monkeypatch, [v for pair in zip(raw, ema) for v in pair], "--epochs", "3",
+                           "--model-ema", "--checkpoint-hist", "2")
+    assert _same(out / "model_best", weights[1]) and not _same(out / "model_best", weights[0])  # the EMA of epoch 0
+    assert _same(out / "model_ema", weights[5])
+    assert json.loads((out / "best.json").read_text()) == {"eval_metric": "top1", "value": 25.0, "epoch": 0,
+                                                          "step": 2, "chosen_on": "validation", "weights": "ema"}
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["epoch_0", "epoch_1"]
+    assert _same(out / "best" / "epoch_1", weights[3])
+    assert seen == ema
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["eval_top1"]) for r in rows] == ema and [float(r["raw_eval_top1"]) for r in rows] == raw
+    assert [r["best_epoch"] for r in rows] == ["0", "0", "0"]
+
+
+# ------------------------------------------------------------------------------------ --checkpoint-hist, --state-hist
+@pytest.mark.parametrize("metric, kept", [("top1", [1, 2]), ("loss", [0, 4])])
+def test_checkpoint_hist_keeps_the_best_epochs_across_a_resume(toy, tmp_path, monkeypatch, fresh_accelerate,
+                                                                metric, kept):
+    from accelerate.state import AcceleratorState
+    planted = [10.0, 30.0, 20.0, 20.0, 5.0]  # epoch 3 ties epoch 2: the earlier stays, as in timm
+    out = tmp_path / "run"
+    flags = ["--eval-metric", metric, "--checkpoint-hist", "2", "--state-hist", "1"]
+    weights = _planted_run(out, toy, monkeypatch, planted, "--epochs", "3", *flags)
+    AcceleratorState._reset_state(True)
+    (out / "best" / "epoch_7").mkdir()  # what a resume runs again or a killed export left is cleared
+    (out / "best" / ".epoch_9.tmp").mkdir()
+    weights += _planted_run(out, toy, monkeypatch, planted[3:], "--epochs", "5", *flags)
+    assert sorted(p.name for p in (out / "best").iterdir()) == [f"epoch_{e}" for e in kept]
+    assert all(_same(out / "best" / f"epoch_{e}", weights[e]) for e in kept)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000000010"]
 
 
 # ---------------------------------------------------------------------------------------- trackers, precision, clipping

@@ -87,7 +87,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(toy, t
     from safetensors.torch import load_file
 
     args = [*TOY, "--data-dir", str(toy), "--epochs", "2", "--workers", "2", "--checkpoint-interval", "3",
-            "--checkpoint-hist", "10"]
+            "--state-hist", "10"]
     straight = run(train_cmd(*args, "--output", str(tmp_path / "straight")))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
@@ -271,6 +271,16 @@ def test_cheaper_mode_and_compile_flags_reach_the_regularizer():
     assert args.torchcompile == "inductor" and get_args_parser().parse_args([]).torchcompile is None
     with pytest.raises(ConfigError, match="fraction must lie in"):
         fcl_config(get_args_parser().parse_args(["--fcl-fraction", "0"]), {"std": (1.0,)}, 10)
+
+
+def test_a_plateau_schedule_without_warmup_trains_at_lr_from_the_first_epoch(toy, tmp_path):
+    """timm's plateau scheduler sets its warmup lr when stepped at epoch 0; a fresh run never steps it there."""
+    out = tmp_path / "run"
+    proc = run(train_cmd(*TOY, "--data-dir", str(toy), "--epochs", "2", "--workers", "0", "--train-subset", "32",
+                         "--val-subset", "16", "--sched", "plateau", "--warmup-epochs", "0", "--method", "xe",
+                         "--output", str(out)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [float(r["lr"]) for r in _summary(out)] == pytest.approx([0.05, 0.05])
 
 
 def test_summary_lr_is_the_epochs_own_lr_as_logged(toy, tmp_path):

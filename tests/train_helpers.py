@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,24 @@ def env() -> dict:
     return e
 
 
+def free_port() -> int:
+    """A TCP port free now, for one multi-process launch: tests running side by side (pytest -n) never share one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_cmd(processes: int, mixed_precision: str = "no") -> list[str]:
+    """``accelerate launch`` of ``processes`` CPU processes as one distributed job, on a port of its own."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
+
+
 def train_cmd(*args: str, processes: int = 1) -> list[str]:
     if processes == 1:
         return [sys.executable, str(ROOT / "train_fcl.py"), *args]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            str(ROOT / "train_fcl.py"), *args]
+    return [*launch_cmd(processes), str(ROOT / "train_fcl.py"), *args]
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:

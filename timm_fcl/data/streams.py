@@ -553,8 +553,10 @@ def check_split_entry(where: str, entry) -> None:
         raise DataError(f"{where}: num_samples {total!r} is not the sum of the shard lengths ({sum(lengths)})")
 
 
-def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, download: bool = False):
-    """A source for --dataset: 'wds/NAME' (shards), 'torch/NAME' (torchvision), '' or 'folder' (image folders)."""
+def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, download: bool = False,
+                  class_map: str = ""):
+    """A source for --dataset: 'wds/NAME' (shards), 'torch/NAME' (torchvision), '' or 'folder' (image folders, their
+    class names numbered by ``class_map``'s file when given, timm's format)."""
     image_mode = "RGB" if in_chans == 3 else "L"
     if dataset.startswith("wds/"):
         urls, lengths, info, per_shard = _wds_split(root, split)
@@ -571,9 +573,13 @@ def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, dow
         raise DataError(f"data dir {root} does not exist")
     try:
         ds = create_dataset(dataset, root=root, split=split, is_training=False, download=download,
-                            search_split=True)
+                            search_split=True, class_map=class_map or None)
     except (RuntimeError, FileNotFoundError, ValueError) as exn:
         raise DataError(f"cannot read '{dataset or 'folder'}' split '{split}' from {root}: {exn}") from None
+    except AssertionError as exn:  # timm's load_class_map asserts that the --class-map file exists
+        if not class_map:
+            raise
+        raise DataError(f"--class-map {class_map}: {exn}") from None
     if dataset.startswith("torch/"):
         names = getattr(ds, "classes", None)
     else:

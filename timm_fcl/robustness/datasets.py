@@ -23,8 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, PILToTensor
 from torchvision.transforms import functional as TF
-from tqdm import tqdm
 
+from ..run.progress import done_lines, note_done, progress_bar
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 GENERATOR_VERSION = 1  # bump when a corruption's output changes, so old caches are not reused
@@ -89,13 +89,16 @@ def iter_clean_images(
     keep = None
     if max_samples is not None and max_samples < len(data):
         keep = set(np.random.RandomState(seed).choice(len(data), max_samples, replace=False).tolist())
-    for index, (image, label) in enumerate(tqdm(data, desc=f"reading {dataset or root} {split}", leave=False)):
+    desc, kept = f"reading {dataset or root} {split}", 0
+    for index, (image, label) in enumerate(progress_bar(data, desc=desc, leave=False)):
         if keep is not None and index not in keep:
             continue
         image = image.convert("RGB")
         if size is not None:
             image = fit_to_size(image, size=size, crop_pct=crop_pct, interpolation=interpolation)
+        kept += 1
         yield np.asarray(image), int(label)
+    note_done(f"{desc}: {kept} images done")
 
 
 def folder_classes(folder: Union[str, Path]) -> List[str]:
@@ -275,7 +278,7 @@ def generated_suite_dir(
     todo = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
     pool = ProcessPoolExecutor(workers) if workers > 0 else None
     try:
-        for name in tqdm(todo, desc="generating corruptions", leave=False):
+        for name in done_lines(todo, "generating corruptions", leave=False):
             jobs = [(images, name, severity, preset, seed) for severity in SEVERITIES]
             blocks = list(pool.map(_corrupt_block, *zip(*jobs)) if pool else (_corrupt_block(*j) for j in jobs))
             np.save(folder / f"{name}.tmp.npy", np.concatenate(blocks))

@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
-from tqdm import tqdm
 
 from ..run import folder as run_folder
 from ..run import model_io
 from ..run.atomic import file_sha256
 from ..run.metrics import topk_hits
+from ..run.progress import done_lines
 from . import noise
 from .corruptions import CORRUPTIONS, preset_for_size
 from .datasets import (ArrayDataset, check_labels, cifar_c_sets, generated_suite_dir, imagenet_c_sets,
@@ -348,6 +348,11 @@ def summarize_rows(rows: Sequence[dict], suite_presets: Mapping[str, str]) -> Di
     return summaries
 
 
+def set_name(s: EvalSet) -> str:
+    """A test set as progress lines name it: its suite (clean, un, nun), or suite, corruption and severity."""
+    return f"{s.suite} {s.corruption} severity {s.severity}" if s.severity else s.suite
+
+
 def row_key(row: Mapping) -> Tuple[str, str, str, int]:
     """What a result row is of: (model, suite, corruption, severity)."""
     return row["model"], row["suite"], row["corruption"], int(row["severity"])
@@ -374,7 +379,7 @@ def run(
     results = {}
     for m in models:
         rows = []
-        for s in tqdm(sets, desc=f"evaluating {m.label}"):
+        for s in done_lines(sets, f"evaluating {m.label}", name=set_name):
             key = (m.label, s.suite, s.corruption, s.severity)
             if key in done:
                 rows.append(done[key])

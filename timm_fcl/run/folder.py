@@ -3,12 +3,13 @@
     OUTPUT/
       model/           the last epoch's bare timm model: model.safetensors + config.json (``local-dir:`` loads it)
       model_ema/       the same for the EMA weights (--model-ema)
-      model_best/      the same for the epoch with the best validation --eval-metric (the trained weights')
-      checkpoints/     training states step_N/ (the newest few; safetensors + state.json, no pickles), for resuming
+      model_best/      the same for the epoch with the best validation --eval-metric (the EMA's with --model-ema)
+      best/epoch_E/    the same for each of the --checkpoint-hist best epochs (timm's checkpoint history)
+      checkpoints/     training states step_N/ (the --state-hist newest; safetensors + state.json, no pickles)
       args.yaml        the flags the run was started with
       resolved.yaml    what those flags resolved to (``Resolved``); a resume must resolve to the same
       summary.csv      one row per epoch (with the best epoch so far and its metric)
-      best.json        the best epoch: metric, value, epoch, step, and the split that chose it
+      best.json        the best epoch: metric, value, epoch, step, the split that chose it and the weights
       .lock            held by the run writing the folder (host, pid, run id)
       holdout/         with --val-holdout N: the training shards carved into train and an N-image validation split
       eval/results.json  robustness results of the exported model (python -m timm_fcl.eval --output OUTPUT/eval)
@@ -32,6 +33,7 @@ from .cli import UsageError, first_line
 MODEL = "model"
 MODEL_EMA = "model_ema"
 MODEL_BEST = "model_best"
+BEST_EPOCHS = "best"  # best/epoch_E/: the --checkpoint-hist best epochs
 STATES = "checkpoints"
 ARGS = "args.yaml"
 RESOLVED = "resolved.yaml"

@@ -1,6 +1,7 @@
 """One way to build a timm model from whatever a user names: a timm name (tags allowed, e.g. ``resnet18.a1_in1k``),
 an ``hf-hub:`` / ``local-dir:`` name, a train_fcl.py run folder or an export folder; with timm's pretrained weights,
-a local weights file as the pretrained source (head adapted), or a checkpoint loaded as it is."""
+a local weights file or export as the pretrained source (an export brings its input config, and its classifier is
+kept when the class count matches), or a checkpoint loaded as it is."""
 from __future__ import annotations
 
 import json
@@ -119,6 +120,57 @@ def export_classes(folder: Path) -> Optional[int]:
     return stored
 
 
+# what timm's resolve_data_config reads from a model's pretrained_cfg, and the type each entry must have
+DATA_CONFIG_KEYS = {"input_size": "sizes", "test_input_size": "sizes", "interpolation": "name", "mean": "numbers",
+                    "std": "positives", "crop_pct": "positive", "test_crop_pct": "positive", "crop_mode": "name"}
+
+
+def _fits(kind: str, value: object) -> bool:
+    """Whether a data config entry has the type ``kind`` names (see ``DATA_CONFIG_KEYS``)."""
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if kind == "name":
+        return isinstance(value, str) and bool(value)
+    if kind == "positive":
+        return number(value) and value > 0
+    if not isinstance(value, (list, tuple)) or not value or not all(number(v) for v in value):
+        return False
+    if kind == "sizes":
+        return len(value) == 3 and all(isinstance(v, int) and v > 0 for v in value)
+    return kind == "numbers" or all(v > 0 for v in value)
+
+
+def export_as_pretrained_cfg(folder: Path) -> dict:
+    """The pretrained_cfg entries an export's weights bring when they are the pretrained source: the input it was
+    trained on (input size, mean / std, interpolation, crop, from its config.json) and its class count (that of its
+    classifier weights, -1 when it has none). A malformed entry is refused as one line."""
+    config = read_export_config(folder)
+    pretrained_cfg = config.get("pretrained_cfg", config)  # a legacy config is one flat mapping
+    pretrained_cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else {}
+    found = {k: pretrained_cfg[k] for k in DATA_CONFIG_KEYS if pretrained_cfg.get(k) is not None}
+    for key, value in found.items():
+        if not _fits(DATA_CONFIG_KEYS[key], value):
+            raise ModelError(f"{folder / run_folder.CONFIG}: pretrained_cfg {key} {json.dumps(value)} is not a valid "
+                             f"{key}")
+    found = {k: tuple(v) if isinstance(v, list) else v for k, v in found.items()}
+    classes = export_classes(folder)
+    return {**found, "num_classes": classes if classes is not None else -1}
+
+
+def classifier_fate(model: torch.nn.Module) -> Optional[str]:
+    """One line on what became of the classifier of the pretrained weights ``model`` was built from: kept (their
+    class count is the model's) or reset to the model's count (timm drops the weights' classifier when the counts
+    differ); None when the weights give no class count."""
+    source = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
+    classes = getattr(model, "num_classes", None)
+    if not isinstance(source, int) or source <= 0 or classes is None:
+        return None
+    if source == classes:
+        return f"classifier kept: the pretrained weights' {classes} classes (loaded, not re-initialized)"
+    return f"classifier reset from {source} to {classes} classes (re-initialized; the rest is pretrained)"
+
+
 def check_weights_fit(model: torch.nn.Module, path: Path) -> None:
     """Every tensor of the safetensors file ``path`` has its place in ``model``, with the same shape, and the model
     has no tensor the file lacks: the model holds the file's weights exactly, nothing adapted or re-initialized."""
@@ -169,7 +221,8 @@ def create_model(
         default_num_classes: used when neither ``num_classes`` nor the checkpoint gives the count (e.g. the data's).
         in_chans: input channels (default: the model's).
         pretrained: timm's pretrained weights (a different ``num_classes`` resets the classifier).
-        pretrained_path: a local weights file used as the pretrained source, classifier adapted as timm does.
+        pretrained_path: a local weights file, export or run folder used as the pretrained source; an export's
+            input config becomes the model's, and its classifier is reset (timm's way) only for another class count.
         checkpoint: weights loaded as they are (``strict``), e.g. a model.safetensors of an earlier run.
         checkpoint_flag: how the command that calls this names ``checkpoint`` in its error messages.
         exact: an export folder's weights are used exactly as stored (evaluation): a ``num_classes`` that differs
@@ -207,11 +260,24 @@ def create_model(
 
 
 def _file_as_pretrained_source(path: str) -> dict:
-    """timm's train.py convention for --pretrained-path: the file replaces the pretrained source, and num_classes=-1
-    makes timm adapt the classifier."""
-    if not os.path.isfile(path):
+    """timm's train.py convention for --pretrained-path: the file replaces the pretrained source. An export's
+    model.safetensors (its config.json beside it), or an export or run folder, also brings the export's input config
+    and class count (``export_as_pretrained_cfg``): timm then keeps its classifier when the model has as many classes,
+    and resolve_data_config preprocesses as the export was trained. Any other file comes with num_classes=-1, which
+    makes timm reset the classifier."""
+    weights = Path(path)
+    if weights.is_dir():
+        export = run_folder.find_export(weights)
+        if export is None:
+            raise ModelError(f"--pretrained-path {path} is a folder without {run_folder.WEIGHTS} and "
+                             f"{run_folder.CONFIG} (in it or in {run_folder.MODEL}/)")
+        weights = export / run_folder.WEIGHTS
+    elif not weights.is_file():
         raise ModelError(f"--pretrained-path {path} does not exist")
-    return dict(file=os.path.abspath(path), num_classes=-1)
+    overlay = dict(file=os.path.abspath(weights), num_classes=-1)
+    if weights.name == run_folder.WEIGHTS and run_folder.is_export(weights.parent):
+        overlay.update(export_as_pretrained_cfg(weights.parent))
+    return overlay
 
 
 def _checked_export(spec: str, num_classes: Optional[int], exact: bool) -> Optional[Path]:

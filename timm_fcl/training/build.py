@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -18,9 +19,9 @@ from .. import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
 from ..data import AugMixViews, DataError, EpochStream, create_source, make_loader
 from ..data.streams import MissingSplit
 from ..run import folder as run_folder
-from ..run.model_io import create_model, default_in_chans
+from ..run.model_io import HUB_PREFIXES, classifier_fate, create_model, default_in_chans
 from .checks import accelerator_type, check_mixed_precision, resolve_mixed_precision
-from .flags import ConfigError, fcl_config, in_chans, mixup_active, output_folder
+from .flags import ConfigError, fcl_config, in_chans, mixup_active, output_folder, resolve_lr
 from .lock import LockedError, RunLock
 
 if TYPE_CHECKING:
@@ -119,15 +120,51 @@ def lock_output(accelerator: Accelerator, output: Path) -> RunLock:
 
 # ------------------------------------------------------------------------------------------------------ model, data
 
+def init_head(model: torch.nn.Module, *, scale: Optional[float], bias: Optional[float]) -> None:
+    """timm's --head-init-scale (the classifier's weight and bias scaled) and --head-init-bias (its bias set)."""
+    if scale is None and bias is None:
+        return
+    head = model.get_classifier()
+    if not isinstance(getattr(head, "weight", None), torch.Tensor):
+        raise ConfigError("--head-init-scale / --head-init-bias need a classifier with a weight and a bias")
+    with torch.no_grad():
+        if scale is not None:
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.mul_(scale)
+        if bias is not None and head.bias is not None:
+            head.bias.fill_(bias)
+
+
 def build_model(args: argparse.Namespace, num_classes_from_data: Optional[int]) -> torch.nn.Module:
+    """The run's timm model: its class count is --num-classes, else the data's, else that of its weights. Pretrained
+    weights keep their classifier when their class count is the model's and lose it (re-initialized) otherwise; which
+    one happened is logged. Weights from an export also bring its input config (``resolve_run_data_config``)."""
     if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):
         raise ConfigError(f"--initial-checkpoint {args.initial_checkpoint} does not exist")
     if args.num_classes is None and num_classes_from_data is None and not args.initial_checkpoint:
         raise ConfigError("--num-classes is needed: neither the data nor a checkpoint gives the class count")
-    return create_model(args.model, num_classes=args.num_classes, default_num_classes=num_classes_from_data,
-                        in_chans=in_chans(args), pretrained=args.pretrained, pretrained_path=args.pretrained_path,
-                        checkpoint=args.initial_checkpoint or None, checkpoint_flag="--initial-checkpoint",
-                        drop_rate=args.drop, drop_path_rate=args.drop_path, **args.model_kwargs)
+    model = create_model(args.model, num_classes=args.num_classes, default_num_classes=num_classes_from_data,
+                         in_chans=in_chans(args), pretrained=args.pretrained, pretrained_path=args.pretrained_path,
+                         checkpoint=args.initial_checkpoint or None, checkpoint_flag="--initial-checkpoint",
+                         drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
+                         global_pool=args.gp, bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, **args.model_kwargs)
+    init_head(model, scale=args.head_init_scale, bias=args.head_init_bias)
+    pretrained = args.pretrained or args.pretrained_path or str(args.model).startswith(HUB_PREFIXES) or \
+        os.path.isdir(args.model)
+    fate = classifier_fate(model) if pretrained and not args.initial_checkpoint else None
+    if fate:
+        _logger.info(fate)
+    return model
+
+
+def resolve_run_data_config(args: argparse.Namespace, model: torch.nn.Module, verbose: bool = False) -> dict:
+    """timm's data config of the run: the flags (--input-size, --img-size, --mean, --std, --interpolation,
+    --crop-pct, ...) where given, else the model's pretrained_cfg (an export's own when its weights are the
+    pretrained source), else timm's defaults."""
+    from timm.data import resolve_data_config
+
+    return resolve_data_config({**vars(args), "in_chans": in_chans(args)}, model=model, verbose=verbose)
 
 
 def pad_crop_transform(data_config: dict, *, pad: int, hflip: float):
@@ -141,17 +178,32 @@ def pad_crop_transform(data_config: dict, *, pad: int, hflip: float):
         transforms.ToTensor(), transforms.Normalize(data_config["mean"], data_config["std"])])
 
 
+def train_transform_kwargs(args: argparse.Namespace, data_config: dict) -> dict:
+    """create_transform's arguments for the training transform, as timm's train.py hands its flags to create_loader
+    (which builds the transform from them): the training interpolation falls back to the model's under --no-aug or
+    when empty, --resplit spares the first split (or half) from random erasing."""
+    interpolation = args.train_interpolation
+    if args.no_aug or not interpolation:
+        interpolation = data_config["interpolation"]
+    return dict(input_size=data_config["input_size"], is_training=True, no_aug=args.no_aug,
+                train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
+                vflip=args.vflip, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
+                grayscale_prob=args.grayscale_prob, gaussian_blur_prob=args.gaussian_blur_prob, auto_augment=args.aa,
+                interpolation=interpolation, mean=data_config["mean"], std=data_config["std"], re_prob=args.reprob,
+                re_mode=args.remode, re_count=args.recount,
+                re_num_splits=(args.aug_splits or 2) if args.resplit else 0, separate=args.aug_splits > 0)
+
+
 def build_transforms(args: argparse.Namespace, data_config: dict) -> tuple[Callable, Callable]:
+    """The training transform (timm's train.py's for the same flags, or --crop-pad's; Patch Gaussian and the AugMix
+    views added) and the evaluation transform."""
     from timm.data import create_transform
 
     if args.crop_pad and not args.no_aug:
         train_tf = pad_crop_transform(data_config, pad=args.crop_pad, hflip=args.hflip)
     else:
         # with --aug-splits, timm's (primary, secondary, final) stages, which AugMixViews turns into the views
-        train_tf = create_transform(
-            **data_config, is_training=not args.no_aug, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
-            hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
-            separate=args.aug_splits > 0)
+        train_tf = create_transform(**train_transform_kwargs(args, data_config))
     if args.patch_gaussian:
         from torchvision.transforms import Normalize
         final = train_tf[-1] if args.aug_splits else train_tf
@@ -200,19 +252,27 @@ def holdout_data(args: argparse.Namespace, accelerator: Accelerator, output: Pat
     return str(folder), args.train_split, "validation"
 
 
+def check_size(source, expected: Optional[int], flag: str):
+    """``source``, when it holds the ``expected`` number of samples (timm's flag gives the size of a stream it cannot
+    count; here every split is counted, so the flag is a check)."""
+    if expected is not None and len(source) != expected:
+        raise DataError(f"{flag} {expected}: the split holds {len(source)} samples")
+    return source
+
+
 def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Optional[int] = None,
                output: Optional[Path] = None) -> Data:
     """The model (its class count may come from the data, its input config decides the transforms) and the streams;
     each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule). ``streams``: the
     parts of each rank's training share (a resumed run's own; default one per loader worker). A validation split
     missing from the shards is an error that says how to choose one, never a quiet switch to the test split."""
-    from timm.data import resolve_data_config
-
     channels = in_chans(args) or default_in_chans(args.model)
     data_dir, train_split, val_split = holdout_data(args, accelerator, output)
-    train_src = create_source(args.dataset, data_dir, train_split, in_chans=channels, download=args.dataset_download)
+    source = functools.partial(create_source, args.dataset, data_dir, in_chans=channels, download=args.dataset_download,
+                               class_map=args.class_map)
+    train_src = check_size(source(train_split), args.train_num_samples, "--train-num-samples")
     try:
-        val_src = create_source(args.dataset, data_dir, val_split, in_chans=channels, download=args.dataset_download)
+        val_src = check_size(source(val_split), args.val_num_samples, "--val-num-samples")
     except MissingSplit as exn:
         if "test" not in exn.listed:
             raise
@@ -221,14 +281,14 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Opti
     model = build_model(args, train_src.num_classes)
     if train_src.num_classes and train_src.num_classes > model.num_classes:
         raise DataError(f"the data has {train_src.num_classes} classes but the model has {model.num_classes} outputs")
-    data_config = resolve_data_config({**vars(args), "in_chans": in_chans(args)}, model=model,
-                                      verbose=accelerator.is_main_process)
+    data_config = resolve_run_data_config(args, model, verbose=accelerator.is_main_process)
     train_tf, eval_tf = build_transforms(args, data_config)
     common = dict(seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
                   rank=accelerator.process_index, world_size=accelerator.num_processes)
     train = EpochStream(train_src, transform=train_tf, is_training=True, subset=args.train_subset,
                         shuffle_buffer=args.shuffle_buffer, streams=streams, **common)
-    val = EpochStream(val_src, transform=eval_tf, is_training=False, subset=args.val_subset, **common)
+    val = EpochStream(val_src, transform=eval_tf, is_training=False, subset=args.val_subset,
+                      **{**common, "batch_size": args.validation_batch_size or args.batch_size})
     return Data(train=train, val=val, model=model, num_classes=model.num_classes, class_names=train_src.class_names,
                 data_config=data_config, val_split=f"{val_split} (held out of {args.train_split})"
                 if args.val_holdout else val_split,
@@ -297,12 +357,18 @@ class Training:
 def build_loss(args: argparse.Namespace) -> tuple[Callable, Callable]:
     """timm's training loss for these flags, and the label loss of one view that the FCL term uses (the utility's loss,
     XE+Gaussian's loss): JSD + CE over the AugMix views (the FCL term: its CE of the clean view), soft-target CE under
-    mixup / cutmix (the smoothing is in the targets), label-smoothing CE, or plain CE (--smoothing 0)."""
-    from timm.loss import JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    mixup / cutmix (the smoothing is in the targets), label-smoothing CE, or plain CE (--smoothing 0); --bce-loss
+    turns the smoothed or mixed CE into timm's BinaryCrossEntropy."""
+    from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if args.jsd_loss:
         jsd = JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
         return jsd, jsd.cross_entropy_loss
+    if args.bce_loss and (mixup_active(args) or args.smoothing):  # timm's train.py: BCE where it would smooth or mix
+        bce = BinaryCrossEntropy(smoothing=0.0 if mixup_active(args) else args.smoothing,
+                                 target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum,
+                                 pos_weight=args.bce_pos_weight)
+        return bce, bce
     if mixup_active(args):
         loss = SoftTargetCrossEntropy()
     elif args.smoothing:
@@ -323,6 +389,38 @@ def build_mixup(args: argparse.Namespace, num_classes: int) -> Optional[Callable
                  label_smoothing=args.smoothing, num_classes=num_classes)
 
 
+class NoSchedule:
+    """--sched none: the lr stays --lr (timm's train.py runs without a scheduler)."""
+
+    def step(self, epoch: int, metric: Optional[float] = None) -> None:
+        pass
+
+    def step_update(self, num_updates: int, metric: Optional[float] = None) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def prepare_model(args: argparse.Namespace, model: torch.nn.Module, world_size: int,
+                  device_type: str) -> torch.nn.Module:
+    """The model as the flags ask before it is wrapped: gradient checkpointing, synchronized batch norm (several
+    processes only, as timm's train.py; torch has it for GPUs only), channels-last."""
+    if args.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"--grad-checkpointing: {args.model} does not support gradient checkpointing")
+        model.set_grad_checkpointing(True)
+    if args.sync_bn and world_size > 1:
+        if device_type == "cpu":
+            raise ConfigError("--sync-bn needs GPUs (torch synchronizes batch norm on GPUs only); drop it on the CPU")
+        from timm.layers import convert_sync_batchnorm
+        model = convert_sync_batchnorm(model)
+    return model.to(memory_format=torch.channels_last) if args.channels_last else model
+
+
 def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Data, output: Path) -> Training:
     """The regularizer around the model, optimizer, scheduler (per update), EMA, prepared for the processes."""
     from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -330,7 +428,7 @@ def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Dat
 
     world = accelerator.num_processes
     updates_per_epoch = math.ceil(len(data.train) / args.grad_accum_steps)
-    model = data.model.to(memory_format=torch.channels_last) if args.channels_last else data.model
+    model = prepare_model(args, data.model, world, accelerator.device.type)
     fcl = fcl_config(args, data.data_config, updates_per_epoch)
     try:  # before the first step, even when the term starts epochs later
         fcl.check_input(data.data_config["input_size"], args.batch_size)
@@ -339,12 +437,20 @@ def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Dat
     loss_fn, label_loss_fn = build_loss(args)
     reg = FeatureContrastiveRegularizer(model, fcl, loss_fn=loss_fn, compile_backend=args.torchcompile,
                                         num_splits=max(args.aug_splits, 1), label_loss_fn=label_loss_fn)
-    lr = args.lr if args.lr is not None else \
-        args.lr_base * args.batch_size * world * args.grad_accum_steps / args.lr_base_size
+    lr, lr_source = resolve_lr(args, world)
+    if accelerator.is_main_process:
+        _logger.info(f"learning rate {lr:g}, from {lr_source}")
     resolved_args = argparse.Namespace(**{**vars(args), "lr": lr})
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(resolved_args))
-    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(resolved_args),
-                                                updates_per_epoch=updates_per_epoch)
+    try:
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(resolved_args), **args.opt_kwargs)
+    except (TypeError, ValueError) as exn:
+        raise ConfigError(f"--opt {args.opt} with these optimizer settings: {exn}") from None
+    try:  # e.g. --sched wsd with --decay-epochs (default 90) longer than --epochs
+        scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(resolved_args),
+                                                    updates_per_epoch=updates_per_epoch)
+    except ValueError as exn:
+        raise ConfigError(f"--sched {args.sched} with these schedule settings: {exn}") from None
+    scheduler = scheduler or NoSchedule()
     reg, optimizer = accelerator.prepare(reg, optimizer)
     ema = None
     if args.model_ema:

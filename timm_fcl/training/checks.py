@@ -12,7 +12,7 @@ import torch
 from ..run.model_io import default_in_chans
 from .flags import ConfigError, check_bounds, fcl_config, in_chans, mixup_active, output_folder, values_of
 
-SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant")  # timm 1.0.31's
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant", "wsd", "none")  # timm's
 
 
 def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -74,6 +74,18 @@ def check_timm_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--crop-pad replaces timm's augmentation stages that --aug-splits builds its views from")
     if args.amp and args.mixed_precision == "no":
         raise ConfigError("--amp contradicts --mixed-precision no")
+    if args.wandb_resume_id and not args.log_wandb:
+        raise ConfigError("--wandb-resume-id needs --log-wandb")
+    if args.bce_loss and args.jsd_loss:
+        raise ConfigError("--bce-loss and --jsd-loss are two different losses: choose one")
+    if args.class_map and (args.dataset.startswith("wds/") or args.dataset.startswith("torch/")):
+        raise ConfigError(f"--class-map maps an image folder's class names; {args.dataset} gives its own labels")
+    if args.class_map and not args.class_map.endswith(".txt"):
+        raise ConfigError(f"--class-map {args.class_map}: give a .txt file, one class name per line (a pickled map "
+                          "is never read: unpickling runs code)")
+    if args.amp and args.amp_dtype and args.mixed_precision and args.mixed_precision != {"float16": "fp16"}.get(
+            args.amp_dtype, "bf16"):
+        raise ConfigError(f"--amp-dtype {args.amp_dtype} contradicts --mixed-precision {args.mixed_precision}")
     if args.log_wandb:
         from accelerate.utils import is_wandb_available
         if not is_wandb_available():
@@ -97,9 +109,11 @@ def check_mixed_precision(mixed_precision: str, device_type: str) -> None:
 def resolve_mixed_precision(args: argparse.Namespace, device_type: str) -> Optional[str]:
     """--amp as timm users type it: the launch config's mixed precision (accelerate launch --mixed_precision or
     accelerate config) when it names one, else bf16 on a CPU (its only autocast) and fp16 on a GPU (timm's --amp
-    dtype); an explicit --mixed-precision wins."""
+    dtype); --amp-dtype, when given, names the dtype; an explicit --mixed-precision wins."""
     if args.mixed_precision or not args.amp:
         return args.mixed_precision
+    if args.amp_dtype:
+        return "fp16" if args.amp_dtype == "float16" else "bf16"
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if launched != "no":
         return launched

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import types
@@ -15,8 +16,13 @@ from typing import Callable, Optional
 
 import yaml
 
+from timm.utils import ParseKwargs
+
 from ..config import METHODS, FCLConfig
-from ..run.cli import UsageError, first_line
+from ..run.cli import UsageError, first_line, is_main_process
+
+
+_logger = logging.getLogger("train_fcl")
 
 
 class ConfigError(UsageError):
@@ -96,8 +102,6 @@ def add_fcl_flags(parser: argparse.ArgumentParser) -> None:
 def add_timm_flags(parser: argparse.ArgumentParser) -> None:
     """The regularization, naming, metric, tracker and precision flags of timm's train.py, with its names, defaults and
     meanings (--amp: see checks.resolve_mixed_precision; --output keeps this script's meaning, the run folder itself)."""
-    from timm.utils import ParseKwargs
-
     add = flag_group(parser, "regularization (timm's train.py)")
     add("--smoothing", type=float, default=0.1, at_least=0, at_most=1, help="label smoothing (timm's default 0.1; the "
         "paper trains with plain cross-entropy: 0)")
@@ -120,15 +124,25 @@ def add_timm_flags(parser: argparse.ArgumentParser) -> None:
     add("--aug-splits", type=int, default=0, help="AugMix views per image (0: off, else >= 2: a clean view and "
         "augmented ones, e.g. with --aa augmix-m3-w3); the FCL term is taken on the clean view")
     add("--jsd-loss", action="store_true", help="Jensen-Shannon consistency + CE over the --aug-splits")
+    add("--bce-loss", action="store_true", help="binary cross-entropy (timm's BinaryCrossEntropy) instead of softmax "
+        "cross-entropy, with --smoothing, mixup or cutmix")
+    add("--bce-sum", action="store_true", help="sum the BCE over the classes")
+    add("--bce-target-thresh", type=float, default=None, at_least=0, at_most=1,
+        help="binarize the soft BCE targets at this threshold")
+    add("--bce-pos-weight", type=float, default=None, above=0, help="weight of the positive class in the BCE")
     add("--clip-mode", default="norm", choices=("norm", "value", "agc"), help="how --clip-grad clips")
 
     add = flag_group(parser, "run naming, metrics, trackers (timm's train.py)")
     add("--experiment", default="", may_change_on_resume=True,
         help="run name: the run folder is output/train/NAME (OUTPUT/NAME with --output)")
     add("--eval-metric", default="top1", choices=("top1", "top5", "loss"),
-        help="validation metric choosing model_best/ (lower is better for loss)")
+        help="validation metric choosing model_best/ and the --checkpoint-hist best epochs (the EMA's with "
+             "--model-ema, as in timm; lower is better for loss)")
     add("--log-wandb", action="store_true", may_change_on_resume=True,
         help="also log to Weights & Biases (needs wandb)")
+    add("--wandb-project", default=None, may_change_on_resume=True, help="W&B project (default: the run's name)")
+    add("--wandb-tags", nargs="+", default=[], may_change_on_resume=True, help="W&B tags")
+    add("--wandb-resume-id", default="", may_change_on_resume=True, help="W&B run id to continue (with a resume)")
     add("--amp", action="store_true", help="mixed precision: the launch config's, else bf16 on a CPU and fp16 on a "
         "GPU (--mixed-precision, when given, wins)")
 
@@ -171,6 +185,8 @@ def config_value(action: argparse.Action, path: str, key: str, value):
 
     if value is None and action.default is None:
         return None
+    if isinstance(value, list) and isinstance(action.default, (list, tuple)) and value == list(action.default):
+        return action.default  # e.g. an empty list where the flag's default is one (timm's args.yaml: wandb_tags: [])
     if isinstance(action.default, dict):  # KEY=VALUE pairs on the command line (--model-kwargs): a mapping in YAML
         if not isinstance(value, dict):
             raise refuse("a mapping")
@@ -191,16 +207,19 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[list[str]]
     """``parser``'s flags, with --config's YAML as defaults (command line wins), checked as argparse checks the
     command line."""
     config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument("--config", default=None)
+    config_parser.add_argument("-c", "--config", default=None)
     pre, _ = config_parser.parse_known_args(argv)
     if pre.config:
-        values = read_config(pre.config)
+        from .timm_parity import sort_config_keys
+
         dests = {a.dest: a for a in parser._actions}
-        unknown = [k for k in values if str(k).replace("-", "_") not in dests]
-        if unknown:
-            raise ConfigError(f"{pre.config}: unknown setting(s) {', '.join(map(str, unknown))}")
-        parser.set_defaults(**{k.replace("-", "_"): config_value(dests[k.replace("-", "_")], pre.config, k, v)
-                               for k, v in values.items()})
+        values, ignored, refused = sort_config_keys(read_config(pre.config), set(dests) - {"help"})
+        if refused:
+            raise ConfigError(f"{pre.config}: cannot apply {'; '.join(refused)}")
+        if ignored and is_main_process():
+            _logger.warning(f"{pre.config}: {len(ignored)} setting(s) of timm's train.py that train_fcl.py does not "
+                            f"have, all at timm's default, ignored: {', '.join(ignored)}")
+        parser.set_defaults(**{k: config_value(dests[k], pre.config, k, v) for k, v in values.items()})
     args = parser.parse_args(argv)
     for action in parser._actions:  # a YAML value bypasses argparse's choices check
         value = getattr(args, action.dest, None)
@@ -240,6 +259,19 @@ def output_folder(args: argparse.Namespace) -> Path:
     """The run folder --experiment / --output name, or for an unnamed run the folder its new run folder is made in."""
     base = Path(args.output or os.path.join("output", "train"))
     return base / args.experiment if args.experiment else base
+
+
+def resolve_lr(args: argparse.Namespace, world_size: int) -> tuple[float, str]:
+    """(lr, how it was found), timm's rule: --lr when given, else --lr-base times global batch / --lr-base-size, the
+    ratio square-rooted under --lr-base-scale sqrt (the default for ada* and lamb optimizers)."""
+    if args.lr is not None:
+        return args.lr, "--lr"
+    global_batch = args.batch_size * world_size * args.grad_accum_steps
+    scale = args.lr_base_scale or ("sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear")
+    ratio = global_batch / args.lr_base_size
+    lr = args.lr_base * (math.sqrt(ratio) if scale == "sqrt" else ratio)
+    return lr, (f"--lr-base {args.lr_base} x ({global_batch} / {args.lr_base_size})"
+                f"{' ** 0.5' if scale == 'sqrt' else ''} ({scale} scaling of the global batch)")
 
 
 def fcl_config(args: argparse.Namespace, data_config: dict, updates_per_epoch: int) -> FCLConfig:

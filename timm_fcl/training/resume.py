@@ -44,8 +44,10 @@ def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Tra
     changes = run_folder.setting_changes(previous[1], resolved) if previous[0] is not None else []
     if changes:
         raise ConfigError(f"resume with other settings than the run in {previous[0]}: {', '.join(changes)}")
-    resume = load_training_state(accelerator, run.state_parts(accelerator), output=run.output, resume=args.resume,
-                                 rank_parts=run.rank_parts())
+    parts = run.state_parts(accelerator)
+    if args.no_resume_opt:  # timm's: the weights and progress, a fresh optimizer (the scheduler follows the epoch)
+        parts = {k: v for k, v in parts.items() if k not in ("optimizer", "scheduler")}
+    resume = load_training_state(accelerator, parts, output=run.output, resume=args.resume, rank_parts=run.rank_parts())
     if args.resume and resume is None:
         raise ConfigError(f"--resume {args.resume}: no saved state there")
     if resume is not None:
@@ -76,5 +78,8 @@ def _flat(values: dict, prefix: str = "") -> dict:
 def start_trackers(args: argparse.Namespace, accelerator: Accelerator, output: Path, resolved: dict) -> None:
     """Start every tracker with the run's settings as its hyper-parameters: the flags and what they resolved to."""
     config = {**_flat(vars(args)), **_flat(resolved, "resolved.")}
-    accelerator.init_trackers(args.experiment or "timm-fcl", config=config,
-                              init_kwargs={"wandb": {"name": output.name, "dir": str(output)}})
+    wandb = {"name": output.name, "dir": str(output), "tags": list(args.wandb_tags) or None}
+    if args.wandb_resume_id:
+        wandb.update(id=args.wandb_resume_id, resume="must")
+    accelerator.init_trackers(args.wandb_project or args.experiment or "timm-fcl", config=config,
+                              init_kwargs={"wandb": wandb})

@@ -11,6 +11,7 @@ import torch
 
 from ..data import DataError, seeded
 from ..regularizer import FCLOutput
+from ..run.cli import this_process_only
 from .build import Training
 
 if TYPE_CHECKING:
@@ -24,10 +25,12 @@ class DivergedError(RuntimeError):
 
 
 def check_labels(y: torch.Tensor, num_classes: int, split: str) -> None:
+    """Refuse a label outside [0, num_classes): this process's own batch, so the error names the process that found
+    it under a multi-process launch (the main one may never see it)."""
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
-        raise DataError(f"label {int(y[bad][0])} in split '{split}' is outside [0, {num_classes}); "
-                        f"check --num-classes or the data")
+        raise this_process_only(DataError(f"label {int(y[bad][0])} in split '{split}' is outside [0, {num_classes}); "
+                                          f"check --num-classes or the data"))
 
 
 class LossMeter:

@@ -20,11 +20,12 @@ def _rounded(prefix: str, values: dict) -> dict:
 
 def epoch_row(progress: Progress, lr: float, train: dict, val: dict, skipped: list[int],
               ema: Optional[dict] = None) -> dict:
-    """The summary row of a finished epoch: train_* means, eval_* (and ema_*) validation metrics, and the unreadable
-    shards skipped and samples repeated to keep the ranks in step."""
-    row = {EPOCH: progress.epoch, STEP: progress.step, "lr": lr, **_rounded("train", train), **_rounded("eval", val),
-           "bad_shards": skipped[0], "repeated_samples": skipped[1]}
-    return {**row, **_rounded("ema", ema)} if ema is not None else row
+    """The summary row of a finished epoch: train_* means, eval_* validation metrics of the weights that are judged,
+    and the unreadable shards skipped and samples repeated to keep the ranks in step. With an EMA (``ema``), eval_*
+    are the EMA's, as in timm's summary, and the trained weights' own are raw_eval_*."""
+    evals = {**_rounded("eval", ema), **_rounded("raw_eval", val)} if ema is not None else _rounded("eval", val)
+    return {EPOCH: progress.epoch, STEP: progress.step, "lr": lr, **_rounded("train", train), **evals,
+            "bad_shards": skipped[0], "repeated_samples": skipped[1]}
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -46,19 +47,33 @@ def update_summary(path: Path, row: dict) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def keep_best(eval_metric: str, output: Path, row: dict, export: Callable[[Path], object],
-              split: str = "validation") -> None:
-    """The best epoch so far by ``eval_metric`` (lower is better for the loss; the earliest of equals): exported to
-    model_best/ when it is this one, recorded in this row (with the ``split`` that chose it) and in best.json.
-    Earlier epochs come from summary.csv, so a resumed run keeps its best, and epochs a resume re-runs are judged
-    again."""
+def better_first(eval_metric: str) -> Callable[[tuple[int, int, float]], tuple[float, int]]:
+    """The sort key of (epoch, step, value) entries, best first as timm ranks them: lower is better for the loss,
+    higher for the others; of equal values the earlier epoch comes first."""
+    sign = 1.0 if eval_metric == "loss" else -1.0
+    return lambda entry: (sign * entry[2], entry[0])
+
+
+def judged_epochs(output: Path, eval_metric: str, row: dict) -> list[tuple[int, int, float]]:
+    """(epoch, step, value of eval_``eval_metric``) of the epochs summary.csv holds before the row's, then the row's
+    own: what the best epochs are chosen from (a resume's re-run epochs are judged again)."""
     key = f"eval_{eval_metric}"
-    sign = -1.0 if eval_metric == "loss" else 1.0
     earlier = [(int(r[EPOCH]), int(r[STEP]), float(r[key])) for r in read_summary(output / run_folder.SUMMARY)
                if r.get(key) and int(r[EPOCH]) < row[EPOCH]]
-    epoch, step, value = max(sorted(earlier) + [(row[EPOCH], row[STEP], row[key])], key=lambda e: sign * e[2])
+    return sorted(earlier) + [(row[EPOCH], row[STEP], row[key])]
+
+
+def keep_best(eval_metric: str, output: Path, row: dict, export: Callable[[Path], object],
+              split: str = "validation", weights: str = "model") -> None:
+    """The best epoch so far by the row's eval_``eval_metric`` (lower is better for the loss; the earliest of
+    equals): exported to model_best/ when it is this one, recorded in this row (with the ``split`` that chose it)
+    and in best.json, which also names the ``weights`` that scored and were exported ("model", or "ema" under
+    --model-ema). Earlier epochs come from summary.csv, so a resumed run keeps its best."""
+    key = f"eval_{eval_metric}"
+    epoch, step, value = min(judged_epochs(output, eval_metric, row), key=better_first(eval_metric))
     if epoch == row[EPOCH]:
         export(output / run_folder.MODEL_BEST)
     row.update({"best_epoch": epoch, f"best_{key}": value, "best_chosen_on": split})
-    best = {"eval_metric": eval_metric, "value": value, EPOCH: epoch, STEP: step, "chosen_on": split}
+    best = {"eval_metric": eval_metric, "value": value, EPOCH: epoch, STEP: step, "chosen_on": split,
+            "weights": weights}
     atomic_write_text(output / run_folder.BEST, json.dumps(best, indent=2) + "\n")
