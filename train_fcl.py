@@ -60,6 +60,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add = flag_group(parser, "config file")
     add("-c", "--config", default=None, may_change_on_resume=True, help="YAML file setting any flag (by its long name); "
         "flags given on the command line override it")
+    add_data_flags(parser)
+    add_model_flags(parser)
+    add_augmentation_flags(parser)
+    add_optimization_flags(parser)
+    flags.add_fcl_flags(parser)
+    flags.add_timm_flags(parser)
+    add_run_flags(parser)
+    return parser
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the data is, its splits, sizes and loaders."""
     add = flag_group(parser, "data")
     add("--data-dir", default=None, may_change_on_resume=True,  # as long as it holds the same splits and sizes
         help="shard folder (with _info.json), image folder or torchvision root")
@@ -85,6 +97,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="loader workers per process")
     add("--pin-mem", action="store_true", may_change_on_resume=True)
 
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The timm model, its weights, input config and the options of its creation."""
     add = flag_group(parser, "model")
     add("--model", default="resnet50")
     add("--pretrained", action="store_true", help="start from pretrained weights (timm's, an hf-hub:/local-dir: "
@@ -119,6 +134,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--model-ema-decay", type=float, default=0.9998, at_least=0, at_most=1)
     add("--model-ema-warmup", action="store_true")
 
+
+def add_augmentation_flags(parser: argparse.ArgumentParser) -> None:
+    """The training transform, timm's train.py's for the same flags (or --crop-pad's)."""
     add = flag_group(parser, "augmentation (timm's create_transform)")
     add("--no-aug", action="store_true")
     add("--scale", type=float, nargs=2, default=[0.08, 1.0], above=0, at_most=1)
@@ -142,6 +160,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "of timm's: zero-pad by PAD, random crop of the input size, flip with --hflip (--scale, --ratio, "
         "--color-jitter, --aa, --reprob unused)")
 
+
+def add_optimization_flags(parser: argparse.ArgumentParser) -> None:
+    """Batch, optimizer, learning rate and its schedule."""
     add = flag_group(parser, "optimization")
     add("-b", "--batch-size", type=int, default=128, at_least=1, help="per process")
     add("-vb", "--validation-batch-size", type=int, default=None, at_least=1, may_change_on_resume=True,
@@ -187,9 +208,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--lr-cycle-limit", type=int, default=1, at_least=1, help="lr cycles (on when > 1)")
     add("--lr-k-decay", type=float, default=1.0, above=0, help="lr k-decay of cosine / poly")
 
-    flags.add_fcl_flags(parser)
-    flags.add_timm_flags(parser)
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Seed, run folder, resume, saves, precision and logging."""
     add = flag_group(parser, "run")
     add("--seed", type=int, default=42, at_least=0)
     add("--output", default=None, may_change_on_resume=True, help="run folder (default: a new "
@@ -217,7 +238,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
         help="default: accelerate's launch config, else no")
     add("--no-progress", action="store_true", may_change_on_resume=True, help="no tqdm bar")
-    return parser
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
