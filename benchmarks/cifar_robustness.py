@@ -48,6 +48,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from timm_fcl.robustness.units import entry_in_percent  # noqa: E402
 from timm_fcl.run import folder as run_folder  # noqa: E402
 from timm_fcl.data import default_data_root  # noqa: E402
 
@@ -360,13 +361,16 @@ def evaluate(b: Bench, runs: list[Path], *, suites: list[str], split: str, data_
 
 
 def condense(result: dict) -> dict:
-    """The numbers the tables need from one model's timm_fcl.eval results."""
-    plain = {r["suite"]: r["accuracy"] for r in result["rows"] if r["severity"] == 0}
+    """The numbers the tables need from one model's timm_fcl.eval results, as fractions: the paper's unit, which
+    this benchmark's JSONs and tables keep (timm_fcl.eval writes percent; an older results.json, fractions)."""
+    result = entry_in_percent(result)
+    plain = {r["suite"]: r["accuracy"] / 100 for r in result["rows"] if r["severity"] == 0}
     out = {s: plain[s] for s in SUITES if s in plain}
     summary = result["summaries"].get("generated")
     if summary:
         mean = summary["mean_19"] if summary.get("mean_19") is not None else summary["mean_all"]
-        out["c10c"] = {"mean": mean, "groups": summary["groups"], "per_corruption": summary["per_corruption"],
+        out["c10c"] = {"mean": mean / 100, "groups": {k: v / 100 for k, v in summary["groups"].items()},
+                       "per_corruption": {k: v / 100 for k, v in summary["per_corruption"].items()},
                        "images": next(r["total"] for r in result["rows"] if r["suite"] == "generated")}
     return out
 
@@ -495,8 +499,8 @@ def evaluate_test(b: Bench, runs: list[Path], out: Path, threads: Optional[int] 
                      max_samples=a.test_samples, threads=threads)
     corrupted = evaluate(b, runs, suites=["generated"], split="test", data_dir=Path(a.data_dir),
                          out=out / "generated", max_samples=a.corruption_samples, threads=threads)
-    return {r.name: {"spec": str(r), "rows": noisy[r.name]["rows"] + corrupted[r.name]["rows"],
-                     "summaries": corrupted[r.name]["summaries"]} for r in runs}
+    return {r.name: {**noisy[r.name], "spec": str(r), "rows": noisy[r.name]["rows"] + corrupted[r.name]["rows"],
+                     "summaries": corrupted[r.name]["summaries"]} for r in runs}  # the unit and weights kept
 
 
 

@@ -6,6 +6,8 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from timm_fcl.robustness.units import in_percent
+
 # the paper file gives its title and "Anonymous authors" (under double-blind review)
 CITATION = """@misc{anonymous_feature_contrastive_learning,
   title = {Balancing Robustness and Sensitivity using Feature Contrastive Learning},
@@ -64,15 +66,16 @@ def recipe_rows(train_args: dict, resolved: dict) -> list:
 
 
 def published_result(eval_results: dict, run_name: str = "") -> dict:
-    """The results of the published model in timm_fcl.eval's results.json: its run's entry, else the first."""
+    """The results of the published model in timm_fcl.eval's results.json (its run's entry, else the first), in
+    percent."""
     if not eval_results:
         return {}
-    return eval_results.get(run_name) or next(iter(eval_results.values()))
+    return in_percent({"": eval_results.get(run_name) or next(iter(eval_results.values()))})[""]
 
 
 def evaluation_rows(result: dict) -> list:
-    """(test set, metric, value) rows of one model's timm_fcl.eval results: the accuracy on every set without
-    severities, then each corruption suite's summaries (means over corruptions, group means, mCE)."""
+    """(test set, metric, value) rows of one model's timm_fcl.eval results, in percent: the accuracy on every set
+    without severities, then each corruption suite's summaries (means over corruptions, group means, mCE)."""
     rows = [(r["suite"], "top-1 accuracy", r["accuracy"]) for r in result.get("rows", []) if r.get("severity") == 0]
     for suite, summary in result.get("summaries", {}).items():
         if summary.get("mean_19") is not None:
@@ -91,10 +94,11 @@ def evaluation_rows(result: dict) -> list:
 
 
 def eval_results_of(rows: list, dataset: str) -> list:
-    """The rows as huggingface_hub EvalResults (the card's ``model-index``): one per test set and metric."""
+    """The rows as huggingface_hub EvalResults (the card's ``model-index``): one per test set and metric, in percent
+    rounded to 4 decimals as timm's validate.py writes top-1."""
     return [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=f"{dataset} ({suite})",
                        dataset_config=suite, metric_type="mce" if "mCE" in metric else "accuracy",
-                       metric_name=metric, metric_value=value) for suite, metric, value in rows]
+                       metric_name=metric, metric_value=round(value, 4)) for suite, metric, value in rows]
 
 
 def base_model(train_args: dict) -> tuple[Optional[str], str]:
@@ -193,8 +197,8 @@ def build_model_card(repo_id: str, config: dict, *, train_args: Optional[dict] =
     lines += ["", "## FCL hyper-parameters", ""]
     lines += _table(("parameter", "value"), list(fcl.items()), "Not recorded.")
     lines += ["", "## Evaluation", ""]
-    table = [(suite, metric, f"{value:.4f}") for suite, metric, value in rows]
-    lines += _table(("test set", "metric", "value"), table,
+    table = [(suite, metric, f"{value:.2f}") for suite, metric, value in rows]
+    lines += _table(("test set", "metric", "value (%)"), table,
                     "No evaluation results were published with this checkpoint.")
     if rows:
         lines += ["", "Measured with `python -m timm_fcl.eval` (clean, UN / NUN noisy sets, corruption suites)."]

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import yaml
 from safetensors import SafetensorError, safe_open
 
+from timm_fcl.robustness.units import UNIT, in_percent
 from timm_fcl.run import folder as run_folder
 from timm_fcl.run.atomic import file_sha256
 from timm_fcl.run.cli import OneLineParser, UsageError, first_line, run_cli
@@ -80,34 +81,41 @@ def check_export(export: Path, root: Path) -> tuple[dict, Path, Path]:
 
 
 def read_eval_results(path: Path) -> dict:
-    """The results.json of ``python -m timm_fcl.eval`` (``{label: {"spec", "rows", "summaries"}}``), checked."""
+    """The results.json of ``python -m timm_fcl.eval`` (``{label: {"spec", "rows", "summaries"}}``), checked, in
+    percent (an older file in fractions is converted)."""
     try:
         results = json.loads(path.read_text())
         check_eval_results(results)
+        return in_percent(results)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exn:
         raise PublishError(f"{path} is not a results.json of timm_fcl.eval: {first_line(exn)}") from None
-    return results
 
 
 def check_eval_results(results) -> None:
+    """Every entry has rows with suite, severity and an accuracy, and summaries of means, all within the range of
+    the entry's unit ([0, 100] percent, or [0, 1] for a file without a unit)."""
     if not isinstance(results, dict) or not results:
         raise ValueError("expected {model: {spec, rows, summaries}}")
     for label, result in results.items():
         if not isinstance(result, dict) or not isinstance(result.get("rows"), list) \
                 or not isinstance(result.get("summaries", {}), dict):
             raise ValueError(f"{label!r} has no list of rows")
+        top = 100 if result.get("unit") == UNIT else 1
+        if result.get("unit") not in (None, UNIT):
+            raise ValueError(f"{label!r}: unknown accuracy unit {result['unit']!r}")
         for row in result["rows"]:
             if not isinstance(row, dict) or not isinstance(row.get("suite"), str) \
-                    or not isinstance(row.get("severity"), int) or not _fraction(row.get("accuracy")):
-                raise ValueError(f"{label!r}: a row without suite, severity and an accuracy in [0, 1]: {row!r}"[:200])
+                    or not isinstance(row.get("severity"), int) or not _within(row.get("accuracy"), top):
+                raise ValueError(f"{label!r}: a row without suite, severity and an accuracy in [0, {top}]: "
+                                 f"{row!r}"[:200])
         for suite, summary in result.get("summaries", {}).items():
             numbers = [v for k, v in summary.items() if k.startswith("mean_")] if isinstance(summary, dict) else [0]
-            if not isinstance(summary, dict) or not all(v is None or _fraction(v) for v in numbers):
+            if not isinstance(summary, dict) or not all(v is None or _within(v, top) for v in numbers):
                 raise ValueError(f"{label!r}: the summary of {suite!r} is malformed")
 
 
-def _fraction(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+def _within(value, top: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= top
 
 
 def without_local_paths(results: dict) -> dict:

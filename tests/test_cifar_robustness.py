@@ -84,7 +84,8 @@ def test_pretraining_is_evaluated_and_exported_to_the_zoo(smoke):
     evaluated = json.loads((zoo / "eval" / "results.json").read_text())["pretrain"]
     assert bench.condense(evaluated)["clean"] == entry["clean"]
     card = (zoo / "README.md").read_text()
-    assert "timm-fcl/resnet20_cifar.xe_pretrain_cifar10" in card and f"{entry['clean']:.4f}" in card
+    assert "timm-fcl/resnet20_cifar.xe_pretrain_cifar10" in card
+    assert f"| clean | top-1 accuracy | {100 * entry['clean']:.2f} |" in card  # the card is in percent
 
 
 def test_protocol_check_scores_xe_gauss_against_xe_on_validation(smoke):
@@ -139,4 +140,4 @@ def test_zoo_holds_the_seed_0_picks_with_their_own_numbers(smoke):
         entry = json.loads((b.protocol_results / "runs" / f"{name}-s0.json").read_text())
         evaluated = json.loads((zoo / "eval" / "results.json").read_text())[run.name]
         assert bench.condense(evaluated)["un"] == entry["un"]
-        assert f"{entry['un']:.4f}" in (zoo / "README.md").read_text()
+        assert f"| un | top-1 accuracy | {100 * entry['un']:.2f} |" in (zoo / "README.md").read_text()

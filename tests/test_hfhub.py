@@ -39,10 +39,10 @@ def trained(tmp_path_factory):
                          "--no-progress", "--output", str(out)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "eval").mkdir()
-    (out / "eval" / "results.json").write_text(json.dumps({"run": {"spec": str(out), "rows": [
-        {"suite": "clean", "corruption": "", "severity": 0, "accuracy": 0.91},
-        {"suite": "un", "corruption": "", "severity": 0, "accuracy": 0.42}],
-        "summaries": {"generated": {"mean_19": 0.61, "mean_15": 0.6, "groups": {"noise": 0.3, "blur": 0.7}}}}}))
+    (out / "eval" / "results.json").write_text(json.dumps({"run": {"spec": str(out), "unit": "percent", "rows": [
+        {"suite": "clean", "corruption": "", "severity": 0, "accuracy": 91.0},
+        {"suite": "un", "corruption": "", "severity": 0, "accuracy": 42.0}],
+        "summaries": {"generated": {"mean_19": 61.0, "mean_15": 60.0, "groups": {"noise": 30.0, "blur": 70.0}}}}}))
     return out
 
 
@@ -104,8 +104,9 @@ def test_model_card_header_parses_and_carries_the_numbers(published):
     assert text.startswith("---\n")
     header = yaml.safe_load(text.split("---\n")[1])
     assert header["library_name"] == "timm" and "timm-fcl" in header["tags"]
-    assert "| clean | top-1 accuracy | 0.9100 |" in text and "| un | top-1 accuracy | 0.4200 |" in text
-    assert "mean accuracy, 19 corruptions | 0.6100" in text
+    assert "| test set | metric | value (%) |" in text
+    assert "| clean | top-1 accuracy | 91.00 |" in text and "| un | top-1 accuracy | 42.00 |" in text
+    assert "mean accuracy, 19 corruptions | 61.00" in text
     for param in ("| method | fcl |", "| k | 64 |", "| tau |", "| sigma |", "| weight |"):
         assert param in text, param
     assert 'timm.create_model("hf-hub:fcl-org/resnet18-toy", pretrained=True)' in text
@@ -255,13 +256,40 @@ def test_a_symlinked_eval_json_out_of_the_run_is_refused(trained, tmp_path, caps
 
 
 @pytest.mark.parametrize("content", ['{"m": {"rows": [{"suite": "clean", "severity": 0, "accuracy": 7}]}}',
-                                     '[1, 2]', '{"m": {"rows": 3}}', '{not json'])
+                                     '{"m": {"unit": "percent", "rows": [{"suite": "clean", "severity": 0, '
+                                     '"accuracy": 107}]}}',
+                                     '{"m": {"unit": "permille", "rows": []}}', '[1, 2]', '{"m": {"rows": 3}}',
+                                     '{not json'])
 def test_a_malformed_eval_json_is_one_line(trained, tmp_path, capsys, content):
     bad = tmp_path / "results.json"
     bad.write_text(content)
     err = one_line_refusal([str(trained), "--repo-id", "a/b", "--eval", str(bad), "--dry-run", str(tmp_path / "o")],
                            capsys)
     assert "is not a results.json of timm_fcl.eval" in err
+
+
+def test_an_older_eval_json_in_fractions_is_published_in_percent(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    older = tmp_path / "results.json"  # as timm_fcl.eval wrote it before accuracies were in percent: no unit
+    older.write_text(json.dumps({"run": {"spec": "run", "rows": [
+        {"suite": "clean", "corruption": "", "severity": 0, "accuracy": 0.8918, "top5": 0.9947},
+        {"suite": "generated", "corruption": "fog", "severity": 3, "accuracy": 0.5, "correct": 5, "total": 10}],
+        "summaries": {"generated": {"mean_19": 0.6804321, "groups": {"noise": 0.25}, "mce": 0.75,
+                                    "per_corruption": {"fog": 0.5}, "preset": "cifar"}}}}))
+    assert cli([str(trained), "--repo-id", "a/b", "--eval", str(older), "--dry-run", str(tmp_path / "out")]) == 0
+    published = json.loads((tmp_path / "out" / "eval_results.json").read_text())["run"]
+    assert published["unit"] == "percent"
+    assert [(r["accuracy"], r.get("top5")) for r in published["rows"]] == [(89.18, 99.47), (50.0, None)]
+    assert [r.get("correct") for r in published["rows"]] == [None, 5]  # counts are not scaled
+    summary = published["summaries"]["generated"]
+    assert summary == {"mean_19": pytest.approx(68.04321), "groups": {"noise": 25.0}, "mce": 75.0,
+                       "per_corruption": {"fog": 50.0}, "preset": "cifar"}
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert "| clean | top-1 accuracy | 89.18 |" in card.content and "| generated | mCE | 75.00 |" in card.content
+    assert {(r.metric_name, r.metric_value) for r in card.data.eval_results} == {
+        ("top-1 accuracy", 89.18), ("mean accuracy, 19 corruptions", 68.0432), ("noise (group mean)", 25.0),
+        ("mCE", 75.0)}
 
 
 @pytest.mark.parametrize("name", ["args.yaml", "resolved.yaml"])

@@ -149,10 +149,13 @@ def test_eval_command_on_planted_benchmarks(tmp_path):
         else:
             good = correct_count(("snow", "contrast").index(row["corruption"]), row["severity"], 5)
             assert (row["correct"], row["correct_top5"]) == (3 * good, 3 * good), row  # 9 is far from 0, 1, 2
-        assert (row["accuracy"], row["top5"]) == (row["correct"] / row["total"], row["correct_top5"] / row["total"])
+        assert (row["accuracy"], row["top5"]) == (100 * row["correct"] / row["total"],
+                                                  100 * row["correct_top5"] / row["total"])  # percent, as timm's
     assert any(row["top5"] > row["accuracy"] for row in rows)
+    assert results["planted_label_reader"]["unit"] == "percent"
     summary = results["planted_label_reader"]["summaries"]["cifar-c"]
-    assert summary["per_corruption"] == {"gaussian_noise": 0.6, "fog": 0.6}  # (0.2 + ... + 1.0) / 5 either way
+    # (20 + 40 + ... + 100) / 5 either way
+    assert summary["per_corruption"] == {"gaussian_noise": pytest.approx(60.0), "fog": pytest.approx(60.0)}
     assert json.loads((tmp_path / "out" / "results.json").read_text())["planted_label_reader"]["rows"] == rows
     with open(tmp_path / "out" / "results.csv") as f:
         csv_rows = list(csv.DictReader(f))
@@ -242,7 +245,7 @@ def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
         folder.mkdir(parents=True)
         for i in range(4):
             image = np.full((32, 32, 3), 128, np.uint8)
-            image[0, 0, 0] = plant(label if i < 3 else 9)  # 3 of 4 images per class readable: clean accuracy 0.75
+            image[0, 0, 0] = plant(label if i < 3 else 9)  # 3 of 4 images per class readable: clean accuracy 75%
             image[8:24, 8:24] = np.random.RandomState(i).randint(0, 256, (16, 16, 3))
             Image.fromarray(image).save(folder / f"{i}.png")
     suites = ["clean", "generated", "un", "nun"]
@@ -253,12 +256,12 @@ def test_eval_command_clean_noisy_and_generated_from_an_image_folder(tmp_path):
     by_suite = {}
     for row in rows:
         by_suite.setdefault(row["suite"], []).append(row)
-    assert [r["accuracy"] for r in by_suite["clean"]] == [0.75]
+    assert [r["accuracy"] for r in by_suite["clean"]] == [75.0]
     assert [(r["corruption"], r["severity"]) for r in by_suite["generated"]] == [
         (c, s) for c in ("contrast", "jpeg_compression") for s in range(1, 6)]
     assert all(r["total"] == 12 for r in rows)
     # 15% of the pixels replaced: the planted pixel survives in about 85% of the images
-    assert 0.3 <= by_suite["un"][0]["accuracy"] <= 0.75 and 0.0 <= by_suite["nun"][0]["accuracy"] <= 0.75
+    assert 30 <= by_suite["un"][0]["accuracy"] <= 75 and 0 <= by_suite["nun"][0]["accuracy"] <= 75
     again = main(get_args_parser().parse_args(argv))["planted_label_reader"]["rows"]
     assert again == rows  # cached corruptions and seeded noise: identical rerun
 
@@ -269,13 +272,24 @@ def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
               "--std", "1", "1", "1", "--batch-size", "5", "--workers", "0"]
     first = main(get_args_parser().parse_args(
         ["--model", "planted_label_reader", "--checkpoint", "none", *common, "--output", str(tmp_path / "one")]))
+    # an evaluation written before accuracies were in percent: fractions, no unit
+    rows = first["planted_label_reader"]["rows"]
+    older = {"older": {"spec": "older", "rows": [dict(r, model="older", accuracy=r["accuracy"] / 100,
+                                                      top5=r["top5"] / 100) for r in rows],
+                       "summaries": {"cifar-c": {"per_corruption": {"fog": 0.6}, "mean_all": 0.6, "groups": {},
+                                                 "mean_19": None, "preset": "cifar"}}}}
+    (tmp_path / "older.json").write_text(json.dumps(older))
     both = main(get_args_parser().parse_args(
         ["--model", "resnet18", "--checkpoint", "none", "--num-classes", str(NUM_CLASSES), *common,
-         "--compare", str(tmp_path / "one" / "results.json"), "--output", str(tmp_path / "two")]))
-    assert list(both) == ["resnet18", "planted_label_reader"]
+         "--compare", str(tmp_path / "one" / "results.json"), str(tmp_path / "older.json"),
+         "--output", str(tmp_path / "two")]))
+    assert list(both) == ["resnet18", "planted_label_reader", "older"]
     assert both["planted_label_reader"] == json.loads(json.dumps(first["planted_label_reader"]))
+    assert [r["accuracy"] for r in both["older"]["rows"]] == pytest.approx(
+        [r["accuracy"] for r in first["planted_label_reader"]["rows"]])
+    assert both["older"]["unit"] == "percent" and both["older"]["summaries"]["cifar-c"]["mean_all"] == 60.0
     with open(tmp_path / "two" / "results.csv") as f:
-        assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader"}
+        assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader", "older"}
 
 
 def test_evaluation_as_a_library_with_keyword_arguments(tmp_path):
@@ -284,7 +298,7 @@ def test_evaluation_as_a_library_with_keyword_arguments(tmp_path):
                          data_overrides={"mean": (0, 0, 0), "std": (1, 1, 1)})
     sets, presets = build_sets(suites=["cifar-c"], data_config=models[0].data_config, cifar_c_dir=str(tmp_path))
     results = run(models=models, sets=sets, suite_presets=presets, batch_size=4)
-    assert [r["accuracy"] for r in results["planted_label_reader"]["rows"]] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert [r["accuracy"] for r in results["planted_label_reader"]["rows"]] == [20.0, 40.0, 60.0, 80.0, 100.0]
     with pytest.raises(ValueError, match="unknown suite"):
         build_sets(suites=["cifar"], data_config=models[0].data_config)
 
@@ -335,12 +349,13 @@ def test_class_map_labels_the_clean_set_as_the_imagenet_c_sets(tmp_path):
         "--output", str(tmp_path / "out")]))["planted_label_reader"]
     clean = [r for r in results["rows"] if r["suite"] == "clean"]
     assert [(r["correct"], r["total"]) for r in clean] == [(6, 6)]  # sorted folder order would give 2 of 6
-    corrupted = {(r["corruption"], r["severity"]): r["accuracy"] for r in results["rows"] if r["suite"] != "clean"}
+    corrupted = {(r["corruption"], r["severity"]): r["correct"] / r["total"] for r in results["rows"]
+                 if r["suite"] != "clean"}
     # per_class 1: one severity per corruption has its images planted right (correct_count), the others none
     assert sorted(set(corrupted.values())) == [0.0, 1.0] and len(corrupted) == 75
     expected = summarize_corruptions(corrupted, clean_accuracy=1.0, with_mce=True)["relative_mce"]
     wrong = summarize_corruptions(corrupted, clean_accuracy=2 / 6, with_mce=True)["relative_mce"]
-    assert results["summaries"]["imagenet-c"]["relative_mce"] == pytest.approx(expected)
+    assert results["summaries"]["imagenet-c"]["relative_mce"] == pytest.approx(100 * expected)  # in percent
     assert abs(expected - wrong) > 0.5
 
 

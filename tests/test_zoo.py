@@ -38,9 +38,9 @@ def zoo(tmp_path_factory):
     (folder / "eval").mkdir(parents=True)
     for name in ("model/model.safetensors", "model/config.json", "args.yaml", "resolved.yaml"):
         shutil.copyfile(out / name, folder / Path(name).name)
-    (folder / "eval" / "results.json").write_text(json.dumps({"run": {"rows": [
-        {"suite": "clean", "corruption": "clean", "severity": 0, "accuracy": 0.9},
-        {"suite": "un", "corruption": "uniform_noise", "severity": 0, "accuracy": 0.4}], "summaries": {}}}))
+    (folder / "eval" / "results.json").write_text(json.dumps({"run": {"unit": "percent", "rows": [
+        {"suite": "clean", "corruption": "clean", "severity": 0, "accuracy": 90.0},
+        {"suite": "un", "corruption": "uniform_noise", "severity": 0, "accuracy": 40.0}], "summaries": {}}}))
     return folder.parent
 
 
@@ -72,7 +72,7 @@ def test_zoo_dry_run_loads_offline_as_hub_name_and_as_pretrained_tag(zoo, tmp_pa
     assert proc.returncode == 0, proc.stderr
     staged = tmp_path / "staged" / TAG
     assert {"README.md", "config.json", "model.safetensors"} <= {p.name for p in staged.iterdir()}
-    assert "0.9" in (staged / "README.md").read_text()  # the card carries the robustness table
+    assert "| clean | top-1 accuracy | 90.00 |" in (staged / "README.md").read_text()  # the robustness table
     cache = tmp_path / "hub"
     repo = cache / ("models--" + REPO_ID.replace("/", "--"))
     shutil.copytree(staged, repo / "snapshots" / ("1" * 40))
@@ -125,3 +125,29 @@ def test_fill_cache_and_dry_run_together_are_refused(zoo, tmp_path):
     proc = zoo_cmd(str(zoo), "--fill-cache", str(tmp_path / "hub"), "--dry-run", str(tmp_path / "staged"))
     assert proc.returncode == 2 and "--fill-cache and --dry-run" in proc.stderr
     assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("entry", sorted(p.name for p in (ROOT / "zoo").iterdir() if p.is_dir()))
+def test_each_committed_zoo_card_is_the_card_publishing_writes_with_its_evaluations_numbers(entry, tmp_path):
+    """zoo/*/README.md is exactly what publishing the folder uploads, and its numbers (table and model-index) are
+    those of its eval/results.json, in percent."""
+    import timm
+    from huggingface_hub import ModelCard
+
+    import timm_fcl  # noqa: F401  (registers the zoo's tags)
+    from hfhub.publish import cli
+    from timm_fcl.robustness.units import in_percent
+
+    folder = ROOT / "zoo" / entry
+    assert cli([str(folder), "--repo-id", timm.models.get_pretrained_cfg(entry).hf_hub_id,
+                "--dry-run", str(tmp_path / "staged")]) == 0
+    assert (tmp_path / "staged" / "README.md").read_text() == (folder / "README.md").read_text()
+    (result,) = in_percent(json.loads((folder / "eval" / "results.json").read_text())).values()
+    card = ModelCard.load(folder / "README.md")
+    index = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
+    plain = {r["suite"]: r["accuracy"] for r in result["rows"] if r["severity"] == 0}
+    assert {s: index[(s, "top-1 accuracy")] for s in plain} == {s: round(v, 4) for s, v in plain.items()}
+    summary = result["summaries"]["generated"]
+    assert index[("generated", "mean accuracy, 19 corruptions")] == round(summary["mean_19"], 4)
+    assert all(index[("generated", f"{g} (group mean)")] == round(v, 4) for g, v in summary["groups"].items())
+    assert f"| clean | top-1 accuracy | {plain['clean']:.2f} |" in card.content

@@ -30,6 +30,7 @@ from .evaluation import (AMP_DTYPES, DEFAULT_CACHE_DIR, SUITES, CleanSource, bui
                          load_models, model_classes, run)
 from .journal import PARTIAL, Journal
 from .reports import format_table, write_reports
+from .units import UNIT, in_percent
 
 PROG = "timm_fcl.eval"
 DATA_OVERRIDES = ("img_size", "mean", "std", "crop_pct", "interpolation")
@@ -107,17 +108,19 @@ def command_fingerprint(args: argparse.Namespace) -> dict:
         export = run_folder.find_export(folder) if os.path.isdir(folder) else None
         files += [export / run_folder.WEIGHTS] if export else []
     command["weight_files"] = [file_signature(f) for f in files]
+    command["accuracy_unit"] = UNIT  # rows kept by a version that wrote fractions are not mixed with these
     return command
 
 
 def read_earlier(paths: Sequence[str]) -> Dict[str, dict]:
-    """The results of earlier evaluations (``--compare``), first file first for a label found twice."""
+    """The results of earlier evaluations (``--compare``), first file first for a label found twice; in percent,
+    whichever unit they were written in."""
     earlier: Dict[str, dict] = {}
     for name in paths:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"--compare file {path} does not exist")
-        earlier.update({k: v for k, v in json.loads(path.read_text()).items() if k not in earlier})
+        earlier.update({k: v for k, v in in_percent(json.loads(path.read_text())).items() if k not in earlier})
     return earlier
 
 

@@ -7,7 +7,8 @@ normalized with each model's own mean / std (``timm.data.resolve_model_data_conf
 resized. Results are plain dicts (they go to results.json as they are): ``{label: {"spec", "weights",
 "weights_sha256" (of a local weights file, else None), "rows":
 [{"model", "suite", "corruption", "severity", "accuracy", "top5", "correct", "correct_top5", "total"}],
-"summaries": {suite: summarize_corruptions(...) + "preset"}}}``; ``accuracy`` is top-1.
+"summaries": {suite: summarize_corruptions(...) + "preset"}, "unit": "percent"}}``; ``accuracy`` is top-1, and
+every accuracy is in percent (``units``).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .corruptions import CORRUPTIONS, preset_for_size
 from .datasets import (ArrayDataset, check_labels, cifar_c_sets, generated_suite_dir, imagenet_c_sets,
                        iter_clean_images, load_clean_images, read_class_map)
 from .metrics import summarize_corruptions
+from .units import UNIT, summary_in_percent
 
 SUITES = ("clean", "un", "nun", "cifar-c", "imagenet-c", "generated")
 CORRUPTION_SUITES = ("cifar-c", "imagenet-c", "generated")
@@ -335,15 +337,16 @@ def build_sets(
 
 
 def summarize_rows(rows: Sequence[dict], suite_presets: Mapping[str, str]) -> Dict[str, dict]:
-    """Table 3's summaries of each corruption suite in ``rows``, with the preset its images were made with."""
-    clean = next((r["accuracy"] for r in rows if r["suite"] == "clean"), None)
+    """Table 3's summaries of each corruption suite in ``rows``, in percent, with the preset its images were made
+    with (computed from the hit counts, so no rounding of the rows' percentages enters them)."""
+    clean = next((r["correct"] / r["total"] for r in rows if r["suite"] == "clean"), None)
     summaries = {}
     for suite in CORRUPTION_SUITES:
-        accuracy = {(r["corruption"], r["severity"]): r["accuracy"] for r in rows if r["suite"] == suite}
+        accuracy = {(r["corruption"], r["severity"]): r["correct"] / r["total"] for r in rows if r["suite"] == suite}
         if accuracy:
             # AlexNet's errors are ImageNet-C numbers: mCE only means something with the ImageNet parameters
-            summaries[suite] = summarize_corruptions(accuracy, clean_accuracy=clean,
-                                                     with_mce=suite_presets[suite] == "imagenet")
+            summaries[suite] = summary_in_percent(summarize_corruptions(
+                accuracy, clean_accuracy=clean, with_mce=suite_presets[suite] == "imagenet"))
             summaries[suite]["preset"] = suite_presets[suite]
     return summaries
 
@@ -388,10 +391,10 @@ def run(
                 m.model, s.data, mean=m.data_config["mean"], std=m.data_config["std"], batch_size=batch_size,
                 workers=workers, device=device, amp=amp, channels_last=channels_last)
             rows.append({"model": m.label, "suite": s.suite, "corruption": s.corruption, "severity": s.severity,
-                         "accuracy": top1 / total, "top5": top5 / total, "correct": top1, "correct_top5": top5,
-                         "total": total})
+                         "accuracy": 100.0 * top1 / total, "top5": 100.0 * top5 / total, "correct": top1,
+                         "correct_top5": top5, "total": total})
             if on_row:
                 on_row(rows[-1])
         results[m.label] = {"spec": m.spec, "weights": m.weights, "weights_sha256": m.weights_sha256, "rows": rows,
-                            "summaries": summarize_rows(rows, suite_presets)}
+                            "summaries": summarize_rows(rows, suite_presets), "unit": UNIT}
     return results

@@ -1,5 +1,5 @@
 """What an evaluation leaves behind: a plain-text table per model, one CSV row per model x set, and a bar plot that
-compares the models corruption by corruption."""
+compares the models corruption by corruption; every accuracy in percent (``units``)."""
 from __future__ import annotations
 
 import csv
@@ -16,36 +16,36 @@ CSV_FIELDS = ("model", "suite", "corruption", "severity", "accuracy", "top5", "c
 
 
 def corruption_lines(rows: List[dict], suite: str, names: List[str]) -> List[str]:
-    """Corruption x severity top-1 accuracy with its mean, and the mean top-5 accuracy, of one suite."""
+    """Corruption x severity top-1 accuracy (%) with its mean, and the mean top-5 accuracy, of one suite."""
     lines = [f"{'corruption':<18}" + "".join(f"{'s' + str(s):>8}" for s in SEVERITIES) + f"{'mean':>8}{'top5':>8}"]
     by_set = {(r["corruption"], r["severity"]): r for r in rows if r["suite"] == suite}
     for name in names:
         found = [by_set[(name, s)] for s in SEVERITIES if (name, s) in by_set]
-        cells = "".join(f"{by_set[(name, s)]['accuracy']:8.4f}" if (name, s) in by_set else f"{'-':>8}"
+        cells = "".join(f"{by_set[(name, s)]['accuracy']:8.2f}" if (name, s) in by_set else f"{'-':>8}"
                         for s in SEVERITIES)
         top5 = np.mean([r.get("top5", np.nan) for r in found])  # results.json of older runs have no top-5
-        lines.append(f"{name:<18}{cells}{np.mean([r['accuracy'] for r in found]):8.4f}{top5:8.4f}")
+        lines.append(f"{name:<18}{cells}{np.mean([r['accuracy'] for r in found]):8.2f}{top5:8.2f}")
     return lines
 
 
 def format_table(results: Dict[str, dict]) -> str:
-    """Plain-text tables: the plain test sets, then corruption x severity per suite with Table 3's summaries
-    (top-1; top-5 beside each plain set and as the last column of each corruption)."""
+    """Plain-text tables in percent: the plain test sets, then corruption x severity per suite with Table 3's
+    summaries (top-1; top-5 beside each plain set and as the last column of each corruption)."""
     lines = []
     for label, result in results.items():
         lines.append(f"== {label}")
         plain = [r for r in result["rows"] if r["severity"] == 0]
         if plain:
-            lines.append("  ".join(f"{r['suite']}: {r['accuracy']:.4f} (top-5 {r.get('top5', np.nan):.4f})"
+            lines.append("  ".join(f"{r['suite']}: {r['accuracy']:.2f} (top-5 {r.get('top5', np.nan):.2f})"
                                    for r in plain))
         for suite, summary in result["summaries"].items():
             lines.append(f"-- {suite} ({summary['preset']} parameters)")
             lines += corruption_lines(result["rows"], suite, list(summary["per_corruption"]))
-            parts = [f"{g} {v:.4f}" for g, v in summary["groups"].items()]
-            parts += [f"{k} {summary[k]:.4f}" for k in ("mean_19", "mean_15", "mce", "relative_mce")
+            parts = [f"{g} {v:.2f}" for g, v in summary["groups"].items()]
+            parts += [f"{k} {summary[k]:.2f}" for k in ("mean_19", "mean_15", "mce", "relative_mce")
                       if summary.get(k) is not None]
             if summary.get("mean_19") is None:
-                parts.append(f"mean over {len(summary['per_corruption'])} {summary['mean_all']:.4f}")
+                parts.append(f"mean over {len(summary['per_corruption'])} {summary['mean_all']:.2f}")
             lines.append("   ".join(parts))
     return "\n".join(lines)
 
@@ -86,8 +86,8 @@ def plot_comparison(results: Dict[str, dict], path: Path) -> None:
             ax.bar(np.arange(len(names)) + i * width, [values[label].get(n, np.nan) for n in names], width, label=label)
         ax.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2)
         ax.set_xticklabels(names, rotation=35, ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title("clean and noisy test sets" if panel == "plain" else f"{panel}: mean accuracy over severities 1-5")
         ax.legend(fontsize=8)
     fig.tight_layout()
