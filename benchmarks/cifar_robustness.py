@@ -31,6 +31,7 @@ command is run again). benchmarks/README.md holds the budget and the plan in par
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -495,6 +496,9 @@ def evaluate_test(b: Bench, runs: list[Path], out: Path, threads: Optional[int] 
     """Clean / UN / NUN on --test-samples and the generated CIFAR-10-C on --corruption-samples test images, as one
     results entry per run folder name."""
     a = b.args
+    if a.test_samples == a.corruption_samples:  # the same images for both: one command
+        return evaluate(b, runs, suites=[*SUITES, "generated"], split="test", data_dir=Path(a.data_dir),
+                        out=out / "all", max_samples=a.test_samples, threads=threads)
     noisy = evaluate(b, runs, suites=list(SUITES), split="test", data_dir=Path(a.data_dir), out=out / "noisy",
                      max_samples=a.test_samples, threads=threads)
     corrupted = evaluate(b, runs, suites=["generated"], split="test", data_dir=Path(a.data_dir),
@@ -675,23 +679,31 @@ def zoo_dir(b: Bench, name: str) -> Path:
 
 
 def export_to_zoo(b: Bench, run: Path, dest: Path) -> Path:
-    """zoo/ARCH.TAG/: the run's export, settings and evaluation, and the model card hfhub.publish writes for them."""
+    """zoo/ARCH.TAG/: the run's export, settings and evaluation, and the model card hfhub.publish writes for them
+    (nothing is rewritten when the folder holds that export and evaluation already)."""
     import timm
 
     import timm_fcl  # noqa: F401  (registers the zoo's tags)
+    from hfhub.publish import cli as publish
 
+    export = run / run_folder.MODEL
+    files = ((export / run_folder.WEIGHTS, run_folder.WEIGHTS), (export / run_folder.CONFIG, run_folder.CONFIG),
+             (run / run_folder.ARGS, run_folder.ARGS), (run / run_folder.RESOLVED, run_folder.RESOLVED),
+             (run / run_folder.EVAL_RESULTS, run_folder.EVAL_RESULTS))
+    if (dest / "README.md").is_file() and all((dest / rel).is_file() and sha256(dest / rel) == sha256(src)
+                                              for src, rel in files):
+        print(f"zoo: {dest} holds {run.name} already")
+        return dest
     repo_id = timm.models.get_pretrained_cfg(dest.name).hf_hub_id
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "eval").mkdir(parents=True)
-    export = run / run_folder.MODEL
-    for src, rel in ((export / run_folder.WEIGHTS, run_folder.WEIGHTS), (export / run_folder.CONFIG, run_folder.CONFIG),
-                     (run / run_folder.ARGS, run_folder.ARGS), (run / run_folder.RESOLVED, run_folder.RESOLVED),
-                     (run / run_folder.EVAL_RESULTS, run_folder.EVAL_RESULTS)):
+    for src, rel in files:
         shutil.copyfile(src, dest / rel)
-    with tempfile.TemporaryDirectory() as tmp:
-        card = Path(tmp) / "card"
-        b.run([sys.executable, "-m", "hfhub.publish", str(dest), "--repo-id", repo_id, "--dry-run", str(card)],
-              b.work / "zoo.log")
+    with tempfile.TemporaryDirectory() as tmp, open(b.work / "zoo.log", "a") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        card = Path(tmp) / "card"  # the card publishing writes, made in this process (no interpreter to start)
+        if publish([str(dest), "--repo-id", repo_id, "--dry-run", str(card)]) != 0:
+            raise RuntimeError(f"publishing {dest} failed: see {b.work / 'zoo.log'}")
         shutil.copyfile(card / "README.md", dest / "README.md")
     print(f"zoo: {dest} ({run.name}) -> {repo_id}")
     return dest

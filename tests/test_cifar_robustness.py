@@ -25,7 +25,7 @@ def smoke(tmp_path_factory):
     argv = ["--data-dir", str(data), "--work", str(root / "work"), "--results", str(root / "results"),
             "--zoo", str(root / "zoo"),
             "--pretrain-epochs", "1", "--continue-epochs", "1", "--val-size", "32", "-b", "32", "--train-subset", "64",
-            "--val-subset", "16", "--test-samples", "16", "--corruption-samples", "4", "--corruptions",
+            "--val-subset", "16", "--test-samples", "8", "--corruption-samples", "8", "--corruptions",
             "gaussian_noise", "defocus_blur", "--seeds", "0", "--paper-settings", "--threads", "1", "--jobs", "3",
             "--eval-group", "8", "--part", "carve", "pretrain", "protocol", "continue", "eval", "tables", "zoo"]
     assert bench.main(argv) == 0
@@ -43,7 +43,7 @@ def test_smoke_run_fills_both_tables_for_every_method(smoke, capsys):
         assert entry["precision"] == "bf16" and len(entry["commit"]) >= 40
         assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun"))
         assert set(entry["c10c"]["per_corruption"]) == {"gaussian_noise", "defocus_blur"}
-        assert entry["c10c"]["images"] == 4
+        assert entry["c10c"]["images"] == 8
     tables = (results / "tables.md").read_text()
     for method in bench.METHODS.values():
         assert f"| {method.label} | 1 |" in tables
@@ -80,7 +80,7 @@ def test_pretraining_is_evaluated_and_exported_to_the_zoo(smoke):
     zoo = root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10"
     assert entry["sha256"] == bench.sha256(zoo / "model.safetensors")
     assert entry["sha256"] == bench.sha256(root / "work" / "runs" / "pretrain" / "model" / "model.safetensors")
-    assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun")) and entry["c10c"]["images"] == 4
+    assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun")) and entry["c10c"]["images"] == 8
     evaluated = json.loads((zoo / "eval" / "results.json").read_text())["pretrain"]
     assert bench.condense(evaluated)["clean"] == entry["clean"]
     card = (zoo / "README.md").read_text()
@@ -141,3 +141,28 @@ def test_zoo_holds_the_seed_0_picks_with_their_own_numbers(smoke):
         evaluated = json.loads((zoo / "eval" / "results.json").read_text())[run.name]
         assert bench.condense(evaluated)["un"] == entry["un"]
         assert f"| un | top-1 accuracy | {100 * entry['un']:.2f} |" in (zoo / "README.md").read_text()
+
+
+def test_test_evaluation_takes_the_noisy_sets_and_the_corruptions_from_their_own_image_counts(monkeypatch, tmp_path):
+    """--test-samples for clean / UN / NUN, --corruption-samples for the generated CIFAR-10-C: two commands merged
+    into one entry per run (its unit kept); one command when the counts agree."""
+    calls = []
+
+    def evaluate(b, runs, *, suites, max_samples, **_):
+        calls.append((tuple(suites), max_samples))
+        rows = [{"suite": s, "severity": int(s == "generated"), "accuracy": 50.0} for s in suites]
+        summaries = {"generated": {"mean_all": 50.0}} if "generated" in suites else {}
+        return {r.name: {"spec": str(r), "unit": "percent", "rows": rows, "summaries": summaries} for r in runs}
+
+    monkeypatch.setattr(bench, "evaluate", evaluate)
+    run = tmp_path / "xe-s0"
+    args = ["--data-dir", str(tmp_path), "--work", str(tmp_path / "work"), "--test-samples", "100"]
+    b = bench.Bench(bench.get_args_parser().parse_args(args + ["--corruption-samples", "20"]), deadline=0)
+    (merged,) = bench.evaluate_test(b, [run], tmp_path / "out").values()
+    assert calls == [(("clean", "un", "nun"), 100), (("generated",), 20)]
+    assert [r["suite"] for r in merged["rows"]] == ["clean", "un", "nun", "generated"]
+    assert merged["unit"] == "percent" and merged["summaries"] == {"generated": {"mean_all": 50.0}}
+    calls.clear()
+    b = bench.Bench(bench.get_args_parser().parse_args(args + ["--corruption-samples", "100"]), deadline=0)
+    (alone,) = bench.evaluate_test(b, [run], tmp_path / "out").values()
+    assert calls == [(("clean", "un", "nun", "generated"), 100)] and alone["rows"] == merged["rows"]
