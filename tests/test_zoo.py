@@ -151,3 +151,45 @@ def test_each_committed_zoo_card_is_the_card_publishing_writes_with_its_evaluati
     assert index[("generated", "mean accuracy, 19 corruptions")] == round(summary["mean_19"], 4)
     assert all(index[("generated", f"{g} (group mean)")] == round(v, 4) for g, v in summary["groups"].items())
     assert f"| clean | top-1 accuracy | {plain['clean']:.2f} |" in card.content
+
+
+ALL_LOGITS = r"""
+import json, sys
+import timm, torch
+import timm_fcl  # registers resnet20_cifar and its zoo tags
+x = torch.load(sys.argv[1], weights_only=True)
+out = {}
+for tag in sys.argv[2:]:
+    with torch.no_grad():
+        out[tag] = timm.create_model(tag, pretrained=True).eval()(x).tolist()
+print(json.dumps(out))
+"""
+
+
+def test_every_committed_zoo_entry_loads_offline_by_its_pretrained_tag_with_its_exported_logits(tmp_path):
+    """zoo/ installed into an empty Hugging Face cache: each tag loads with timm.create_model(TAG, pretrained=True),
+    nothing downloaded, and gives the logits of the folder's own weights."""
+    from safetensors.torch import load_file
+    import timm
+
+    import timm_fcl  # noqa: F401  (registers resnet20_cifar)
+
+    zoo = ROOT / "zoo"
+    tags = sorted(p.name for p in zoo.iterdir() if p.is_dir())
+    assert "resnet20_cifar.xe_pretrain_cifar10" in tags and len(tags) >= 3
+    proc = zoo_cmd(str(zoo), "--fill-cache", str(tmp_path / "hub"))
+    assert proc.returncode == 0, proc.stderr
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")  # a test input, not a checkpoint
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, "-c", ALL_LOGITS, str(tmp_path / "x.pt"), *tags], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for tag in tags:
+        config = json.loads((zoo / tag / "config.json").read_text())
+        model = timm.create_model(config["architecture"], num_classes=config["num_classes"]).eval()
+        model.load_state_dict(load_file(zoo / tag / "model.safetensors"))
+        with torch.no_grad():
+            assert torch.equal(torch.tensor(got[tag]), model(x)), tag
