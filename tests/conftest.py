@@ -1,5 +1,6 @@
 """Shared fixtures: small real subsets of ../shared/data (override the folder with TIMM_FCL_DATA)."""
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import torch
 from timm_fcl.data import default_data_root
 
 DATA_DIR = default_data_root()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores for torch: two workers of torch's default (every
+    core each) oversubscribe the machine, and OpenMP threads that wait for each other ran the in-process training tests
+    three times slower. The processes the tests start get OMP_NUM_THREADS=1 of their own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def _need(path: Path) -> Path:
