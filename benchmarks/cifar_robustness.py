@@ -22,6 +22,7 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
     python benchmarks/cifar_robustness.py --part carve pretrain           # held-out split + shared XE pre-training
     python benchmarks/cifar_robustness.py --part sweep --methods fcl      # validation sweep (seed 0)
     python benchmarks/cifar_robustness.py --part continue eval --seeds 1 --methods xe fcl
+    python benchmarks/cifar_robustness.py --part continue eval --seeds 1 --paper-settings cl_gauss  # unswept ones
     python benchmarks/cifar_robustness.py --part tables zoo               # Tables 2 and 3, PNGs, the zoo
 
 Every results JSON records the commit of the code that trained and evaluated it: run the parts from a ``git worktree``
@@ -434,11 +435,17 @@ def choose(entries: list[dict], xe_clean: float) -> dict:
     return max(eligible, key=lambda e: (e["un"] + e["nun"]) / 2)["hp"]
 
 
+def takes_paper_settings(b: Bench, name: str) -> bool:
+    """--paper-settings alone: every method; --paper-settings M ...: those methods only; absent: none."""
+    named = b.args.paper_settings
+    return named is not None and (not named or name in named)
+
+
 def chosen_hp(b: Bench, name: str) -> dict:
     method = METHODS[name]
     if method.settings_from:
         return {**chosen_hp(b, method.settings_from), **dict(method.extra)}
-    if len(SWEEPS[name]) == 1 or b.args.paper_settings:
+    if len(SWEEPS[name]) == 1 or takes_paper_settings(b, name):
         return SWEEPS[name][0]
     entries = [read_json(sweep_result(b, name, hp)) for hp in SWEEPS[name]]
     xe = read_json(sweep_result(b, "xe", {}))
@@ -746,8 +753,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue-lr", type=float, default=0.001,
                    help="the continuation's lr (x0.1 after 2/3 of it); the pre-training peaks at 0.1")
     p.add_argument("-b", "--batch-size", type=int, default=128)
-    p.add_argument("--paper-settings", action="store_true",
-                   help="no sweep: every method takes the first setting of its grid (Appendix B's, at our batch)")
+    p.add_argument("--paper-settings", nargs="*", choices=list(METHODS), default=None, metavar="METHOD",
+                   help="no sweep for these methods (all of them when none is named): they take the first setting of "
+                        "their grid (Appendix B's, at our batch); the others take the sweep's choice")
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for the sweep")
     p.add_argument("--train-subset", type=int, help="train on N images per epoch (smoke runs)")
     p.add_argument("--val-subset", type=int, help="validate on N images per epoch (smoke runs)")

@@ -111,6 +111,27 @@ def test_paper_settings_are_appendix_b_at_our_batch():
     assert bench.chosen_hp(b, "pg_fcl") == {"k": 256, "sigma": 0.5, "tau": 1.0, "weight": pytest.approx(lam)}
 
 
+def test_paper_settings_for_some_methods_and_the_sweeps_choice_for_the_rest(tmp_path):
+    """--paper-settings M ...: those methods take Appendix B's setting, the swept ones their choice (FCL's variants
+    follow FCL's); a method neither named nor swept is refused."""
+    argv = ["--results", str(tmp_path), "--continue-lr", "0.01", "--continue-epochs", "24"]
+    b = bench.Bench(bench.get_args_parser().parse_args(argv + ["--paper-settings", "cl_gauss", "pg_fcl"]), deadline=0)
+    bench.write_json(bench.sweep_result(b, "xe", {}), entry({}, 0.90, 0.30, 0.30))
+    for i, hp in enumerate(bench.SWEEPS["fcl"]):  # the last setting is the most robust, and within a point of XE
+        bench.write_json(bench.sweep_result(b, "fcl", hp), entry(hp, 0.895, 0.30 + 0.01 * i, 0.30))
+    paper = bench.Bench(bench.get_args_parser().parse_args(["--paper-settings"]), deadline=0)
+    assert bench.chosen_hp(b, "fcl") == bench.SWEEPS["fcl"][-1] != bench.chosen_hp(paper, "fcl")
+    assert bench.chosen_hp(b, "fcl_every4") == {**bench.SWEEPS["fcl"][-1], "every": 4}
+    assert bench.chosen_hp(b, "cl_gauss") == bench.chosen_hp(paper, "cl_gauss")
+    assert bench.chosen_hp(b, "pg_fcl") == bench.chosen_hp(paper, "pg_fcl")
+    with pytest.raises(RuntimeError, match="the xe_gauss sweep is unfinished"):
+        bench.chosen_hp(b, "xe_gauss")
+    none = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
+    assert bench.chosen_hp(none, "fcl") == bench.SWEEPS["fcl"][-1]
+    with pytest.raises(RuntimeError, match="the cl_gauss sweep is unfinished"):
+        bench.chosen_hp(none, "cl_gauss")
+
+
 def entry(hp, clean, un, nun):
     return {"hp": hp, "clean": clean, "un": un, "nun": nun}
 
