@@ -6,7 +6,7 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from timm_fcl.robustness.units import in_percent
+from timm_fcl.robustness.units import entry_in_percent
 
 # the paper file gives its title and "Anonymous authors" (under double-blind review)
 CITATION = """@misc{anonymous_feature_contrastive_learning,
@@ -70,7 +70,7 @@ def published_result(eval_results: dict, run_name: str = "") -> dict:
     percent."""
     if not eval_results:
         return {}
-    return in_percent({"": eval_results.get(run_name) or next(iter(eval_results.values()))})[""]
+    return entry_in_percent(eval_results.get(run_name) or next(iter(eval_results.values())))
 
 
 def evaluation_rows(result: dict) -> list:

@@ -15,16 +15,12 @@ ROW_ACCURACIES = ("accuracy", "top5")
 
 
 def scaled(value, factor: float):
-    """``value`` with every number in it (nested dicts and lists included) times ``factor``; text, None and booleans
-    are left as they are."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return value * factor
+    """``value`` with every number in it (nested dicts included) times ``factor``; text, None and booleans are left
+    as they are."""
     if isinstance(value, Mapping):
         return {k: scaled(v, factor) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scaled(v, factor) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value * factor
     return value
 
 
