@@ -108,6 +108,24 @@ def test_cifar_c_reader_labels_and_severity_order(tmp_path):
         assert accuracy(data) == expected, (corruption, severity)
 
 
+def test_array_batches_are_what_a_data_loader_yields(tmp_path):
+    """Memory-mapped uint8 NHWC images (a CIFAR-C file) and float NCHW images (the noisy sets), a short last batch:
+    the sliced batches equal a DataLoader's, and a model scores the same on both."""
+    from torch.utils.data import DataLoader
+
+    make_cifar_c(tmp_path, n=23)
+    _, _, memmapped = cifar_c_sets(tmp_path)[2]
+    floats = ArrayDataset(torch.rand(23, 3, 8, 8), np.arange(23) % NUM_CLASSES)
+    for dataset in (memmapped, floats):
+        sliced, loaded = list(dataset.batches(7)), list(DataLoader(dataset, batch_size=7))
+        assert [len(y) for _, y in sliced] == [7, 7, 7, 2]
+        for (x, y), (x_ref, y_ref) in zip(sliced, loaded, strict=True):
+            assert x.dtype == x_ref.dtype and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+            assert y.dtype == torch.int64
+    by_item = torch.utils.data.Subset(memmapped, range(len(memmapped)))  # not an ArrayDataset: read by a DataLoader
+    assert accuracy(memmapped) == accuracy(by_item) == correct_count(0, 3, 23) / 23
+
+
 def test_imagenet_c_reader_sorted_wnids_and_class_map(tmp_path):
     wnids = make_imagenet_c(tmp_path)
     for corruption, severity, data in imagenet_c_sets(tmp_path):

@@ -48,6 +48,15 @@ class ArrayDataset(Dataset):
             image = torch.from_numpy(np.array(image).transpose(2, 0, 1))  # a copy: memory-mapped arrays are read-only
         return image, int(self.labels[index])
 
+    def batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive (images, int64 labels) batches sliced from the arrays: what a DataLoader over this dataset
+        yields, without indexing and collating image by image, or worker processes that would only copy."""
+        for start in range(0, len(self), batch_size):
+            images = self.images[start:start + batch_size]
+            if isinstance(images, np.ndarray):
+                images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+            yield images, torch.as_tensor(np.asarray(self.labels[start:start + batch_size]), dtype=torch.long)
+
 
 def fit_to_size(image: Image.Image, *, size: int, crop_pct: float, interpolation: str = "bilinear") -> Image.Image:
     """Bring a larger clean image to ``size`` as timm's eval transform does (resize to size / crop_pct, centre crop),

@@ -199,12 +199,15 @@ def evaluate_accuracy(
         ks: Sequence[int] = TOPK,
 ) -> Tuple[List[int], int]:
     """(hits for each k of ``ks``, total) of ``model`` on (image, label) pairs; uint8 images are scaled to [0, 1],
-    then brought to ``len(mean)`` channels. ``amp`` "bf16" / "fp16" runs the model under autocast."""
+    then brought to ``len(mean)`` channels. ``amp`` "bf16" / "fp16" runs the model under autocast. In-memory arrays
+    (``ArrayDataset``) are sliced in batches; other datasets are read by a DataLoader with ``workers`` processes."""
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     hits, total = torch.zeros(len(ks), dtype=torch.long), 0
-    for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+    batches = (dataset.batches(batch_size) if isinstance(dataset, ArrayDataset)
+               else DataLoader(dataset, batch_size=batch_size, num_workers=workers))
+    for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
         images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         images = ((match_channels(images, len(mean)) - mean_t) / std_t).contiguous(memory_format=memory_format)
