@@ -109,6 +109,7 @@ SWEEPS = {  # Appendix B's CIFAR-10 setting first, then one factor at a time aro
 SWEEP_SEED = 0
 ZOO_TAGS = {"fcl": "fcl_cifar10", "xe": "xe_cifar10", "pg_fcl": "pg_fcl_cifar10"}
 ZOO_SEED = 0  # the seed whose runs the zoo publishes
+PRETRAIN = "pretrain"  # the pre-training's name among the runs an evaluation takes
 PRETRAIN_TAG = "xe_pretrain_cifar10"  # the shared pre-training, published so that a later part starts from it
 
 
@@ -291,7 +292,8 @@ def part_carve(b: Bench) -> None:
 
 def part_pretrain(b: Bench) -> None:
     """The shared XE pre-training: trained, evaluated on the test set like every continuation, and exported to
-    zoo/ARCH.xe_pretrain_cifar10 (commit it: later parts start from the zoo's copy)."""
+    zoo/ARCH.xe_pretrain_cifar10 (commit it: later parts start from the zoo's copy). When this command goes on to
+    --part eval, the evaluation waits for it and joins the continuations' (one process fewer to start)."""
     done = b.results / "pretrain.json"
     a = b.args
     if not done.is_file():
@@ -305,13 +307,29 @@ def part_pretrain(b: Bench) -> None:
         return
     if not (b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS).is_file():
         raise RuntimeError(f"{done} exists but neither {b.pretrain_zoo} nor the run folder {b.pretrain_run} does")
+    if "eval" in a.part and "clean" not in read_json(done):
+        return
+    finish_pretrain(b)
+
+
+def pretrain_pending(b: Bench) -> bool:
+    """Whether the pre-training is trained but neither evaluated nor exported yet."""
+    entry = read_json(b.results / "pretrain.json")
+    return (entry is not None and "clean" not in entry and not (b.pretrain_zoo / run_folder.WEIGHTS).is_file()
+            and (b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS).is_file())
+
+
+def finish_pretrain(b: Bench, merged: Optional[dict] = None, seconds: Optional[float] = None) -> None:
+    """pretrain.json completed with the pre-training's test results (``merged``, or evaluated now), then exported."""
+    done = b.results / "pretrain.json"
     entry = read_json(done)
     if "clean" not in entry:
         began = time.time()
-        merged = evaluate_test(b, [b.pretrain_run], b.work / "eval" / "test" / "pretrain")[b.pretrain_run.name]
+        if merged is None:
+            merged = evaluate_test(b, [b.pretrain_run], b.work / "eval" / "test" / "pretrain")[b.pretrain_run.name]
         write_json(b.pretrain_run / run_folder.EVAL_RESULTS, {b.pretrain_run.name: merged})
-        entry.update(condense(merged), eval_seconds=time.time() - began, eval_commit=code_commit(),
-                     eval_precision=a.eval_precision)
+        entry.update(condense(merged), eval_seconds=time.time() - began if seconds is None else seconds,
+                     eval_commit=code_commit(), eval_precision=b.args.eval_precision)
     entry["sha256"] = sha256(b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS)
     write_json(done, entry)
     export_to_zoo(b, b.pretrain_run, b.pretrain_zoo)
@@ -466,10 +484,11 @@ def run_result(b: Bench, name: str, seed: int) -> Path:
 
 
 def part_eval(b: Bench) -> None:
-    """Test-set evaluation of every finished continuation: clean / UN / NUN on --test-samples (default all 10,000),
-    the generated CIFAR-10-C on --corruption-samples, in groups of --eval-group models per command."""
+    """Test-set evaluation of every finished continuation (and of the pre-training when its part left it to this
+    one): clean / UN / NUN on --test-samples (default all 10,000), the generated CIFAR-10-C on
+    --corruption-samples, in groups of --eval-group models per command."""
     a = b.args
-    pending = []
+    pending = [(PRETRAIN, ZOO_SEED, b.pretrain_run)] if pretrain_pending(b) else []
     for seed, name in itertools.product(a.seeds, a.methods):
         run = b.run_dir(name, chosen_hp(b, name), seed)
         if not run_result(b, name, seed).is_file() and epochs_done(run) >= a.continue_epochs:
@@ -486,6 +505,9 @@ def evaluate_runs(b: Bench, group: list[tuple[str, int, Path]], threads: Optiona
     seconds = (time.time() - began) / len(group)
     for name, seed, run in group:
         merged = results[run.name]
+        if name == PRETRAIN:
+            finish_pretrain(b, merged, seconds)
+            continue
         write_json(run / run_folder.EVAL_RESULTS, {run.name: merged})  # the run folder's own results (cards)
         flags = run_folder.read_args(run)
         write_json(run_result(b, name, seed), {

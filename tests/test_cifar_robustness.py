@@ -15,7 +15,8 @@ spec.loader.exec_module(bench)
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """Every part but the sweep (paper settings) and the zoo, a few steps per method, on 32 px toy shards."""
+    """Every part but the sweep (paper settings), a few steps per method, on 32 px toy shards; the pre-training and
+    the eight continuations are evaluated by one command."""
     root = tmp_path_factory.mktemp("cifar")
     data = root / "data"
     write_shards(synthetic_samples(160, size=32, seed=1), output=data, name="toy", split="train", shard_size=80,
@@ -27,7 +28,7 @@ def smoke(tmp_path_factory):
             "--pretrain-epochs", "1", "--continue-epochs", "1", "--val-size", "32", "-b", "32", "--train-subset", "64",
             "--val-subset", "16", "--test-samples", "8", "--corruption-samples", "8", "--corruptions",
             "gaussian_noise", "defocus_blur", "--seeds", "0", "--paper-settings", "--threads", "1", "--jobs", "3",
-            "--eval-group", "8", "--part", "carve", "pretrain", "protocol", "continue", "eval", "tables", "zoo"]
+            "--eval-group", "9", "--part", "carve", "pretrain", "protocol", "continue", "eval", "tables", "zoo"]
     assert bench.main(argv) == 0
     return root, argv
 
@@ -64,7 +65,13 @@ def test_continuations_start_from_the_pretraining_with_the_methods_flags(smoke):
     runs = root / "work" / "runs"
     pg_fcl = yaml.safe_load((runs / "pg_fcl-k256-sigma0.5-tau1-weight0.0008-lr0.001-e1-s0" / "args.yaml").read_text())
     assert pg_fcl["method"] == "fcl" and pg_fcl["patch_gaussian"] and pg_fcl["crop_pad"] == 4
-    assert pg_fcl["initial_checkpoint"] == str(root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10" / "model.safetensors")
+    # one command trained the pre-training too: its continuations start from its run folder, which the zoo copies
+    assert pg_fcl["initial_checkpoint"] == str(runs / "pretrain" / "model" / "model.safetensors")
+    pretrain = json.loads((root / "results" / "pretrain.json").read_text())
+    result = json.loads((root / "results" / "lr0.001-e1" / "runs" / "pg_fcl-s0.json").read_text())
+    assert result["initial_checkpoint_sha256"] == pretrain["sha256"]
+    b = bench.Bench(bench.get_args_parser().parse_args(smoke[1]), deadline=0)
+    assert b.pretrain_weights == root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10" / "model.safetensors"  # later
     xe = yaml.safe_load((runs / "xe-default-lr0.001-e1-s0" / "args.yaml").read_text())
     assert xe["seed"] == pg_fcl["seed"] == 0 and xe["lr"] == 0.001 and not xe["patch_gaussian"]
     every = yaml.safe_load((runs / "fcl_every4-every4-k256-sigma0.5-tau2-weight0.0008-lr0.001-e1-s0" / "args.yaml").read_text())
