@@ -347,16 +347,16 @@ def train_continuation(b: Bench, method: Method, hp: dict, seed: int) -> Path:
     return run
 
 
-def train_all(b: Bench, todo: list[tuple[str, dict, int]], *, evaluate_each: bool = False) -> list[Path]:
-    """Continuation runs (method, settings, seed), --jobs of them at a time; their run folders, in order. With
-    ``evaluate_each`` every run is evaluated on the test set as soon as it is trained (in its job's slot), so a part cut
+def train_all(b: Bench, todo: list[tuple[str, dict, int]], after=None) -> list[Path]:
+    """Continuation runs (method, settings, seed), --jobs of them at a time; their run folders, in order. ``after``
+    (method, settings, seed, run folder) is called in the job's slot as soon as its run is trained, so a part cut
     short keeps the results of every run it finished."""
     from concurrent.futures import ThreadPoolExecutor
 
     def job(name: str, hp: dict, seed: int) -> Path:
         run = train_continuation(b, METHODS[name], hp, seed)
-        if evaluate_each:
-            evaluate_runs(b, [(name, seed, run)], threads=b.args.threads)
+        if after is not None:
+            after(name, hp, seed, run)
         return run
 
     with ThreadPoolExecutor(max_workers=b.args.jobs) as pool:
@@ -405,19 +405,18 @@ def sweep_result(b: Bench, name: str, hp: dict) -> Path:
 
 
 def validate(b: Bench, settings: list[tuple[str, dict]]) -> None:
-    """Seed-0 continuations of (method, settings), trained if need be and scored on the held-out validation split;
-    each score is kept as a sweep result."""
-    todo = [(name, hp) for name, hp in settings if not sweep_result(b, name, hp).is_file()]
-    runs = train_all(b, [(name, hp, SWEEP_SEED) for name, hp in todo])
-    for start in range(0, len(todo), b.args.eval_group):
-        group = list(zip(todo, runs))[start:start + b.args.eval_group]
-        results = evaluate(b, [run for _, run in group], suites=list(SUITES), split="validation", data_dir=b.holdout,
-                           out=b.work / "eval" / "sweep" / f"group-{int(time.time())}-{start}")
-        for (name, hp), run in group:
-            wall = read_json(run / "bench_wall.json") or {}
-            write_json(sweep_result(b, name, hp), {"method": name, "hp": hp, "seed": SWEEP_SEED,
-                                                   **condense(results[run.name]), **protocol_fields(b),
-                                                   "commit": code_commit(), "train_seconds": wall.get("seconds")})
+    """Seed-0 continuations of (method, settings), trained if need be and scored on the held-out validation split as
+    soon as each is trained; each score is kept as a sweep result."""
+    def score(name: str, hp: dict, seed: int, run: Path) -> None:
+        results = evaluate(b, [run], suites=list(SUITES), split="validation", data_dir=b.holdout,
+                           out=b.work / "eval" / "sweep" / f"{run.name}-{int(time.time())}")
+        wall = read_json(run / "bench_wall.json") or {}
+        write_json(sweep_result(b, name, hp), {"method": name, "hp": hp, "seed": seed, **condense(results[run.name]),
+                                               **protocol_fields(b), "commit": code_commit(),
+                                               "train_seconds": wall.get("seconds")})
+
+    todo = [(name, hp, SWEEP_SEED) for name, hp in settings if not sweep_result(b, name, hp).is_file()]
+    train_all(b, todo, after=score)
 
 
 def protocol_fields(b: Bench) -> dict:
@@ -481,7 +480,10 @@ def part_continue(b: Bench) -> None:
     """The continuations; with --eval-each (and --part eval), each evaluated as soon as it is trained."""
     todo = [(name, chosen_hp(b, name), seed) for seed, name in itertools.product(b.args.seeds, b.args.methods)
             if not run_result(b, name, seed).is_file()]
-    train_all(b, todo, evaluate_each=b.args.eval_each and "eval" in b.args.part)
+    if b.args.eval_each and "eval" in b.args.part:
+        train_all(b, todo, after=lambda name, hp, seed, run: evaluate_runs(b, [(name, seed, run)], b.args.threads))
+    else:
+        train_all(b, todo)
 
 
 def run_result(b: Bench, name: str, seed: int) -> Path:
@@ -789,7 +791,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-samples", type=int, help="clean / UN / NUN test images (default: all 10,000)")
     p.add_argument("--corruption-samples", type=int, default=2000, help="test images behind the generated CIFAR-10-C")
     p.add_argument("--corruptions", nargs="+", help="generate only these (default: all 19)")
-    p.add_argument("--eval-group", type=int, default=3, help="models per evaluation command")
+    p.add_argument("--eval-group", type=int, default=3,
+                   help="models per command of --part eval (a sweep scores each run as soon as it is trained)")
     p.add_argument("--eval-each", action="store_true", help="with --part continue eval: evaluate each run as soon as "
                    "it is trained, in its job's slot (a part cut short keeps every run it finished)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),

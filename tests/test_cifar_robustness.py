@@ -194,3 +194,36 @@ def test_test_evaluation_takes_the_noisy_sets_and_the_corruptions_from_their_own
     b = bench.Bench(bench.get_args_parser().parse_args(args + ["--corruption-samples", "100"]), deadline=0)
     (alone,) = bench.evaluate_test(b, [run], tmp_path / "out").values()
     assert calls == [(("clean", "un", "nun", "generated"), 100)] and alone["rows"] == merged["rows"]
+
+
+def test_a_sweep_keeps_the_score_of_every_run_it_finished_when_the_part_stops(monkeypatch, tmp_path):
+    """Each sweep run is scored on validation as soon as it is trained: a part stopped at its time limit during the
+    third training has written the first two scores, and the next part trains and scores only what is left."""
+    trained, scored = [], []
+
+    def train_continuation(b, method, hp, seed):
+        if len(trained) == 2 and not scored[2:]:
+            raise bench.PartStopped()
+        trained.append((method.name, hp))
+        return b.run_dir(method.name, hp, seed)
+
+    def evaluate(b, runs, *, suites, split, **_):
+        assert split == "validation" and suites == list(bench.SUITES)
+        scored.append(runs[0].name)
+        rows = [{"suite": s, "severity": 0, "accuracy": 80.0 + len(scored)} for s in suites]
+        return {r.name: {"unit": "percent", "rows": rows, "summaries": {}} for r in runs}
+
+    monkeypatch.setattr(bench, "train_continuation", train_continuation)
+    monkeypatch.setattr(bench, "evaluate", evaluate)
+    argv = ["--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--jobs", "1"]
+    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
+    grid = bench.SWEEPS["xe_gauss"]
+    with pytest.raises(bench.PartStopped):
+        bench.validate(b, [("xe_gauss", hp) for hp in grid])
+    assert [bench.sweep_result(b, "xe_gauss", hp).is_file() for hp in grid] == [True, True, False]
+    first = json.loads(bench.sweep_result(b, "xe_gauss", grid[0]).read_text())
+    assert (first["hp"], first["clean"], first["seed"]) == (grid[0], 0.81, bench.SWEEP_SEED)
+    scored.append("stopped")  # the next part: only the third setting is trained and scored
+    bench.validate(b, [("xe_gauss", hp) for hp in grid])
+    assert trained[2:] == [("xe_gauss", grid[2])] and len(scored) == 4
+    assert json.loads(bench.sweep_result(b, "xe_gauss", grid[2]).read_text())["un"] == 0.84
