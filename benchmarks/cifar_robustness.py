@@ -562,11 +562,12 @@ def t3_value(entry: dict, column: str) -> Optional[float]:
     return c10c.get("mean") if column == "mean" else (c10c.get("groups") or {}).get(column)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], sign: str = "") -> str:
+    """"mean ± std" over seeds; the value alone for one seed (a std needs two)."""
     if not values:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+    mean = f"{statistics.mean(values):{sign}.4f}"
+    return f"{mean} ± {statistics.stdev(values):.4f}" if len(values) > 1 else mean
 
 
 def load_runs(b: Bench) -> dict:
@@ -583,10 +584,7 @@ def paired(runs: dict, name: str, baseline: str, value, column: str) -> str:
     seeds = sorted(set(runs[name]) & set(runs[baseline]))
     diffs = [value(runs[name][s], column) - value(runs[baseline][s], column) for s in seeds
              if value(runs[name][s], column) is not None and value(runs[baseline][s], column) is not None]
-    if not diffs:
-        return "-"
-    std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    return f"{statistics.mean(diffs):+.4f} ± {std:.4f}"
+    return mean_std(diffs, sign="+")
 
 
 def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str) -> str:

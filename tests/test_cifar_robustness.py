@@ -152,6 +152,8 @@ def test_choice_is_the_most_robust_setting_within_a_point_of_xe():
 def test_paired_difference_is_taken_per_seed():
     runs = {"fcl": {0: {"un": 0.5}, 1: {"un": 0.7}, 2: {"un": 0.9}}, "xe": {0: {"un": 0.4}, 1: {"un": 0.6}}}
     assert bench.paired(runs, "fcl", "xe", bench.t2_value, "un") == "+0.1000 ± 0.0000"
+    assert bench.paired({**runs, "xe": {1: {"un": 0.75}}}, "fcl", "xe", bench.t2_value, "un") == "-0.0500"  # one seed
+    assert bench.mean_std([0.5, 0.7, 0.9]) == "0.7000 ± 0.2000" and bench.mean_std([]) == "-"
 
 
 def test_zoo_holds_the_seed_0_picks_with_their_own_numbers(smoke):
