@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -70,7 +71,39 @@ def train_cmd(*args: str, processes: int = 1) -> list[str]:
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """``cmd`` run to its end, output captured. One still running after ``timeout`` s fails the test with the Python
+    stacks of all its processes (a multi-process launch included), so a hang shows where each process waits."""
+    proc = subprocess.Popen(cmd, env=dict(env(), PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        err = stacks_then_kill(proc)
+        raise AssertionError(f"{' '.join(map(str, cmd[:8]))} ... still running after {timeout:g} s; its output and "
+                             f"the stacks of its processes:\n{err[-20000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def stacks_then_kill(proc: subprocess.Popen) -> str:
+    """SIGABRT to ``proc`` and every process under it (faulthandler prints each one's thread stacks on it), then
+    SIGKILL to whatever is left; returns the captured stderr."""
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)[::-1] + [psutil.Process(proc.pid)]  # workers first
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGABRT)
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        return proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return proc.communicate()[1]
 
 
 def trained_run(out: Path, toy: Path, flags: list[str]) -> Path:

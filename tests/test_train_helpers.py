@@ -1,0 +1,16 @@
+"""The test helpers' own guarantees: a hung command fails its test with the stacks of its processes."""
+import sys
+
+import pytest
+
+from train_helpers import run
+
+
+def test_a_command_still_running_at_its_timeout_fails_with_every_processs_stack():
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); " \
+            "time.sleep(120)"
+    with pytest.raises(AssertionError, match="still running after 3 s") as failure:
+        run([sys.executable, "-c", child], timeout=3)
+    message = str(failure.value)
+    assert message.count("Fatal Python error: Aborted") == 2  # the command and the process it started
+    assert message.count('File "<string>", line 1 in <module>') == 2
