@@ -640,6 +640,39 @@ def plot_table(runs: dict, path: Path, title: str, columns: tuple, value, paper_
 MIN_GAUSS_GAIN = 0.05  # XE+Gaussian's UN gain over XE below which the continuation shows no regularizer's effect
 
 
+CORRUPTION_PAIRS = (("fcl", "xe"), ("xe_gauss", "xe"), ("cl_gauss", "xe"), ("pg_fcl", "pg_xe"), ("fcl_other", "fcl"))
+
+
+def corruption_value(entry: dict, corruption: str) -> Optional[float]:
+    return ((entry.get("c10c") or {}).get("per_corruption") or {}).get(corruption)
+
+
+def format_per_corruption(runs: dict) -> str:
+    """Paired differences per corruption (mean over the shared seeds), the corruptions in the order of FCL's gain."""
+    pairs = [(n, base) for n, base in CORRUPTION_PAIRS if set(runs.get(n) or {}) & set(runs.get(base) or {})]
+    corruptions = sorted({c for seeds in runs.values() for e in seeds.values() for c in
+                          ((e.get("c10c") or {}).get("per_corruption") or {})})
+    if not pairs or not corruptions:
+        return ""
+
+    def diff(name: str, base: str, corruption: str) -> Optional[float]:
+        seeds = sorted(set(runs[name]) & set(runs[base]))
+        values = [corruption_value(runs[name][s], corruption) - corruption_value(runs[base][s], corruption)
+                  for s in seeds if corruption_value(runs[name][s], corruption) is not None
+                  and corruption_value(runs[base][s], corruption) is not None]
+        return statistics.mean(values) if values else None
+
+    first = pairs[0]
+    corruptions.sort(key=lambda c: -(diff(*first, c) or 0.0))
+    lines = ["### CIFAR-10-C per corruption: paired differences, mean over seeds", "",
+             "| corruption | " + " | ".join(f"{METHODS[n].label} - {METHODS[b].label}" for n, b in pairs) + " |",
+             "| --- |" + " --- |" * len(pairs)]
+    for c in corruptions:
+        cells = [diff(n, b, c) for n, b in pairs]
+        lines.append(f"| {c} | " + " | ".join("-" if v is None else f"{v:+.4f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
 def format_costs(runs: dict) -> str:
     """Training wall time of a continuation per method (mean over seeds) and its ratio to XE's."""
     lines = ["### Training time of a continuation", "", "| method | seeds | wall s | vs XE | precision |",
@@ -678,7 +711,9 @@ def part_tables(b: Bench) -> str:
     text = (f"{b.args.model}, pre-training {b.args.pretrain_epochs} epochs + continuation {b.args.continue_epochs} "
             f"epochs at lr {b.args.continue_lr:g}\n\n")
     text += "\n\n".join(format_table(runs, *t) for t in (t2, t3))
-    text += "\n\n" + format_costs(runs) + "\n\n" + protocol_check(runs)
+    per_corruption = format_per_corruption(runs)
+    text += ("\n\n" + per_corruption if per_corruption else "") + "\n\n" + format_costs(runs)
+    text += "\n\n" + protocol_check(runs)
     print(text)
     out = b.protocol_results
     out.mkdir(parents=True, exist_ok=True)  # beside the JSON files they are made from

@@ -156,6 +156,18 @@ def test_paired_difference_is_taken_per_seed():
     assert bench.mean_std([0.5, 0.7, 0.9]) == "0.7000 ± 0.2000" and bench.mean_std([]) == "-"
 
 
+def test_per_corruption_differences_are_paired_means_in_the_order_of_fcls_gain():
+    def entry(fog, snow):
+        return {"c10c": {"per_corruption": {"fog": fog, "snow": snow}}}
+
+    runs = {"xe": {0: entry(0.5, 0.5), 1: entry(0.6, 0.4)}, "fcl": {0: entry(0.52, 0.60), 1: entry(0.64, 0.50),
+                                                                  2: entry(0.9, 0.9)}}
+    table = bench.format_per_corruption(runs).splitlines()
+    assert table[2] == "| corruption | FCL - XE |"  # only pairs with a shared seed
+    assert table[4:] == ["| snow | +0.1000 |", "| fog | +0.0300 |"]  # seed 2 has no XE twin: left out
+    assert bench.format_per_corruption({"xe": runs["xe"]}) == ""
+
+
 def test_zoo_holds_the_seed_0_picks_with_their_own_numbers(smoke):
     root, argv = smoke
     b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
