@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -97,6 +98,37 @@ def probe_batch(model: torch.nn.Module, x01: torch.Tensor, y: torch.Tensor, norm
     return {"sums": sums, "maps": maps}
 
 
+def contrast(model: torch.nn.Module, x01: torch.Tensor, y: torch.Tensor, normalize, args, tau: float,
+             generator: torch.Generator) -> dict:
+    """Eq. 5 on one batch (every sample an anchor; its positive x+, its negative x- and the other samples): the mean
+    term, its floor for non-negative embeddings (positive cosine 1, every negative 0), the softmax mass on x+ and x-,
+    and the median over anchors of the FCL term's pull on the anchor's embedding relative to the cross-entropy's
+    (lambda |d sum_j l_j / d z_i| against |d mean CE / d z_i|: the two parts of the training loss)."""
+    from timm_fcl.perturbations import perturbed_batch
+    from timm_fcl.utility import contextual_utility
+
+    x, b = normalize(x01), len(y)
+    utility = contextual_utility(model, x, y)
+    with torch.no_grad():
+        z_pos, z_neg = embed(model, perturbed_batch(x, utility, args.k, args.fcl_sigma, generator, normalize.std))[0] \
+            .chunk(2)
+        z_clean, logits = embed(model, x)
+    z = z_clean.detach().requires_grad_(True)
+    head = model.get_classifier()
+    torch.testing.assert_close(head(z), logits)  # the logits are a linear head on the embedding
+    zn, pn, nn_ = (F.normalize(t, dim=1) for t in (z, z_pos, z_neg))
+    others = (zn @ zn.t()).masked_fill(torch.eye(b, dtype=torch.bool), float("-inf"))
+    row = torch.cat([(zn * pn).sum(1, keepdim=True), others, (zn * nn_).sum(1, keepdim=True)], 1) / tau
+    per_anchor = torch.logsumexp(row, 1) - row[:, 0]
+    (g_fcl,) = torch.autograd.grad(per_anchor.sum(), z)
+    (g_ce,) = torch.autograd.grad(F.cross_entropy(head(z), y), z)
+    p = row.softmax(1).detach()
+    floor = -1 / tau + torch.log(torch.tensor(math.exp(1 / tau) + b)).item()
+    pull = args.weight * g_fcl.norm(dim=1) / g_ce.norm(dim=1).clamp_min(1e-12)
+    return {"term": per_anchor.mean().item(), "floor": floor, "p_pos": p[:, 0].mean().item(),
+            "p_xneg": p[:, -1].mean().item(), "pull_vs_ce": pull.median().item()}
+
+
 def probe_model(folder: str, images: torch.Tensor, labels: torch.Tensor, args) -> tuple[dict, dict, str]:
     """(measures, maps, sha256 of the weights) of one export folder over the images, in batches of --batch-size."""
     from timm_fcl.robustness.evaluation import load_models
@@ -119,7 +151,12 @@ def probe_model(folder: str, images: torch.Tensor, labels: torch.Tensor, args) -
         for key, value in part["maps"].items():
             maps[key] = maps.get(key, 0.0) + value
     n = len(labels)
-    return {k: v / n for k, v in sums.items()}, {k: (v / n).tolist() for k, v in maps.items()}, m.weights_sha256
+    measures = {k: v / n for k, v in sums.items()}
+    for tau in args.taus:  # on one batch of the training size: the first images
+        first = slice(0, args.contrast_batch)
+        stats = contrast(m.model, images[first], labels[first], normalize, args, tau, generator)
+        measures.update({f"contrast_{key}@{tau:g}": value for key, value in stats.items()})
+    return measures, {k: (v / n).tolist() for k, v in maps.items()}, m.weights_sha256
 
 
 def validation_images(args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +209,14 @@ def format_tables(results: dict, args) -> str:
         lines.append(f"| {label} | {r['utility_share_top']:.3f} / {r['utility_share_bottom']:.4f} | "
                      f"{r['un_in_bottom']:.3f} / {r['un_in_top']:.3f} | {r['dist_gaussian']:.4f} | {r['dist_un']:.4f} "
                      f"| {r['acc_clean']:.3f} / {r['acc_gaussian']:.3f} / {r['acc_un']:.3f} |")
+    lines += ["", f"| model | tau | FCL term (floor) | softmax mass on x+ / x- | median pull of lambda {args.weight:g} x "
+              f"the sum over {args.contrast_batch} vs the mean CE |", "|" + " --- |" * 5]
+    for label, r in results.items():
+        for tau in args.taus:
+            c = {k.split("@")[0][len("contrast_"):]: v for k, v in r.items() if k.endswith(f"@{tau:g}")
+                 and k.startswith("contrast_")}
+            lines.append(f"| {label} | {tau:g} | {c['term']:.3f} ({c['floor']:.3f}) | {c['p_pos']:.4f} / "
+                         f"{c['p_xneg']:.4f} | {c['pull_vs_ce']:.3f} |")
     return "\n".join(lines)
 
 
@@ -186,6 +231,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.3, 0.5],
                    help="FCL noise stds (pixel units) of the k-element perturbations")
     p.add_argument("--gauss-sigma", type=float, default=0.3, help="XE+Gaussian's noise std (pixel units)")
+    p.add_argument("--taus", type=float, nargs="+", default=[2.0, 0.5], help="Eq. 5 temperatures of the contrast")
+    p.add_argument("--fcl-sigma", type=float, default=0.5, help="the noise std of the contrast's x+ and x-")
+    p.add_argument("--weight", type=float, default=8e-4, help="lambda (on the batch sum) of the pull ratio")
+    p.add_argument("--contrast-batch", type=int, default=128, help="the batch of the contrast (the training one)")
     p.add_argument("-b", "--batch-size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

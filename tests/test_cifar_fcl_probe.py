@@ -65,3 +65,25 @@ def test_location_maps_count_the_chosen_elements(measured):
     top.scatter_(1, utility.flatten(1).topk(args.k, dim=1).indices, True)
     assert torch.equal(out["maps"]["top"], top.view(6, 3, 32, 32).any(1).float().sum(0))
     assert out["maps"]["utility"].mean() == pytest.approx(6.0, rel=1e-4)  # each image's map averages 1
+
+
+def test_the_contrast_is_eq5_as_the_regularizer_computes_it(measured):
+    import math
+
+    from timm_fcl.losses import fcl_loss
+    from timm_fcl.perturbations import perturbed_batch
+
+    model, x01, y, normalize, _, _ = measured
+    args = SimpleNamespace(k=100, fcl_sigma=0.5, weight=8e-4)
+    stats = probe.contrast(model, x01, y, normalize, args, 2.0, torch.Generator().manual_seed(5))
+    x = normalize(x01)
+    both = perturbed_batch(x, contextual_utility(model, x, y), 100, 0.5, torch.Generator().manual_seed(5),
+                           normalize.std)
+    with torch.no_grad():
+        z, z_both = probe.embed(model, x)[0], probe.embed(model, both)[0]
+    assert stats["term"] == pytest.approx(fcl_loss(z, *z_both.chunk(2), tau=2.0).item(), rel=1e-5)
+    assert stats["floor"] == pytest.approx(-0.5 + math.log(math.exp(0.5) + 6))
+    assert 0 < stats["p_pos"] < 1 and 0 < stats["p_xneg"] < 1
+    double = probe.contrast(model, x01, y, normalize, SimpleNamespace(k=100, fcl_sigma=0.5, weight=1.6e-3), 2.0,
+                            torch.Generator().manual_seed(5))
+    assert double["pull_vs_ce"] == pytest.approx(2 * stats["pull_vs_ce"], rel=1e-5)
