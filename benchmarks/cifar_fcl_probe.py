@@ -209,8 +209,8 @@ def format_tables(results: dict, args) -> str:
         lines.append(f"| {label} | {r['utility_share_top']:.3f} / {r['utility_share_bottom']:.4f} | "
                      f"{r['un_in_bottom']:.3f} / {r['un_in_top']:.3f} | {r['dist_gaussian']:.4f} | {r['dist_un']:.4f} "
                      f"| {r['acc_clean']:.3f} / {r['acc_gaussian']:.3f} / {r['acc_un']:.3f} |")
-    lines += ["", f"| model | tau | FCL term (floor) | softmax mass on x+ / x- | median pull of lambda {args.weight:g} x "
-              f"the sum over {args.contrast_batch} vs the mean CE |", "|" + " --- |" * 5]
+    lines += ["", f"| model | tau | FCL term (floor) | softmax mass on x+ / x- | median pull of lambda "
+              f"{args.weight:g} x the sum over {args.contrast_batch} vs the mean CE |", "|" + " --- |" * 5]
     for label, r in results.items():
         for tau in args.taus:
             c = {k.split("@")[0][len("contrast_"):]: v for k, v in r.items() if k.endswith(f"@{tau:g}")

@@ -563,7 +563,7 @@ def t3_value(entry: dict, column: str) -> Optional[float]:
 
 
 def mean_std(values: list[float], sign: str = "") -> str:
-    """"mean ± std" over seeds; the value alone for one seed (a std needs two)."""
+    """The mean over seeds and its std ("m ± s"); the value alone for one seed (a std needs two)."""
     if not values:
         return "-"
     mean = f"{statistics.mean(values):{sign}.4f}"
@@ -665,10 +665,10 @@ def format_per_corruption(runs: dict) -> str:
     first = pairs[0]
     corruptions.sort(key=lambda c: -(diff(*first, c) or 0.0))
     lines = ["### CIFAR-10-C per corruption: paired differences, mean over seeds", "",
-             "| corruption | " + " | ".join(f"{METHODS[n].label} - {METHODS[b].label}" for n, b in pairs) + " |",
+             "| corruption | " + " | ".join(f"{METHODS[n].label} - {METHODS[base].label}" for n, base in pairs) + " |",
              "| --- |" + " --- |" * len(pairs)]
     for c in corruptions:
-        cells = [diff(n, b, c) for n, b in pairs]
+        cells = [diff(n, base, c) for n, base in pairs]
         lines.append(f"| {c} | " + " | ".join("-" if v is None else f"{v:+.4f}" for v in cells) + " |")
     return "\n".join(lines)
 
