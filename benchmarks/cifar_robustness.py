@@ -312,9 +312,8 @@ def part_pretrain(b: Bench) -> None:
         return
     if not (b.pretrain_run / run_folder.MODEL / run_folder.WEIGHTS).is_file():
         raise RuntimeError(f"{done} exists but neither {b.pretrain_zoo} nor the run folder {b.pretrain_run} does")
-    if "eval" in a.part and "clean" not in read_json(done):
-        return
-    finish_pretrain(b)
+    if not ("eval" in a.part and pretrain_pending(b)):  # else part_eval evaluates it with the continuations
+        finish_pretrain(b)
 
 
 def pretrain_pending(b: Bench) -> bool:
@@ -480,10 +479,9 @@ def part_continue(b: Bench) -> None:
     """The continuations; with --eval-each (and --part eval), each evaluated as soon as it is trained."""
     todo = [(name, chosen_hp(b, name), seed) for seed, name in itertools.product(b.args.seeds, b.args.methods)
             if not run_result(b, name, seed).is_file()]
-    if b.args.eval_each and "eval" in b.args.part:
-        train_all(b, todo, after=lambda name, hp, seed, run: evaluate_runs(b, [(name, seed, run)], b.args.threads))
-    else:
-        train_all(b, todo)
+    each = b.args.eval_each and "eval" in b.args.part
+    train_all(b, todo, after=(lambda name, hp, seed, run: evaluate_runs(b, [(name, seed, run)], b.args.threads))
+              if each else None)
 
 
 def run_result(b: Bench, name: str, seed: int) -> Path:
