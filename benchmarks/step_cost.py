@@ -13,8 +13,12 @@ fcl-fraction (resnetv2_50 batch 16, one fraction-0.25 step: 134 slow-path convol
 
     python benchmarks/step_cost.py                      # the suite: 3 models x (xe, fcl, fraction, every) and memory
     python benchmarks/step_cost.py --model vit_tiny_patch16_224 --img-size 224 --batch-size 8   # one setting
+    # the CIFAR-10 benchmark's continuation step: bf16 autocast, channels-last, 1 thread, batch 128
+    python benchmarks/step_cost.py --model resnet20_cifar --img-size 32 --batch-size 128 --precision bf16 \
+        --channels-last --threads 1 --modes xe xe_gauss cl_gauss fcl fcl-every --memory-modes xe
 """
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -48,12 +52,18 @@ def build(method: str, args, **config):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(args.device)
     y = torch.randint(0, 10, (args.batch_size,), generator=g).to(args.device)
-    return reg, opt, x, y
+    if getattr(args, "channels_last", False):  # as train_fcl.py --channels-last: the model's weights and each batch
+        reg, x = reg.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[getattr(args, "precision", "fp32")]
+    return reg, opt, x, y, dtype
 
 
-def step(reg, opt, x, y, at: int = 0) -> None:
-    """One training step as train_fcl.py takes it (backward into the parameters only, not into FCL's input)."""
-    out = reg(x, y, step=at)
+def step(reg, opt, x, y, dtype=None, at: int = 0) -> None:
+    """One training step as train_fcl.py takes it (backward into the parameters only, not into FCL's input), the
+    forward under autocast to ``dtype`` when one is given (as accelerate's --mixed_precision)."""
+    amp = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with amp:
+        out = reg(x, y, step=at)
     out.loss.backward(inputs=[p for p in reg.parameters() if p.requires_grad])
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -102,6 +112,8 @@ def timed_unit(run, mode: str, args) -> float:
 
 
 def main(args) -> dict:
+    if args.precision == "fp16" and not args.device.startswith("cuda"):
+        raise SystemExit("step_cost.py: error: --precision fp16 needs a CUDA device; use bf16 on a CPU")
     torch.set_num_threads(args.threads)
     if args.threads == 1:
         print("note: 1 thread: 1x1 convolutions of batches < 16 take PyTorch's slow path (see the module docstring)")
@@ -150,13 +162,15 @@ def main(args) -> dict:
             mem = f"{r['peak_mem_mib']:9.1f} {r['mem_ratio_to_xe']:6.2f}" if "peak_mem_mib" in r else blank
             print(f"{r['mode']:<14} {t} {mem}")
 
-    print(f"\ntime / xe ({args.device}, {args.threads} threads, k={args.k}, fraction {args.fraction}, every "
+    print(f"\ntime / xe ({args.device}, {args.threads} threads, {args.precision}"
+          f"{', channels-last' if args.channels_last else ''}, k={args.k}, fraction {args.fraction}, every "
           f"{args.every}, chunks {args.chunks}; median of {args.steps} rounds after {args.warmup} warm-up)")
     print(f"{'mode':<14} " + " ".join(f"{r['model'][:22]:>22}" for r in results))
     for m in modes:
         print(f"{m:<14} " + " ".join(f"{next(x for x in r['rows'] if x['mode'] == m)['ratio_to_xe']:22.2f}"
                                      for r in results))
-    result = {"device": args.device, "threads": args.threads, "k": args.k, "fraction": args.fraction,
+    result = {"device": args.device, "threads": args.threads, "precision": args.precision,
+              "channels_last": args.channels_last, "k": args.k, "fraction": args.fraction,
               "every": args.every, "chunks": args.chunks, "torch": torch.__version__, "timm": timm.__version__,
               "machine": platform.machine(), "steps": args.steps, "warmup": args.warmup, "settings": results}
     out = Path(args.out)
@@ -184,6 +198,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    choices=MODES, help="modes whose peak memory is measured")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="autocast dtype of the forward pass (fp16 on CUDA only)")
+    p.add_argument("--channels-last", action="store_true", help="model and batches in channels-last memory format")
     p.add_argument("--out", default="benchmarks/results/step_cost.json")
     return p
 
