@@ -276,15 +276,32 @@ def train(b: Bench, cmd: list[str], run: Path, epochs: int) -> None:
     commit = (read_json(run / "bench_commit.json") or {}).get("commit")
     if commit and commit != code_commit():
         print(f"  note: {run.name} was started by commit {commit}, resumed by {code_commit()}", flush=True)
+    log, running = run.parent / f"{run.name}.log", run.parent / f"{run.name}.running.json"
+    add_wall(run, killed_segment_seconds(running, log))
     start = time.time()
+    write_json(running, {"since": start})
     try:
-        b.run(cmd, run.parent / f"{run.name}.log")
+        b.run(cmd, log)
     finally:
-        spent = (read_json(run / "bench_wall.json") or {}).get("seconds", 0.0) + time.time() - start
-        if run.is_dir():
-            write_json(run / "bench_wall.json", {"seconds": spent})
-            if commit is None:
-                write_json(run / "bench_commit.json", {"commit": code_commit()})
+        add_wall(run, time.time() - start)
+        running.unlink(missing_ok=True)
+        if run.is_dir() and commit is None:
+            write_json(run / "bench_commit.json", {"commit": code_commit()})
+
+
+def killed_segment_seconds(running: Path, log: Path) -> float:
+    """The training time of a segment whose process was killed before it could count it (the marker it left is still
+    there): from its start to the last line its training wrote to the log."""
+    since = (read_json(running) or {}).get("since")
+    if since is None or not log.is_file():
+        return 0.0
+    return max(0.0, log.stat().st_mtime - since)
+
+
+def add_wall(run: Path, seconds: float) -> None:
+    if seconds > 0 and run.is_dir():
+        wall = run / "bench_wall.json"
+        write_json(wall, {"seconds": (read_json(wall) or {}).get("seconds", 0.0) + seconds})
 
 
 def part_carve(b: Bench) -> None:

@@ -1,7 +1,11 @@
 """benchmarks/cifar_robustness.py: a smoke run of every part on tiny data, and the choices it makes."""
 import importlib.util
 import json
+import multiprocessing
+import os
+import signal
 import sys
+import time
 
 import pytest
 
@@ -241,3 +245,32 @@ def test_a_sweep_keeps_the_score_of_every_run_it_finished_when_the_part_stops(mo
     bench.validate(b, [("xe_gauss", hp) for hp in grid])
     assert trained[2:] == [("xe_gauss", grid[2])] and len(scored) == 4
     assert json.loads(bench.sweep_result(b, "xe_gauss", grid[2]).read_text())["un"] == 0.84
+
+
+def test_training_time_counts_a_segment_whose_process_was_killed(monkeypatch, tmp_path):
+    """A part killed outright (SIGKILL: no chance to add its time) leaves a marker; the next part adds the killed
+    segment's time, up to the last line its training logged, before its own."""
+    b = bench.Bench(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]), deadline=0)
+    run = tmp_path / "work" / "runs" / "fcl-s0"
+    marker = run.parent / f"{run.name}.running.json"
+
+    def killed_run(cmd, log):  # logs 40 s of training, then the part dies
+        run.mkdir(parents=True)
+        log.write_text("epoch 0 ...\n")
+        since = json.loads(marker.read_text())["since"]
+        os.utime(log, (since + 40, since + 40))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(b, "run", killed_run)
+    part = multiprocessing.get_context("fork").Process(target=bench.train, args=(b, ["train"], run, 1))
+    part.start()
+    part.join(60)
+    assert part.exitcode == -signal.SIGKILL
+    assert not (run / "bench_wall.json").exists() and marker.exists()
+
+    monkeypatch.setattr(b, "run", lambda cmd, log: time.sleep(0.2))
+    bench.train(b, ["train"], run, epochs=1)
+    assert 40.2 <= json.loads((run / "bench_wall.json").read_text())["seconds"] < 45
+    assert not marker.exists()
+    bench.train(b, ["train"], run, epochs=1)  # a segment that ends normally adds only its own time
+    assert 40.4 <= json.loads((run / "bench_wall.json").read_text())["seconds"] < 50
