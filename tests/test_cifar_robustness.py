@@ -147,6 +147,40 @@ def entry(hp, clean, un, nun):
     return {"hp": hp, "clean": clean, "un": un, "nun": nun}
 
 
+def test_a_seed_evaluated_at_settings_the_sweep_did_not_choose_is_redone_and_the_old_result_kept(monkeypatch,
+                                                                                                   tmp_path):
+    """FCL's seed 0 at Appendix B's settings is not done once the sweep chose other settings: the part trains it again
+    (and its variants, which follow FCL's settings), the old result moves to runs/earlier/, and the tables show both."""
+    argv = ["--results", str(tmp_path), "--continue-lr", "0.01", "--continue-epochs", "24", "--seeds", "0",
+            "--methods", "xe", "fcl", "fcl_every4"]
+    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
+    paper_hp, chosen = bench.SWEEPS["fcl"][0], bench.SWEEPS["fcl"][1]
+    bench.write_json(bench.sweep_result(b, "xe", {}), entry({}, 0.90, 0.30, 0.30))
+    for hp in bench.SWEEPS["fcl"]:
+        bench.write_json(bench.sweep_result(b, "fcl", hp), entry(hp, 0.90, 0.40 if hp == chosen else 0.35, 0.35))
+    for name, hp, un in (("xe", {}, 0.30), ("fcl", paper_hp, 0.33), ("fcl_every4", {**paper_hp, "every": 4}, 0.32)):
+        bench.write_json(bench.run_result(b, name, 0), {"method": name, "seed": 0, "hp": hp, "clean": 0.9, "un": un,
+                                                        "nun": 0.3, "c10c": {"mean": 0.7}})
+    assert bench.chosen_hp(b, "fcl") == chosen
+    assert [bench.result_done(b, n, 0) for n in ("xe", "fcl", "fcl_every4")] == [True, False, False]
+    todo = []
+    monkeypatch.setattr(bench, "train_all", lambda b, runs, after=None: todo.extend(runs))
+    bench.part_continue(b)
+    assert todo == [("fcl", chosen, 0), ("fcl_every4", {**chosen, "every": 4}, 0)]
+
+    bench.set_aside(b, "fcl", 0)  # as the evaluation does before it writes the new result
+    bench.set_aside(b, "xe", 0)  # XE's settings did not change: it stays
+    old = bench.earlier_result(b, "fcl", paper_hp, 0)
+    assert json.loads(old.read_text())["un"] == 0.33 and not bench.run_result(b, "fcl", 0).exists()
+    assert bench.run_result(b, "xe", 0).exists()
+    bench.write_json(bench.run_result(b, "fcl", 0), {"method": "fcl", "seed": 0, "hp": chosen, "clean": 0.9,
+                                                     "un": 0.45, "nun": 0.4, "c10c": {"mean": 0.72}})
+    assert bench.load_runs(b)["fcl"][0]["un"] == 0.45  # the tables' seeds: the current settings only
+    rows = bench.format_earlier(b).splitlines()[4:]
+    assert rows == [f"| FCL | {bench.hp_key(paper_hp)} | 0 | 0.9000 / 0.3300 / 0.3000 / 0.7000 | "
+                    f"{bench.hp_key(chosen)} | 0.9000 / 0.4500 / 0.4000 / 0.7200 |"]
+
+
 def test_choice_is_the_most_robust_setting_within_a_point_of_xe():
     entries = [entry({"w": 1}, 0.90, 0.30, 0.30), entry({"w": 2}, 0.895, 0.40, 0.38), entry({"w": 3}, 0.85, 0.7, 0.7)]
     assert bench.choose(entries, xe_clean=0.902) == {"w": 2}  # w=3 is more robust but costs 5 points
