@@ -516,14 +516,13 @@ def set_aside(b: Bench, name: str, seed: int) -> None:
     path = run_result(b, name, seed)
     entry = read_json(path)
     if entry is not None and entry["hp"] != chosen_hp(b, name):
-        path.replace(earlier_result(b, name, entry["hp"], seed, make=True))
+        dest = earlier_result(b, name, entry["hp"], seed)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(dest)
 
 
-def earlier_result(b: Bench, name: str, hp: dict, seed: int, make: bool = False) -> Path:
-    folder = b.protocol_results / "runs" / "earlier"
-    if make:
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}-{hp_key(hp)}-s{seed}.json"
+def earlier_result(b: Bench, name: str, hp: dict, seed: int) -> Path:
+    return b.protocol_results / "runs" / "earlier" / f"{name}-{hp_key(hp)}-s{seed}.json"
 
 
 def part_eval(b: Bench) -> None:

@@ -40,7 +40,7 @@ def step_rate(method: str, *, model_name: str, batch_size: int, img_size: int, s
     from step_cost import build, step
 
     run = build(method, SimpleNamespace(model=model_name, img_size=img_size, batch_size=batch_size, k=256,
-                                        device="cpu"))
+                                        device="cpu", precision="fp32", channels_last=False))
     step(*run)  # the first step pays for allocations
     start = time.perf_counter()
     for _ in range(steps):

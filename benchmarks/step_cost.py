@@ -52,9 +52,9 @@ def build(method: str, args, **config):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(args.device)
     y = torch.randint(0, 10, (args.batch_size,), generator=g).to(args.device)
-    if getattr(args, "channels_last", False):  # as train_fcl.py --channels-last: the model's weights and each batch
+    if args.channels_last:  # as train_fcl.py --channels-last: the model's weights and each batch
         reg, x = reg.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[getattr(args, "precision", "fp32")]
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     return reg, opt, x, y, dtype
 
 
