@@ -26,8 +26,8 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
     python benchmarks/cifar_robustness.py --part tables zoo               # Tables 2 and 3, PNGs, the zoo
 
 Every results JSON records the commit of the code that trained and evaluated it: run the parts from a ``git worktree``
-at a fixed commit. ``--hours`` stops a part at a wall-time limit (a training run is killed and resumes from its last saved state when the
-command is run again). benchmarks/README.md holds the budget and the plan in parts.
+at a fixed commit. ``--hours`` stops a part at a wall-time limit: a training run still going then gets SIGTERM, saves
+its state and stops (up to two minutes later), and the same command resumes it. benchmarks/README.md holds the budget and the plan in parts.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ RESULTS = REPO / "benchmarks" / "results" / "cifar_robustness"
 PARTS = ("carve", "pretrain", "protocol", "sweep", "continue", "eval", "tables", "zoo")
 SUITES = ("clean", "un", "nun")
 GROUPS = ("noise", "blur", "weather", "digital")
+STOP_GRACE_S = 120  # how long a command stopped at the deadline may take to save its state
 MAX_CLEAN_DROP = 0.01  # a setting may cost at most 1 point of XE's clean validation accuracy
 
 
@@ -212,19 +213,31 @@ class Bench:
         # flat and unique: timm_fcl.eval labels a model by its run folder's name
         return self.work / "runs" / f"{method}-{hp_key(hp)}-{self.protocol}-s{seed}"
 
-    def run(self, cmd: list[str], log: Path) -> None:
-        """A command with the thread limit, its output appended to ``log``; killed at the deadline."""
+    def time_left(self) -> float:
+        """Seconds until the part's --hours limit; PartStopped once it has passed."""
         remaining = self.deadline - time.time()
         if remaining <= 0:
             raise PartStopped()
+        return remaining
+
+    def run(self, cmd: list[str], log: Path) -> None:
+        """A command with the thread limit, its output appended to ``log``. At the deadline it is sent SIGTERM, on
+        which train_fcl.py saves its state and stops; SIGKILL follows if it has not stopped STOP_GRACE_S later."""
+        remaining = self.time_left()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                    OMP_NUM_THREADS=str(self.args.threads), TQDM_DISABLE="1")
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as out:
+            proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
             try:
-                proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                      timeout=remaining)
+                proc.wait(timeout=remaining)
             except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 raise PartStopped() from None
         if proc.returncode != 0:
             tail = log.read_text().splitlines()[-15:]
@@ -269,6 +282,7 @@ def train(b: Bench, cmd: list[str], run: Path, epochs: int) -> None:
     """Run (or resume) a training run until it has ``epochs`` epochs; its wall time accumulates in bench_wall.json."""
     if epochs_done(run) >= epochs:
         return
+    b.time_left()  # past the deadline, say nothing of a run that will not start
     print(f"training {run} ...", flush=True)
     commit = (read_json(run / "bench_commit.json") or {}).get("commit")
     if commit and commit != code_commit():

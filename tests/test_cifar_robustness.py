@@ -284,7 +284,7 @@ def test_a_sweep_keeps_the_score_of_every_run_it_finished_when_the_part_stops(mo
 def test_training_time_counts_a_segment_whose_process_was_killed(monkeypatch, tmp_path):
     """A part killed outright (SIGKILL: no chance to add its time) leaves a marker; the next part adds the killed
     segment's time, up to the last line its training logged, before its own."""
-    b = bench.Bench(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]), deadline=0)
+    b = bench.Bench(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]), deadline=time.time() + 600)
     run = tmp_path / "work" / "runs" / "fcl-s0"
     marker = run.parent / f"{run.name}.running.json"
 
@@ -308,3 +308,23 @@ def test_training_time_counts_a_segment_whose_process_was_killed(monkeypatch, tm
     assert not marker.exists()
     bench.train(b, ["train"], run, epochs=1)  # a segment that ends normally adds only its own time
     assert 40.4 <= json.loads((run / "bench_wall.json").read_text())["seconds"] < 50
+
+
+def test_a_command_running_at_the_deadline_is_asked_to_save_and_a_run_past_it_is_not_announced(tmp_path, capsys):
+    """At --hours' end the training command gets SIGTERM (train_fcl.py saves its state on it), not an outright kill;
+    once the deadline has passed, no further run is started or announced."""
+    b = bench.Bench(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]), deadline=time.time() + 3)
+    log = tmp_path / "saves.log"
+    child = ("import signal, sys, time\n"
+             "def save(*_):\n    print('state saved', flush=True); sys.exit(0)\n"
+             "signal.signal(signal.SIGTERM, save)\nprint('up', flush=True)\ntime.sleep(60)\n")
+    start = time.time()
+    with pytest.raises(bench.PartStopped):
+        b.run([sys.executable, "-c", child], log)
+    assert log.read_text().splitlines() == ["up", "state saved"]
+    assert time.time() - start < 30
+
+    run = tmp_path / "work" / "runs" / "xe-s0"
+    with pytest.raises(bench.PartStopped):
+        bench.train(b, ["train"], run, epochs=1)
+    assert "training" not in capsys.readouterr().out and not run.exists()
