@@ -27,7 +27,8 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
 
 Every results JSON records the commit of the code that trained and evaluated it: run the parts from a ``git worktree``
 at a fixed commit. ``--hours`` stops a part at a wall-time limit: a training run still going then gets SIGTERM, saves
-its state and stops (up to two minutes later), and the same command resumes it. benchmarks/README.md holds the budget and the plan in parts.
+its state and stops (up to two minutes later), and the same command resumes it. benchmarks/README.md holds the
+budget and the plan in parts.
 """
 from __future__ import annotations
 
