@@ -762,6 +762,32 @@ def format_costs(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def format_every4(runs: dict) -> str:
+    """The cheap mode against full FCL over the seeds both share with XE: each one's paired gain over XE on UN, NUN and
+    the CIFAR-10-C mean, the share of full FCL's gain that every 4 steps keeps, and the training time per epoch."""
+    seeds = sorted(set(runs.get("fcl_every4") or {}) & set(runs.get("fcl") or {}) & set(runs.get("xe") or {}))
+    if not seeds:
+        return ""
+    columns = ((t2_value, "un"), (t2_value, "nun"), (t3_value, "mean"))
+
+    def gain(name: str, value, column: str) -> float:
+        return statistics.mean(value(runs[name][s], column) - value(runs["xe"][s], column) for s in seeds)
+
+    def epoch_seconds(name: str) -> float:
+        return statistics.mean(runs[name][s]["train_seconds"] / runs[name][s]["continue_epochs"] for s in seeds)
+
+    lines = [f"### FCL every 4 steps against full FCL (seeds {', '.join(map(str, seeds))})", "",
+             "| | UN - XE | NUN - XE | C mean - XE | train s per epoch |", "| --- | --- | --- | --- | --- |"]
+    for name in ("fcl", "fcl_every4"):
+        cells = [f"{gain(name, value, column):+.4f}" for value, column in columns]
+        lines.append(f"| {METHODS[name].label} | " + " | ".join(cells) + f" | {epoch_seconds(name):.0f} |")
+    shares = [gain("fcl_every4", value, column) / full if (full := gain("fcl", value, column)) else float("nan")
+              for value, column in columns]
+    lines.append("| every 4 / full | " + " | ".join(f"{v:.2f}" for v in shares)
+                 + f" | {epoch_seconds('fcl_every4') / epoch_seconds('fcl'):.2f} |")
+    return "\n".join(lines)
+
+
 def protocol_check(runs: dict) -> str:
     """Whether the continuation is long enough to show a regularizer: XE+Gaussian's paired UN gain over XE (the
     paper's is +0.21) must be at least MIN_GAUSS_GAIN."""
@@ -787,6 +813,8 @@ def part_tables(b: Bench) -> str:
     text += "\n\n".join(format_table(runs, *t) for t in (t2, t3))
     per_corruption = format_per_corruption(runs)
     text += ("\n\n" + per_corruption if per_corruption else "") + "\n\n" + format_costs(runs)
+    every4 = format_every4(runs)
+    text += "\n\n" + every4 if every4 else ""
     earlier = format_earlier(b)
     text += "\n\n" + earlier if earlier else ""
     text += "\n\n" + protocol_check(runs)

@@ -54,6 +54,7 @@ def test_smoke_run_fills_both_tables_for_every_method(smoke, capsys):
         assert f"| {method.label} | 1 |" in tables
     assert "0.375 / 0.343" in tables and "| FCL | XE+Gaussian |" in tables  # the paper's FCL UN / NUN, a pair
     assert "| FCL every 4 | FCL |" in tables and "| PG+FCL | PG+XE |" in tables and "Protocol check: " in tables
+    assert "### FCL every 4 steps against full FCL (seeds 0)" in tables and "| every 4 / full |" in tables
     assert (results / "table2.png").stat().st_size > 0 and (results / "table3.png").stat().st_size > 0
     # a finished part is skipped: nothing is trained or evaluated again
     evaluations = sorted((root / "work" / "eval" / "test").iterdir())
@@ -192,6 +193,21 @@ def test_paired_difference_is_taken_per_seed():
     assert bench.paired(runs, "fcl", "xe", bench.t2_value, "un") == "+0.1000 ± 0.0000"
     assert bench.paired({**runs, "xe": {1: {"un": 0.75}}}, "fcl", "xe", bench.t2_value, "un") == "-0.0500"  # one seed
     assert bench.mean_std([0.5, 0.7, 0.9]) == "0.7000 ± 0.2000" and bench.mean_std([]) == "-"
+
+
+def test_every4_keeps_its_share_of_full_fcls_paired_gain_and_reports_its_epoch_time():
+    def entry(un, nun, mean, seconds):
+        return {"un": un, "nun": nun, "c10c": {"mean": mean}, "train_seconds": seconds, "continue_epochs": 10}
+
+    runs = {"xe": {0: entry(0.3, 0.3, 0.6, 100), 1: entry(0.4, 0.2, 0.7, 100)},
+            "fcl": {0: entry(0.5, 0.4, 0.7, 400), 1: entry(0.6, 0.4, 0.7, 600), 2: entry(0.9, 0.9, 0.9, 9000)},
+            "fcl_every4": {0: entry(0.4, 0.3, 0.65, 100), 1: entry(0.56, 0.35, 0.72, 200)}}
+    table = bench.format_every4(runs).splitlines()
+    assert table[0] == "### FCL every 4 steps against full FCL (seeds 0, 1)"  # seed 2 has no twin: left out
+    assert table[4] == "| FCL | +0.2000 | +0.1500 | +0.0500 | 50 |"  # (0.2 + 0.2) / 2, (0.1 + 0.2) / 2, (0.1 + 0) / 2
+    assert table[5] == "| FCL every 4 | +0.1300 | +0.0750 | +0.0350 | 15 |"
+    assert table[6] == "| every 4 / full | 0.65 | 0.50 | 0.70 | 0.30 |"
+    assert bench.format_every4({"xe": runs["xe"], "fcl": runs["fcl"]}) == ""
 
 
 def test_per_corruption_differences_are_paired_means_in_the_order_of_fcls_gain():
