@@ -148,6 +148,10 @@ def entry(hp, clean, un, nun):
     return {"hp": hp, "clean": clean, "un": un, "nun": nun}
 
 
+def c10c(mean):
+    return {"mean": mean, "images": 8, "per_corruption": {"fog": mean}}
+
+
 def test_a_seed_evaluated_at_settings_the_sweep_did_not_choose_is_redone_and_the_old_result_kept(monkeypatch,
                                                                                                    tmp_path):
     """FCL's seed 0 at Appendix B's settings is not done once the sweep chose other settings: the part trains it again
@@ -161,7 +165,7 @@ def test_a_seed_evaluated_at_settings_the_sweep_did_not_choose_is_redone_and_the
         bench.write_json(bench.sweep_result(b, "fcl", hp), entry(hp, 0.90, 0.40 if hp == chosen else 0.35, 0.35))
     for name, hp, un in (("xe", {}, 0.30), ("fcl", paper_hp, 0.33), ("fcl_every4", {**paper_hp, "every": 4}, 0.32)):
         bench.write_json(bench.run_result(b, name, 0), {"method": name, "seed": 0, "hp": hp, "clean": 0.9, "un": un,
-                                                        "nun": 0.3, "c10c": {"mean": 0.7}})
+                                                        "nun": 0.3, "c10c": c10c(0.7), "train_seconds": 100})
     assert bench.chosen_hp(b, "fcl") == chosen
     assert [bench.result_done(b, n, 0) for n in ("xe", "fcl", "fcl_every4")] == [True, False, False]
     todo = []
@@ -175,11 +179,19 @@ def test_a_seed_evaluated_at_settings_the_sweep_did_not_choose_is_redone_and_the
     assert json.loads(old.read_text())["un"] == 0.33 and not bench.run_result(b, "fcl", 0).exists()
     assert bench.run_result(b, "xe", 0).exists()
     bench.write_json(bench.run_result(b, "fcl", 0), {"method": "fcl", "seed": 0, "hp": chosen, "clean": 0.9,
-                                                     "un": 0.45, "nun": 0.4, "c10c": {"mean": 0.72}})
+                                                     "un": 0.45, "nun": 0.4, "c10c": c10c(0.72), "train_seconds": 300})
     assert bench.load_runs(b)["fcl"][0]["un"] == 0.45  # the tables' seeds: the current settings only
     rows = bench.format_earlier(b).splitlines()[4:]
     assert rows == [f"| FCL | {bench.hp_key(paper_hp)} | 0 | 0.9000 / 0.3300 / 0.3000 / 0.7000 | "
                     f"{bench.hp_key(chosen)} | 0.9000 / 0.4500 / 0.4000 / 0.7200 |"]
+
+    # every 4 at Appendix B's settings, not yet redone at FCL's choice, is no row of the tables but an earlier result
+    assert bench.load_runs(b)["fcl_every4"][0]["hp"] == {**paper_hp, "every": 4}
+    bench.part_tables(b)
+    assert not bench.run_result(b, "fcl_every4", 0).exists() and not bench.load_runs(b)["fcl_every4"]
+    tables = (b.protocol_results / "tables.md").read_text()
+    assert "| FCL every 4 | 0 | - | - | - |" in tables and "| FCL every 4 | FCL |" not in tables
+    assert f"| FCL every 4 | {bench.hp_key({**paper_hp, 'every': 4})} | 0 | 0.9000 / 0.3200 / 0.3000" in tables
 
 
 def test_choice_is_the_most_robust_setting_within_a_point_of_xe():
