@@ -24,6 +24,7 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
     python benchmarks/cifar_robustness.py --part continue eval --seeds 1 --methods xe fcl
     python benchmarks/cifar_robustness.py --part continue eval --seeds 1 --paper-settings cl_gauss  # unswept ones
     python benchmarks/cifar_robustness.py --part tables zoo               # Tables 2 and 3, PNGs, the zoo
+    python benchmarks/cifar_robustness.py --part tables --readme README.md  # the same tables into the README
 
 Every results JSON records the commit of the code that trained and evaluated it: run the parts from a ``git worktree``
 at a fixed commit. ``--hours`` stops a part at a wall-time limit: a training run still going then gets SIGTERM, saves
@@ -759,6 +760,10 @@ def format_costs(runs: dict) -> str:
             ratio = f"{wall / statistics.mean(xe):.2f}" if xe else "-"
             precision = "/".join(sorted({str(e.get("precision", "no")) for e in entries}))
             lines.append(f"| {method.label} | {len(entries)} | {wall:.0f} | {ratio} | {precision} |")
+    entries = [e for seeds in runs.values() for e in seeds.values()]
+    train = sum(e["train_seconds"] for e in entries) / 3600
+    evaluate = sum(e.get("eval_seconds", 0.0) for e in entries) / 3600
+    lines += ["", f"In all: {len(entries)} continuations, {train:.1f} h of training and {evaluate:.1f} h of evaluation."]
     return "\n".join(lines)
 
 
@@ -800,6 +805,38 @@ def protocol_check(runs: dict) -> str:
             f">= +{MIN_GAUSS_GAIN}): {verdict}.")
 
 
+README_BEGIN = "<!-- cifar_robustness.py --part tables --readme writes from here -->"
+README_END = "<!-- to here -->"
+
+
+def readme_block(b: Bench, runs: dict, readme: Path, header: str, tables: list[str]) -> str:
+    """The README's copy of the results: Tables 2 and 3 with their paired differences and PNGs, the training
+    times and the every-4 comparison; per-corruption and superseded results stay in tables.md (linked)."""
+    def link(name: str) -> str:
+        return os.path.relpath(b.protocol_results / name, readme.parent).replace(os.sep, "/")
+
+    parts = [header.strip()]
+    for table, png in zip(tables, ("table2.png", "table3.png")):
+        parts += [table.replace("### ", "#### ", 1), f"![{table.splitlines()[0][4:].split(':')[0]}]({link(png)})"]
+    parts += [format_costs(runs).replace("### ", "#### ", 1)]
+    every4 = format_every4(runs)
+    parts += [every4.replace("### ", "#### ", 1)] if every4 else []
+    parts += [protocol_check(runs), f"Per corruption, and the results superseded by the validation sweep's "
+              f"choice: [tables.md]({link('tables.md')})."]
+    return "\n\n".join(parts)
+
+
+def fill_readme(readme: Path, block: str) -> None:
+    """Replace what stands between README_BEGIN and README_END in readme with block (the markers stay)."""
+    text = readme.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise RuntimeError(f"{readme} has no block to fill: put the lines {README_BEGIN!r} and {README_END!r} "
+                           "where the tables go")
+    start += len(README_BEGIN)
+    readme.write_text(text[:start] + "\n" + block + "\n" + text[end:])
+
+
 def part_tables(b: Bench) -> str:
     for path in sorted((b.protocol_results / "runs").glob("*.json")):  # a result at settings its method no longer
         entry = read_json(path)  # takes (a variant of FCL not yet redone at FCL's choice) joins the earlier ones
@@ -811,9 +848,10 @@ def part_tables(b: Bench) -> str:
     t2 = ("Table 2: noisy CIFAR-10 test set (clean, UN, NUN)", T2_COLUMNS, t2_value, "paper_t2")
     t3 = (f"Table 3: generated CIFAR-10-C ({counts} corruptions x 5 severities, {sizes} images each; the mean is "
           f"over the corruptions present)", T3_COLUMNS, t3_value, "paper_t3")
-    text = (f"{b.args.model}, pre-training {b.args.pretrain_epochs} epochs + continuation {b.args.continue_epochs} "
-            f"epochs at lr {b.args.continue_lr:g}\n\n")
-    text += "\n\n".join(format_table(runs, *t) for t in (t2, t3))
+    header = (f"{b.args.model}, pre-training {b.args.pretrain_epochs} epochs + continuation {b.args.continue_epochs} "
+              f"epochs at lr {b.args.continue_lr:g}\n\n")
+    tables = [format_table(runs, *t) for t in (t2, t3)]
+    text = header + "\n\n".join(tables)
     per_corruption = format_per_corruption(runs)
     text += ("\n\n" + per_corruption if per_corruption else "") + "\n\n" + format_costs(runs)
     every4 = format_every4(runs)
@@ -828,6 +866,10 @@ def part_tables(b: Bench) -> str:
     for t, png in ((t2, "table2.png"), (t3, "table3.png")):
         plot_table(runs, out / png, *t)
     print(f"wrote {out / 'tables.md'}, {out / 'table2.png'}, {out / 'table3.png'}")
+    if b.args.readme:
+        readme = Path(b.args.readme)
+        fill_readme(readme, readme_block(b, runs, readme, header, tables))
+        print(f"wrote the tables into {readme}")
     return text
 
 
@@ -916,6 +958,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=str(REPO / "runs" / "cifar_robustness"), help="runs, held-out shards, caches")
     p.add_argument("--results", default=str(RESULTS), help="the small JSON results (committed)")
     p.add_argument("--zoo", default=str(REPO / "zoo"), help="where --part zoo writes the checkpoints")
+    p.add_argument("--readme", help="with --part tables: also write the tables into this markdown file, between "
+                   f"the lines {README_BEGIN!r} and {README_END!r}")
     p.add_argument("--model", default="resnet20_cifar", choices=("resnet20_cifar", "resnet56_cifar"))
     p.add_argument("--pretrain-epochs", type=int, default=30)
     p.add_argument("--continue-epochs", type=int, default=6)

@@ -3,6 +3,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import time
@@ -146,6 +147,28 @@ def test_paper_settings_for_some_methods_and_the_sweeps_choice_for_the_rest(tmp_
 
 def entry(hp, clean, un, nun):
     return {"hp": hp, "clean": clean, "un": un, "nun": nun}
+
+
+def test_tables_fill_the_readme_between_its_markers_and_leave_the_rest(smoke, tmp_path):
+    root, argv = smoke
+    readme = tmp_path / "docs" / "README.md"
+    readme.parent.mkdir()
+    above, below = "# a project\n\nkept above\n", "\nkept below\n"
+    readme.write_text(above + bench.README_BEGIN + "\nlast run's tables\n" + bench.README_END + below)
+    args = argv[:argv.index("--part")] + ["--part", "tables", "--readme", str(readme)]
+    assert bench.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith(above + bench.README_BEGIN + "\n") and text.endswith(bench.README_END + below)
+    assert "last run's tables" not in text and "#### Table 2: " in text and "#### Table 3: " in text
+    tables = (root / "results" / "lr0.001-e1" / "tables.md").read_text()
+    rows = [line for line in tables.splitlines() if line.startswith(("| FCL | 1 |", "| FCL | XE |"))]
+    assert len(rows) == 5 and all(row in text for row in rows)  # its rows and pairs in Tables 2, 3 and the times
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) == 3 and all((readme.parent / link).is_file() for link in links)  # two PNGs and tables.md
+    assert bench.main(args) == 0 and readme.read_text() == text  # a second run changes nothing
+    readme.write_text("# a README without the markers\n")
+    with pytest.raises(RuntimeError, match="no block to fill"):
+        bench.main(args)
 
 
 def c10c(mean):
