@@ -790,6 +790,10 @@ def format_every4(runs: dict) -> str:
               for value, column in columns]
     lines.append("| every 4 / full | " + " | ".join(f"{v:.2f}" for v in shares)
                  + f" | {epoch_seconds('fcl_every4') / epoch_seconds('fcl'):.2f} |")
+    per_seed = ", ".join(f"seed {s} {runs['fcl_every4'][s]['train_seconds'] / runs['fcl'][s]['train_seconds']:.2f}"
+                         for s in seeds)
+    lines += ["", f"Training time, every 4 / full, per seed: {per_seed} (a ratio means something only where both runs "
+              "trained under the same conditions: threads, runs side by side)."]
     return "\n".join(lines)
 
 

@@ -242,6 +242,7 @@ def test_every4_keeps_its_share_of_full_fcls_paired_gain_and_reports_its_epoch_t
     assert table[4] == "| FCL | +0.2000 | +0.1500 | +0.0500 | 50 |"  # (0.2 + 0.2) / 2, (0.1 + 0.2) / 2, (0.1 + 0) / 2
     assert table[5] == "| FCL every 4 | +0.1300 | +0.0750 | +0.0350 | 15 |"
     assert table[6] == "| every 4 / full | 0.65 | 0.50 | 0.70 | 0.30 |"
+    assert table[8].startswith("Training time, every 4 / full, per seed: seed 0 0.25, seed 1 0.33 (")
     assert bench.format_every4({"xe": runs["xe"], "fcl": runs["fcl"]}) == ""
 
 
