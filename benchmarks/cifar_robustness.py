@@ -833,8 +833,9 @@ def readme_block(b: Bench, runs: dict, readme: Path, header: str, tables: list[s
 def fill_readme(readme: Path, block: str) -> None:
     """Replace what stands between README_BEGIN and README_END in readme with block (the markers stay)."""
     text = readme.read_text()
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
+    start = text.find(README_BEGIN)
+    end = text.find(README_END, start + len(README_BEGIN)) if start >= 0 else -1
+    if end < 0:
         raise RuntimeError(f"{readme} has no block to fill: put the lines {README_BEGIN!r} and {README_END!r} "
                            "where the tables go")
     start += len(README_BEGIN)

@@ -154,6 +154,7 @@ def test_tables_fill_the_readme_between_its_markers_and_leave_the_rest(smoke, tm
     readme = tmp_path / "docs" / "README.md"
     readme.parent.mkdir()
     above, below = "# a project\n\nkept above\n", "\nkept below\n"
+    above += bench.README_END + " (an end marker before the block is not its end)\n"
     readme.write_text(above + bench.README_BEGIN + "\nlast run's tables\n" + bench.README_END + below)
     args = argv[:argv.index("--part")] + ["--part", "tables", "--readme", str(readme)]
     assert bench.main(args) == 0
