@@ -769,7 +769,8 @@ def format_costs(runs: dict) -> str:
 
 def format_every4(runs: dict) -> str:
     """The cheap mode against full FCL over the seeds both share with XE: each one's paired gain over XE on UN, NUN and
-    the CIFAR-10-C mean, the share of full FCL's gain that every 4 steps keeps, and the training time per epoch."""
+    the CIFAR-10-C mean, the share of full FCL's gain that every 4 steps keeps, and the training time per epoch of
+    each seed (not averaged: runs of one seed may have trained under other conditions than those of the next)."""
     seeds = sorted(set(runs.get("fcl_every4") or {}) & set(runs.get("fcl") or {}) & set(runs.get("xe") or {}))
     if not seeds:
         return ""
@@ -778,22 +779,22 @@ def format_every4(runs: dict) -> str:
     def gain(name: str, value, column: str) -> float:
         return statistics.mean(value(runs[name][s], column) - value(runs["xe"][s], column) for s in seeds)
 
-    def epoch_seconds(name: str) -> float:
-        return statistics.mean(runs[name][s]["train_seconds"] / runs[name][s]["continue_epochs"] for s in seeds)
+    def epoch_seconds(name: str, seed: int) -> float:
+        return runs[name][seed]["train_seconds"] / runs[name][seed]["continue_epochs"]
 
     lines = [f"### FCL every 4 steps against full FCL (seeds {', '.join(map(str, seeds))})", "",
-             "| | UN - XE | NUN - XE | C mean - XE | train s per epoch |", "| --- | --- | --- | --- | --- |"]
+             "| | UN - XE | NUN - XE | C mean - XE |", "| --- | --- | --- | --- |"]
     for name in ("fcl", "fcl_every4"):
-        cells = [f"{gain(name, value, column):+.4f}" for value, column in columns]
-        lines.append(f"| {METHODS[name].label} | " + " | ".join(cells) + f" | {epoch_seconds(name):.0f} |")
+        lines.append(f"| {METHODS[name].label} | " + " | ".join(f"{gain(name, value, column):+.4f}"
+                                                                 for value, column in columns) + " |")
     shares = [gain("fcl_every4", value, column) / full if (full := gain("fcl", value, column)) else float("nan")
               for value, column in columns]
-    lines.append("| every 4 / full | " + " | ".join(f"{v:.2f}" for v in shares)
-                 + f" | {epoch_seconds('fcl_every4') / epoch_seconds('fcl'):.2f} |")
-    per_seed = ", ".join(f"seed {s} {runs['fcl_every4'][s]['train_seconds'] / runs['fcl'][s]['train_seconds']:.2f}"
-                         for s in seeds)
-    lines += ["", f"Training time, every 4 / full, per seed: {per_seed} (a ratio means something only where both runs "
-              "trained under the same conditions: threads, runs side by side)."]
+    lines.append("| every 4 / full | " + " | ".join(f"{v:.2f}" for v in shares) + " |")
+    per_seed = ", ".join(f"seed {s} {epoch_seconds('fcl_every4', s):.0f} / {epoch_seconds('fcl', s):.0f} "
+                         f"({epoch_seconds('fcl_every4', s) / epoch_seconds('fcl', s):.2f})" for s in seeds)
+    lines += ["", f"Training seconds per epoch, every 4 / full: {per_seed}. A ratio means something only where both "
+              "runs trained under the same conditions (threads, runs side by side); `benchmarks/README.md` has the "
+              "step times of both, measured in one run."]
     return "\n".join(lines)
 
 
