@@ -763,7 +763,9 @@ def format_costs(runs: dict) -> str:
     entries = [e for seeds in runs.values() for e in seeds.values()]
     train = sum(e["train_seconds"] for e in entries) / 3600
     evaluate = sum(e.get("eval_seconds", 0.0) for e in entries) / 3600
-    lines += ["", f"In all: {len(entries)} continuations, {train:.1f} h of training and {evaluate:.1f} h of evaluation."]
+    lines += ["", f"In all: {len(entries)} continuations, {train:.1f} h of training and {evaluate:.1f} h of evaluation. "
+              "The wall times depend on how each run trained (threads, a second run beside it), so the ratios to XE "
+              "are rough; `benchmarks/README.md` has the step cost of each method, measured in one run."]
     return "\n".join(lines)
 
 

@@ -231,6 +231,15 @@ def test_paired_difference_is_taken_per_seed():
     assert bench.mean_std([0.5, 0.7, 0.9]) == "0.7000 ± 0.2000" and bench.mean_std([]) == "-"
 
 
+def test_training_time_table_gives_the_mean_per_method_its_ratio_to_xe_and_the_total():
+    runs = {"xe": {0: {"train_seconds": 100.0, "precision": "bf16"}, 1: {"train_seconds": 300.0, "precision": "bf16"}},
+            "fcl": {0: {"train_seconds": 500.0, "eval_seconds": 3600.0, "precision": "bf16"}}}
+    table = bench.format_costs(runs).splitlines()
+    assert "| XE | 2 | 200 | 1.00 | bf16 |" in table and "| FCL | 1 | 500 | 2.50 | bf16 |" in table
+    assert not any(line.startswith("| XE+Gaussian |") for line in table)  # no runs, no row
+    assert table[-1].startswith("In all: 3 continuations, 0.2 h of training and 1.0 h of evaluation. ")
+
+
 def test_every4_keeps_its_share_of_full_fcls_paired_gain_and_reports_its_epoch_time():
     def entry(un, nun, mean, seconds):
         return {"un": un, "nun": nun, "c10c": {"mean": mean}, "train_seconds": seconds, "continue_epochs": 10}
