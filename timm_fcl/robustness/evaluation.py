@@ -6,9 +6,10 @@ Inputs are scaled to [0, 1], brought to the model's channel count (RGB to grey f
 normalized with each model's own mean / std (``timm.data.resolve_model_data_config``); corrupted images are never
 resized. Results are plain dicts (they go to results.json as they are): ``{label: {"spec", "weights",
 "weights_sha256" (of a local weights file, else None), "rows":
-[{"model", "suite", "corruption", "severity", "accuracy", "top5", "correct", "correct_top5", "total"}],
+[{"model", "suite", "corruption", "severity", "accuracy", "top5", "correct", "correct_top5", "total", "hits"}],
 "summaries": {suite: summarize_corruptions(...) + "preset"}, "unit": "percent"}}``; ``accuracy`` is top-1, and
-every accuracy is in percent (``units``).
+every accuracy is in percent (``units``); ``hits`` says which images of the set were right at top-1 (``hits``
+module), so two models evaluated on the same set can be compared image by image.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from .corruptions import CORRUPTIONS, preset_for_size
 from .datasets import (ArrayDataset, check_labels, cifar_c_sets, generated_suite_dir, imagenet_c_sets,
                        iter_clean_images, load_clean_images, read_class_map)
 from .metrics import summarize_corruptions
+from .hits import pack_hits
 from .units import UNIT, summary_in_percent
 
 SUITES = ("clean", "un", "nun", "cifar-c", "imagenet-c", "generated")
@@ -197,10 +199,12 @@ def evaluate_accuracy(
         amp: Optional[str] = None,
         channels_last: bool = False,
         ks: Sequence[int] = TOPK,
+        per_image: Optional[List[Tensor]] = None,
 ) -> Tuple[List[int], int]:
     """(hits for each k of ``ks``, total) of ``model`` on (image, label) pairs; uint8 images are scaled to [0, 1],
     then brought to ``len(mean)`` channels. ``amp`` "bf16" / "fp16" runs the model under autocast. In-memory arrays
-    (``ArrayDataset``) are sliced in batches; other datasets are read by a DataLoader with ``workers`` processes."""
+    (``ArrayDataset``) are sliced in batches; other datasets are read by a DataLoader with ``workers`` processes.
+    ``per_image``, when given, receives each batch's top-1 correctness (bool, in the dataset's order)."""
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -216,6 +220,8 @@ def evaluate_accuracy(
         with autocast:
             logits = model(images)
         hits += topk_hits(logits.float(), labels, ks=ks).cpu()
+        if per_image is not None:
+            per_image.append((logits.float().argmax(dim=1) == labels).cpu())
         total += len(labels)
     return hits.tolist(), total
 
@@ -390,12 +396,14 @@ def run(
             if key in done:
                 rows.append(done[key])
                 continue
+            correct: List[Tensor] = []
             (top1, top5), total = evaluate_accuracy(
                 m.model, s.data, mean=m.data_config["mean"], std=m.data_config["std"], batch_size=batch_size,
-                workers=workers, device=device, amp=amp, channels_last=channels_last)
+                workers=workers, device=device, amp=amp, channels_last=channels_last, per_image=correct)
             rows.append({"model": m.label, "suite": s.suite, "corruption": s.corruption, "severity": s.severity,
                          "accuracy": 100.0 * top1 / total, "top5": 100.0 * top5 / total, "correct": top1,
-                         "correct_top5": top5, "total": total})
+                         "correct_top5": top5, "total": total,
+                         "hits": pack_hits(torch.cat(correct).numpy() if correct else [])})
             if on_row:
                 on_row(rows[-1])
         results[m.label] = {"spec": m.spec, "weights": m.weights, "weights_sha256": m.weights_sha256, "rows": rows,
