@@ -8,6 +8,7 @@ METHODS = ("xe", "xe_gauss", "cl_gauss", "fcl")
 VARIANTS = ("xe", "margin")
 REDUCTIONS = ("sum", "mean")
 NEGATIVES = ("all", "other_class")
+SELECTIONS = ("utility", "random")
 
 
 @dataclass
@@ -49,6 +50,11 @@ class FCLConfig:
         negatives: which clean samples of the batch are negatives of anchor i besides z_i^-: "all" (the paper: every
             other sample) or "other_class" (samples with i's label are left out, so the term no longer pushes apart
             what the cross-entropy pulls together; classification inputs only, the labels decide).
+        selection: how FCL picks the k perturbed elements of a sample: "utility" (Algorithm 1: BOTTOM_k / TOP_k of the
+            contextual utility |d loss / d x|) or "random" (a control: BOTTOM_k / TOP_k of uniform random scores, i.e.
+            two disjoint random sets of k elements, drawn from the step's generator before the noise; everything else
+            unchanged). "random" takes no input gradient, so its step is cheaper, and every sample keeps its negative
+            (there is no utility for ``min_utility`` to test). Needs 2k <= C*H*W.
         class_weights: a factor per class (indexed by label) on each anchor's term, e.g. to give rare classes, whose
             few samples carry the high-utility negative that keeps their rare features, a larger share of the term;
             None: 1 for every class.
@@ -74,6 +80,7 @@ class FCLConfig:
     fraction: float = 1.0
     perturbed_chunks: int = 1
     negatives: str = "all"
+    selection: str = "utility"
     class_weights: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
@@ -105,6 +112,8 @@ class FCLConfig:
                              f"got {self.fraction}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"unknown negatives {self.negatives!r}; choose one of {', '.join(NEGATIVES)}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
         if self.class_weights is not None:
             self.class_weights = tuple(float(w) for w in self.class_weights)
             if not self.class_weights or any(not w >= 0 for w in self.class_weights):
@@ -127,6 +136,9 @@ class FCLConfig:
         if self.method == "fcl" and self.k > elements:
             raise ValueError(f"k {self.k} exceeds the {elements} elements of one input "
                              f"({' x '.join(map(str, input_size))})")
+        if self.method == "fcl" and self.selection == "random" and 2 * self.k > elements:
+            raise ValueError(f"selection 'random' draws two disjoint sets of k {self.k}, more than the {elements} "
+                             f"elements of one input ({' x '.join(map(str, input_size))}) hold; use k <= {elements // 2}")
         if self.input_std is not None and len(self.input_std) not in (1, channels):
             raise ValueError(f"input_std has {len(self.input_std)} values for {channels} input channels")
         if self.perturbed_chunks > self.subset_size(batch_size):

@@ -30,6 +30,16 @@ def _randn(shape, x: torch.Tensor, generator: Optional[torch.Generator]) -> torc
     return torch.randn(shape, generator=generator, device=on, dtype=x.dtype).to(x.device)
 
 
+def random_scores(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Per-sample scores shaped like ``x`` that are a uniformly random ranking of each sample's elements (a random
+    permutation of 0 .. C*H*W - 1): in place of the utility they make BOTTOM_k / TOP_k two disjoint uniformly random
+    sets of k elements (no ties, unlike raw uniform draws). Drawn on the generator's device, float32."""
+    b = x.shape[0]
+    on = generator_device(generator, x.device)
+    ranks = torch.rand((b, x[0].numel()), generator=generator, device=on).argsort(dim=1).argsort(dim=1)
+    return ranks.to(device=x.device, dtype=torch.float32).view(x.shape)
+
+
 def utility_perturbations(
         x: torch.Tensor,
         utility: torch.Tensor,

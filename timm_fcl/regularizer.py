@@ -13,7 +13,7 @@ from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import head_mode, logits_from_embedding
 from .losses import anchor_options, fcl_loss
-from .perturbations import gaussian_perturbation, generator_device, perturbed_batch
+from .perturbations import gaussian_perturbation, generator_device, perturbed_batch, random_scores
 from .schedule import scheduled_weight, step_weight
 from .utility import utility_from_loss
 
@@ -29,6 +29,8 @@ class FCLOutput:
     scale: float = 1.0      # loss = ce + weight * scale * fcl: for reduction "sum" the images of the optimizer step
     #                         over all ranks (local batch x world size x accumulation group), else 1
     scheduled_weight: float = 0.0  # lambda of the schedule at this step, whether or not this step carries the term
+    pull: Optional[torch.Tensor] = None  # when asked for: the median over anchors of |d(weight * scale * fcl)/dz_i|
+    #                                      / |d ce/dz_i| (0-dim, detached); None when not measured
 
 
 @dataclass
@@ -177,15 +179,20 @@ class FeatureContrastiveRegularizer(nn.Module):
         return fcl_loss(z, self._perturbed_pass(x_pos), None, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin,
                         anchor_index=part.index, **self._anchor_options(part))
 
-    def _fcl_term(self, part: _Batch, z: torch.Tensor, ce: torch.Tensor,
+    def _fcl_term(self, part: _Batch, z: torch.Tensor, ce: Optional[torch.Tensor],
                   generator: Optional[torch.Generator]) -> torch.Tensor:
-        """Algorithm 1: the utility, x_low / x_high from its BOTTOM_k / TOP_k, and l_FCL on (z, z+, z-)."""
+        """Algorithm 1: the utility, x_low / x_high from its BOTTOM_k / TOP_k, and l_FCL on (z, z+, z-). With
+        ``selection="random"`` random scores stand in for the utility (no input gradient is taken) and every sample
+        keeps its negative."""
         cfg = self.config
-        if part.index is None:  # the clean pass's input is a leaf: its input gradient is the utility
-            utility = utility_from_loss(ce, part.x, self._utility_scale(part.x))
+        if cfg.selection == "random":
+            utility, keep_neg = random_scores(part.x, generator), None
         else:
-            utility = self._subset_utility(part.x, part.y)
-        keep_neg = utility.flatten(1).amax(1) >= cfg.min_utility
+            if part.index is None:  # the clean pass's input is a leaf: its input gradient is the utility
+                utility = utility_from_loss(ce, part.x, self._utility_scale(part.x))
+            else:
+                utility = self._subset_utility(part.x, part.y)
+            keep_neg = utility.flatten(1).amax(1) >= cfg.min_utility
         x_both = perturbed_batch(part.x, utility, cfg.k, cfg.sigma, generator, cfg.input_std)  # [x_low; x_high]
         z_pos, z_neg = self._perturbed_pass(x_both).chunk(2)
         return fcl_loss(z, z_pos, z_neg, tau=cfg.tau, variant=cfg.variant, margin=cfg.margin, neg_mask=keep_neg,
@@ -199,9 +206,12 @@ class FeatureContrastiveRegularizer(nn.Module):
 
     # ---------------------------------------------------------------------------------------- one step
     def forward(self, x: torch.Tensor, y: torch.Tensor, step: int = 0,
-                generator: Optional[torch.Generator] = None, group_size: int = 1) -> FCLOutput:
+                generator: Optional[torch.Generator] = None, group_size: int = 1,
+                measure_pull: bool = False) -> FCLOutput:
         """One step's loss. ``group_size``: the micro-batches accumulated into this optimizer step (each loss divided
-        by it before backward), so that lambda keeps weighing the sum of the term over all the step's images."""
+        by it before backward), so that lambda keeps weighing the sum of the term over all the step's images.
+        ``measure_pull``: on a step that carries an embedding term (FCL, CL+Gaussian), also return ``pull`` (see
+        :meth:`pull_ratio`); it costs two gradients from the losses back to the embedding only."""
         cfg = self.config
         lam = scheduled_weight(cfg, step)
         weight = step_weight(cfg, step) if self.training else 0.0
@@ -213,7 +223,7 @@ class FeatureContrastiveRegularizer(nn.Module):
 
         images = x.shape[0] // self.num_splits  # the clean view's rows come first
         part = self._draw_subset(x[:images], y[:images], generator)
-        if cfg.method == "fcl" and part.index is None:
+        if cfg.method == "fcl" and cfg.selection == "utility" and part.index is None:
             # a leaf, so the utility is an input gradient of the clean graph
             x_clean = x[:images].detach().requires_grad_(True)
             x = x_clean if self.num_splits == 1 else torch.cat([x_clean, x[images:]])
@@ -224,15 +234,35 @@ class FeatureContrastiveRegularizer(nn.Module):
             ce = self.loss_fn(logits, y)
             extra = self._xe_gauss_term(part, generator)
         else:
-            logits, z = self._logits_and_embedding(features)
+            logits, z_all = self._logits_and_embedding(features)
             ce = self.loss_fn(logits, y)
-            z = z[:images]
-            extra = (self._cl_gauss_term(part, z, generator) if cfg.method == "cl_gauss"
-                     else self._fcl_term(part, z, self._label_loss(logits, y, ce, images), generator))
+            z = z_all[:images]
+            if cfg.method == "cl_gauss":
+                extra = self._cl_gauss_term(part, z, generator)
+            else:
+                label_loss = self._label_loss(logits, y, ce, images) if cfg.selection == "utility" else None
+                extra = self._fcl_term(part, z, label_loss, generator)
         # the subset's mean times the batch's scale: an unbiased estimate of the whole batch's term
         scale = self.reduction_scale(images, group_size)
+        pull = None
+        if measure_pull and cfg.method != "xe_gauss":
+            # where both losses meet: the embedding when the logits are computed from it, else the features
+            meet = z_all if self.head_mode != "separate" else features
+            anchors = torch.arange(images, device=x.device) if part.index is None else part.index.to(x.device)
+            pull = self.pull_ratio((weight * scale) * extra, ce, meet, anchors)
         return FCLOutput(loss=ce + (weight * scale) * extra, logits=logits, ce=ce, fcl=extra.detach(), weight=weight,
-                         scale=scale, scheduled_weight=lam)
+                         scale=scale, scheduled_weight=lam, pull=pull)
+
+    @staticmethod
+    def pull_ratio(term: torch.Tensor, ce: torch.Tensor, z: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """The median over the ``anchors`` rows of |d term / d z_i| / |d ce / d z_i|: how hard the weighted extra
+        term pulls on a sample's embedding against the classification loss (1: as hard). ``term`` is the weighted
+        term as it enters the loss (lambda x the batch sum); both graphs are kept for the step's backward."""
+        g_term, g_ce = (torch.autograd.grad(loss, z, retain_graph=True, allow_unused=True)[0] for loss in (term, ce))
+        if g_term is None or g_ce is None:
+            raise RuntimeError("the extra term or the classification loss does not reach the embedding")
+        g_term, g_ce = (g[anchors].float().flatten(1).norm(dim=1) for g in (g_term, g_ce))
+        return (g_term / g_ce.clamp_min(torch.finfo(torch.float32).tiny)).median().detach()
 
     def _label_loss(self, logits: torch.Tensor, y: torch.Tensor, ce: torch.Tensor, images: int) -> torch.Tensor:
         """The clean view's label loss, which the utility differentiates: the classification loss itself when the
