@@ -334,6 +334,7 @@ def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Tra
     # FCL's input requires grad (for the utility): without inputs= the backward would also compute the first layer's
     # input gradient, which nothing uses
     params = [q for q in reg.parameters() if q.requires_grad]
+    pull_pending = True  # the pull ratio is measured on the first step of each log window that carries the term
     for x, y in data.train_loader:
         check_labels(y, data.num_classes, args.train_split)
         x, y = training_batch(args, accelerator, run, x, y)
@@ -341,7 +342,8 @@ def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Tra
         group_size = min(accum, n_batches - group_start)
         sync = p.batch + 1 == group_start + group_size
         with accelerator.no_sync(reg) if not sync else contextlib.nullcontext():
-            out = reg(x, y, step=p.step, group_size=group_size)
+            out = reg(x, y, step=p.step, group_size=group_size, measure_pull=pull_pending and sync)
+            pull_pending &= out.pull is None
             accelerator.backward(out.loss / group_size, inputs=params)
         if sync:
             if args.clip_grad:
@@ -362,7 +364,7 @@ def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Tra
         if p.step % args.log_interval == 0 or p.batch == n_batches:
             stop_if_diverged(accelerator, run)
             log_interval(args, accelerator, run, window, out, n_batches)
-            window = LossMeter(accelerator.device)
+            window, pull_pending = LossMeter(accelerator.device), True
         if on_step is not None:
             on_step()
     bar.close()

@@ -35,20 +35,26 @@ def check_labels(y: torch.Tensor, num_classes: int, split: str) -> None:
 
 class LossMeter:
     """Means of loss / ce / fcl, summed on the device and read back only when asked (no host sync per step); the FCL
-    term's mean is taken over the steps that carried it (with --fcl-every n, one step in n)."""
+    term's mean is taken over the steps that carried it (with --fcl-every n, one step in n). ``pull``, the mean of the
+    pull ratios measured (``FCLOutput.pull``, once per log window), is among the means when any was measured."""
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(3, device=device)
-        self.steps, self.carried, self.images, self.start = 0, 0, 0, time.time()
+        self.pull_sum = torch.zeros((), device=device)
+        self.steps, self.carried, self.pulled, self.images, self.start = 0, 0, 0, 0, time.time()
 
     def update(self, out: FCLOutput, images: int) -> None:
         self.sums += torch.stack([out.loss.detach(), out.ce.detach(), out.fcl.detach()]).float()
         self.steps += 1
         self.carried += out.weight > 0
         self.images += images
+        if out.pull is not None:
+            self.pull_sum += out.pull.float()
+            self.pulled += 1
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums, "steps": int(self.steps), "carried": int(self.carried), "images": int(self.images)}
+        return {"sums": self.sums, "steps": int(self.steps), "carried": int(self.carried), "images": int(self.images),
+                "pull_sum": self.pull_sum, "pulled": int(self.pulled)}
 
     def load_state_dict(self, state: dict) -> None:
         sums = state["sums"]
@@ -56,10 +62,19 @@ class LossMeter:
             raise ValueError("the loss sums are not 3 numbers")
         self.sums = sums.to(self.sums.device, self.sums.dtype)
         self.steps, self.carried, self.images = int(state["steps"]), int(state["carried"]), int(state["images"])
+        # states saved before the pull ratio was measured hold none
+        pull_sum = state.get("pull_sum", torch.zeros(()))
+        if not isinstance(pull_sum, torch.Tensor) or pull_sum.numel() != 1:
+            raise ValueError("the pull ratio sum is not one number")
+        self.pull_sum = pull_sum.reshape(()).to(self.pull_sum.device, self.pull_sum.dtype)
+        self.pulled = int(state.get("pulled", 0))
 
     def means(self) -> dict:
         loss, ce, fcl = (self.sums / max(self.steps, 1)).tolist()
-        return {"loss": loss, "ce": ce, "fcl": fcl * max(self.steps, 1) / max(self.carried, 1)}
+        means = {"loss": loss, "ce": ce, "fcl": fcl * max(self.steps, 1) / max(self.carried, 1)}
+        if self.pulled:
+            means["pull"] = self.pull_sum.item() / self.pulled
+        return means
 
     def images_per_second(self, processes: int) -> float:
         return self.images * processes / max(time.time() - self.start, 1e-9)
@@ -85,10 +100,12 @@ def log_interval(args: argparse.Namespace, accelerator: Accelerator, run: Traini
     weight = out.scheduled_weight
     p = run.progress
     if accelerator.is_main_process:
+        pull = f" pull {m['pull']:.3g}" if "pull" in m else ""
         _logger.info(f"epoch {p.epoch} step {p.step} batch {p.batch}/{n_batches} lr {lr:.4g} loss {m['loss']:.4f} "
-                     f"ce {m['ce']:.4f} fcl {m['fcl']:.4f} weight {weight:.3g} img/s {rate:.1f}")
+                     f"ce {m['ce']:.4f} fcl {m['fcl']:.4f} weight {weight:.3g}{pull} img/s {rate:.1f}")
     accelerator.log({"train/loss": m["loss"], "train/ce": m["ce"], "train/fcl": m["fcl"], "train/weight": weight,
-                     "train/lr": lr, "train/img_per_s": rate}, step=p.step)
+                     "train/lr": lr, "train/img_per_s": rate, **({"train/pull": m["pull"]} if "pull" in m else {})},
+                    step=p.step)
 
 
 def training_batch(args: argparse.Namespace, accelerator: Accelerator, run: Training, x: torch.Tensor | list,
