@@ -552,3 +552,27 @@ def test_labels_outside_the_models_classes_are_one_line(tmp_path, capsys):
                                             "--cifar-c-dir", str(tmp_path / "cifar"), "--corruptions", "fog",
                                             "--output", str(tmp_path / "out13")]))
     assert ok["planted_label_reader"]["rows"][0]["total"] == 20
+
+
+def test_each_row_keeps_which_images_were_right_in_the_sets_order():
+    from timm_fcl.robustness.hits import pack_counts, pack_hits, unpack_counts, unpack_hits
+
+    rng = np.random.RandomState(3)
+    labels = rng.randint(0, NUM_CLASSES, 29)
+    right = rng.rand(29) < 0.6
+    predicted = np.where(right, labels, (labels + 1) % NUM_CLASSES)
+    images = np.zeros((29, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0] = [plant(p) for p in predicted]
+    model = load_models(["planted_label_reader"], checkpoints=["none"], num_classes=NUM_CLASSES,
+                        data_overrides={"mean": (0, 0, 0), "std": (1, 1, 1)})
+    sets = [EvalSet("clean", "clean", 0, ArrayDataset(images, labels))]
+    (row,) = run(models=model, sets=sets, suite_presets={}, batch_size=4)["planted_label_reader"]["rows"]
+    assert np.array_equal(unpack_hits(row["hits"], row["total"]), right)  # across 8 batches, in order
+    assert row["correct"] == right.sum() and len(row["hits"]) == 8  # 29 bits in 4 bytes, base64
+    with pytest.raises(ValueError, match="cannot hold exactly"):
+        unpack_hits(row["hits"], 40)
+    assert unpack_hits(pack_hits([]), 0).size == 0
+    counts = rng.randint(0, 96, 50)
+    assert np.array_equal(unpack_counts(pack_counts(counts)), counts)
+    with pytest.raises(ValueError, match="0, 255"):
+        pack_counts([256])
