@@ -4,18 +4,19 @@ One command measures every setting of the suite (resnet18 at 64 px batch 32, res
 vit_tiny_patch16_224 at 224 px batch 8) in one process, all (setting, mode) runs interleaved round-robin so that load
 on a shared machine hits every one alike; ratios are taken within this one run. Times are medians over --steps rounds
 after --warmup rounds; for "fcl-every" one round is a full cycle of --every steps (one with the FCL term, the others
-plain XE steps) and its time is the cycle's mean per step. Peak memory: the highest amount of tensor memory allocated
+plain XE steps) and its time is the cycle's mean per step; "fcl-random" is FCL with ``selection="random"`` (no input
+gradient). Peak memory: the highest amount of tensor memory allocated
 during one step beyond what was allocated before it (CUDA: the allocator's peak; CPU: replayed from torch.profiler's
 allocation events), for xe, fcl, fcl with the perturbed pass in --chunks checkpointed chunks, and fcl-fraction.
 Writes the tables as JSON. Run it with 2 or more threads (the default: all of torch's): with one thread PyTorch puts
 1x1 convolutions of batches under 16 on its slow non-oneDNN path, which penalises the small subset passes of
 fcl-fraction (resnetv2_50 batch 16, one fraction-0.25 step: 134 slow-path convolutions with 1 thread, none with 2).
 
-    python benchmarks/step_cost.py                      # the suite: 3 models x (xe, fcl, fraction, every) and memory
+    python benchmarks/step_cost.py                      # the suite: 3 models x (xe, fcl, random, fraction, every), memory
     python benchmarks/step_cost.py --model vit_tiny_patch16_224 --img-size 224 --batch-size 8   # one setting
     # the CIFAR-10 benchmark's continuation step: bf16 autocast, channels-last, 1 thread, batch 128
     python benchmarks/step_cost.py --model resnet20_cifar --img-size 32 --batch-size 128 --precision bf16 \
-        --channels-last --threads 1 --modes xe xe_gauss cl_gauss fcl fcl-every --memory-modes xe
+        --channels-last --threads 1 --modes xe xe_gauss cl_gauss fcl fcl-random fcl-every --memory-modes xe
 """
 import argparse
 import contextlib
@@ -31,13 +32,13 @@ import torch
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer
 
 SUITE = (("resnet18", 64, 32), ("resnetv2_50", 64, 16), ("vit_tiny_patch16_224", 224, 8))
-MODES = ("xe", "xe_gauss", "cl_gauss", "fcl", "fcl-fraction", "fcl-every", "fcl-chunked")
+MODES = ("xe", "xe_gauss", "cl_gauss", "fcl", "fcl-random", "fcl-fraction", "fcl-every", "fcl-chunked")
 
 
 def mode_config(mode: str, args) -> dict:
     """FCLConfig keywords of a mode: the method, and the cheaper / leaner option it turns on."""
     extra = {"fcl-fraction": {"fraction": args.fraction}, "fcl-every": {"every": args.every},
-             "fcl-chunked": {"perturbed_chunks": args.chunks}}
+             "fcl-chunked": {"perturbed_chunks": args.chunks}, "fcl-random": {"selection": "random"}}
     return {"method": mode.split("-")[0], **extra.get(mode, {})}
 
 
@@ -192,8 +193,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=4, help="FCLConfig.perturbed_chunks of fcl-chunked")
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--modes", nargs="+", default=["xe", "fcl", "fcl-fraction", "fcl-every"], choices=MODES,
-                   help="modes timed")
+    p.add_argument("--modes", nargs="+", default=["xe", "fcl", "fcl-random", "fcl-fraction", "fcl-every"],
+                   choices=MODES, help="modes timed")
     p.add_argument("--memory-modes", nargs="+", default=["xe", "fcl", "fcl-chunked", "fcl-fraction"],
                    choices=MODES, help="modes whose peak memory is measured")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
