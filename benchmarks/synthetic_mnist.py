@@ -15,7 +15,9 @@ selection); validation accuracies are reported beside the test ones and are the 
 Besides the overall accuracy, each run records the accuracy of each of the 15 classes (``test_per_class``,
 ``val_per_class``), and the table gives them with the group means (0-4 plain, 5-9, 10-14 decided by the corner digit)
 and the paired FCL - XE difference per group. ``--negatives other_class`` and ``--class-balance`` set the FCLConfig
-options ``negatives`` and ``class_weights``.
+options ``negatives`` and ``class_weights``, ``--selection random`` the random-selection control. Each run also keeps
+which val / test images it got right (``val_hits``, ``test_hits``; the labels in ``labels``) for paired intervals
+(``synthetic_mnist_selection.py``), and each epoch's log the pull ratio of the FCL term (``pull``).
 
     python benchmarks/synthetic_mnist.py                          # the full Table 1: 10 seeds x (XE, FCL)
     python benchmarks/synthetic_mnist.py --seeds 1 --epochs 3 --limit-train 4000 --limit-eval 1500   # smoke run
@@ -32,6 +34,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -40,6 +43,7 @@ import timm
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility
 from timm_fcl.data import default_data_root
 from timm_fcl.data.synthetic_mnist import CORNERS, build_synthetic_mnist, corner_slices
+from timm_fcl.robustness.hits import pack_counts, pack_hits
 from timm_fcl.robustness.noise import nonuniform_noise, pixel_std, uniform_noise
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +55,7 @@ NUM_CLASSES = 15
 # digit), and the rare classes 10-14 (a 0-4 whose label a corner digit decides)
 GROUPS = {"0-4": range(0, 5), "5-9": range(5, 10), "10-14": range(10, 15)}
 COLLAPSED_BELOW = 0.1  # validation BAL of a net stuck on one class is 1/15
+PULL_EVERY = 50  # the pull ratio (FCLOutput.pull) is measured once per block of this many steps
 # Table 1 of the paper: mean and std over 10 runs
 PAPER = {
     "xe": {"bal": (0.9250, 0.0088), "un": (0.4123, 0.1176), "nun": (0.5473, 0.0703)},
@@ -88,9 +93,13 @@ def group_accuracy(per_class: list[float]) -> dict[str, float]:
     return {name: statistics.fmean(per_class[c] for c in classes) for name, classes in GROUPS.items()}
 
 
-def score(model: nn.Module, sets: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[dict, dict]:
-    """({set: accuracy}, {set: [accuracy of class c for c in 0..14]}) over BAL, BAL+UN and BAL+NUN."""
+def score(model: nn.Module, sets: dict[str, torch.Tensor], labels: torch.Tensor,
+          hits: Optional[dict] = None) -> tuple[dict, dict]:
+    """({set: accuracy}, {set: [accuracy of class c for c in 0..14]}) over BAL, BAL+UN and BAL+NUN; ``hits``, when
+    given, receives {set: which images were right} (robustness.hits.pack_hits text)."""
     preds = {s: predict(model, sets[s]) for s in SETS}
+    if hits is not None:
+        hits.update({s: pack_hits((p == labels).numpy()) for s, p in preds.items()})
     return ({s: (p == labels).double().mean().item() for s, p in preds.items()},
             {s: class_accuracy(p, labels) for s, p in preds.items()})
 
@@ -115,8 +124,13 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
     for epoch in range(args.epochs):
         reg.train()
         start, sums, carried = time.perf_counter(), {"loss": 0.0, "ce": 0.0, "fcl": 0.0}, 0
+        pulls, pull_pending = [], True
         for idx in torch.randperm(len(train_y), generator=order_gen).split(args.batch_size):
-            out = reg(train_x[idx], train_y[idx], step=step, generator=noise_gen)
+            pull_pending |= step % PULL_EVERY == 0
+            out = reg(train_x[idx], train_y[idx], step=step, generator=noise_gen, measure_pull=pull_pending)
+            if out.pull is not None:
+                pulls.append(out.pull.item())
+                pull_pending = False
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
@@ -133,11 +147,14 @@ def train_one_run(method: str, seed: int, train_x: torch.Tensor, train_y: torch.
         entry = {"epoch": epoch + 1, "seconds": seconds, "weight": lam,
                  **{key: value / steps_per_epoch for key, value in sums.items()},
                  "fcl": sums["fcl"] / max(carried, 1),  # mean over the steps that computed it
+                 "pull": statistics.fmean(pulls) if pulls else None,  # lambda x term vs CE on z (none: no term)
                  "val_bal": (pred == val_y).float().mean().item(),
                  "val_groups": group_accuracy(class_accuracy(pred, val_y))}
         log.append(entry)
         print(f"  {method} seed {seed} epoch {epoch + 1:2d}: loss {entry['loss']:.4f} ce {entry['ce']:.4f} "
-              f"fcl {entry['fcl']:.4f} (lambda {lam:.1e}) val BAL {entry['val_bal']:.4f} ("
+              f"fcl {entry['fcl']:.4f} (lambda {lam:.1e}"
+              + (f", pull {entry['pull']:.3g}" if entry["pull"] is not None else "")
+              + f") val BAL {entry['val_bal']:.4f} ("
               + " ".join(f"{g} {a:.3f}" for g, a in entry["val_groups"].items()) + f") [{seconds:.1f}s]",
               flush=True)
     return model, log
@@ -371,14 +388,17 @@ def main(args: argparse.Namespace) -> dict:
 
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     utils: dict[str, dict] = {}
-    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "runs": runs}
+    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "runs": runs,
+              # the labels behind the runs' per-image hits, in the same order (one byte each)
+              "labels": {name: pack_counts(y.numpy()) for name, (_, y) in evals.items()}}
     for seed in range(args.seed, args.seed + args.seeds):
         for method in args.methods:
             start = time.perf_counter()
             model, log = train_one_run(method, seed, train_x, train_y, evals["val"][0]["bal"], evals["val"][1], args)
             run = {"seed": seed, "seconds": time.perf_counter() - start, "log": log}
             for name, (sets, y) in evals.items():  # "val", "test": per set, and per class ("val_per_class", ...)
-                run[name], run[f"{name}_per_class"] = score(model, sets, y)
+                run[f"{name}_hits"] = {}
+                run[name], run[f"{name}_per_class"] = score(model, sets, y, hits=run[f"{name}_hits"])
             runs[method].append(run)
             print(f"{method.upper()} seed {seed}: test " + " ".join(f"{SET_NAMES[s]} {run['test'][s]:.4f}" for s in SETS)
                   + " | val " + " ".join(f"{SET_NAMES[s]} {run['val'][s]:.4f}" for s in SETS)

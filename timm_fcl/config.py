@@ -138,7 +138,8 @@ class FCLConfig:
                              f"({' x '.join(map(str, input_size))})")
         if self.method == "fcl" and self.selection == "random" and 2 * self.k > elements:
             raise ValueError(f"selection 'random' draws two disjoint sets of k {self.k}, more than the {elements} "
-                             f"elements of one input ({' x '.join(map(str, input_size))}) hold; use k <= {elements // 2}")
+                             f"elements of one input ({' x '.join(map(str, input_size))}) hold; "
+                             f"use k <= {elements // 2}")
         if self.input_std is not None and len(self.input_std) not in (1, channels):
             raise ValueError(f"input_std has {len(self.input_std)} values for {channels} input channels")
         if self.perturbed_chunks > self.subset_size(batch_size):
