@@ -6,7 +6,6 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from timm_fcl.robustness.units import entry_in_percent
 
 # the paper file gives its title and "Anonymous authors" (under double-blind review)
 CITATION = """@misc{anonymous_feature_contrastive_learning,
@@ -66,11 +65,11 @@ def recipe_rows(train_args: dict, resolved: dict) -> list:
 
 
 def published_result(eval_results: dict, run_name: str = "") -> dict:
-    """The results of the published model in timm_fcl.eval's results.json (its run's entry, else the first), in
-    percent."""
+    """The results of the published model in timm_fcl.eval's results.json (its run's entry, else the first; read by
+    publish.read_eval_results, which refuses a unit other than percent)."""
     if not eval_results:
         return {}
-    return entry_in_percent(eval_results.get(run_name) or next(iter(eval_results.values())))
+    return dict(eval_results.get(run_name) or next(iter(eval_results.values())))
 
 
 def evaluation_rows(result: dict) -> list:

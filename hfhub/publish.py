@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import yaml
 from safetensors import SafetensorError, safe_open
 
-from timm_fcl.robustness.units import UNIT, in_percent
+from timm_fcl.robustness.units import check_unit
 from timm_fcl.run import folder as run_folder
 from timm_fcl.run.atomic import file_sha256
 from timm_fcl.run.cli import OneLineParser, UsageError, first_line, run_cli
@@ -81,26 +81,27 @@ def check_export(export: Path, root: Path) -> tuple[dict, Path, Path]:
 
 
 def read_eval_results(path: Path) -> dict:
-    """The results.json of ``python -m timm_fcl.eval`` (``{label: {"spec", "rows", "summaries"}}``), checked, in
-    percent (an older file in fractions is converted)."""
+    """The results.json of ``python -m timm_fcl.eval`` (``{label: {"spec", "rows", "summaries", "unit"}}``), checked
+    (accuracies in percent)."""
     try:
         results = json.loads(path.read_text())
         check_eval_results(results)
-        return in_percent(results)
+        return results
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exn:
         raise PublishError(f"{path} is not a results.json of timm_fcl.eval: {first_line(exn)}") from None
 
 
 def check_eval_results(results) -> None:
-    """Every entry has rows with suite, severity and an accuracy, and summaries of means, all within the range of
-    the entry's unit ([0, 100] percent, or [0, 1] for a file without a unit)."""
+    """Every entry is in percent and has rows with suite, severity and an accuracy, and summaries of means, all in
+    [0, 100]."""
     if not isinstance(results, dict) or not results:
         raise ValueError("expected {model: {spec, rows, summaries}}")
     for label, result in results.items():
         if not isinstance(result, dict) or not isinstance(result.get("rows"), list) \
                 or not isinstance(result.get("summaries", {}), dict):
             raise ValueError(f"{label!r} has no list of rows")
-        top = 100 if result.get("unit") == UNIT else 1  # in_percent refuses a unit it does not know
+        check_unit(result, repr(label))
+        top = 100
         for row in result["rows"]:
             if not isinstance(row, dict) or not isinstance(row.get("suite"), str) \
                     or not isinstance(row.get("severity"), int) or not _within(row.get("accuracy"), top):

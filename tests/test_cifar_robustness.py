@@ -1,21 +1,44 @@
-"""benchmarks/cifar_robustness.py: a smoke run of every part on tiny data, and the choices it makes."""
-import importlib.util
+"""benchmarks/cifar_robustness.py and its tables and zoo (cifar_tables.py, cifar_zoo.py, cifar_common.py): a smoke run
+of every part on tiny data, the choices they make, and the tables computed from their inputs."""
 import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
+import statistics
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from timm_fcl.data.shards import write_shards
+from timm_fcl.robustness.hits import pack_hits, unpack_counts, unpack_hits
 from train_helpers import ROOT, synthetic_samples
 
-spec = importlib.util.spec_from_file_location("cifar_robustness", ROOT / "benchmarks" / "cifar_robustness.py")
-bench = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-spec.loader.exec_module(bench)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import cifar_common as common  # noqa: E402
+import cifar_robustness as bench  # noqa: E402
+import cifar_tables as tables  # noqa: E402
+import cifar_zoo as zoo  # noqa: E402
+
+
+def parse(argv, parser=bench.get_args_parser):
+    return common.Bench(parser().parse_args(argv))
+
+
+def numbers(text: str) -> list:
+    """The numbers in a piece of a table, in order ("89.21 ± 0.02" -> [89.21, 0.02])."""
+    return [float(v) for v in re.findall(r"[-+]?\d+(?:\.\d+)?", text)]
+
+
+def row(table: str, *first: str) -> list:
+    """The cells after the first ones of the first markdown row that starts with ``first`` (Table 2's before
+    Table 3's)."""
+    lines = [line for line in table.splitlines() if line.startswith("| " + " | ".join(first) + " |")]
+    assert lines, first
+    return [c.strip() for c in lines[0].strip("|").split("|")][len(first):]
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +63,31 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_fills_both_tables_for_every_method(smoke, capsys):
     root, _ = smoke
-    results = root / "results" / "lr0.001-e1"
-    paper = bench.Bench(bench.get_args_parser().parse_args(["--paper-settings"]), deadline=0)
-    for name in bench.METHODS:
+    results = root / "results" / "lr0.01-e1"
+    paper = parse(["--paper-settings"])
+    for name in common.METHODS:
         entry = json.loads((results / "runs" / f"{name}-s0.json").read_text())
-        assert (entry["continue_lr"], entry["continue_epochs"]) == (0.001, 1)
-        assert entry["method"] == name and entry["hp"] == bench.chosen_hp(paper, name)
+        assert (entry["continue_lr"], entry["continue_epochs"]) == (0.01, 1) and entry["unit"] == "percent"
+        assert entry["method"] == name and entry["hp"] == common.chosen_hp(paper, name)
         assert entry["precision"] == "bf16" and len(entry["commit"]) >= 40
-        assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun"))
         assert set(entry["c10c"]["per_corruption"]) == {"gaussian_noise", "defocus_blur"}
         assert entry["c10c"]["images"] == 8
-    tables = (results / "tables.md").read_text()
-    for method in bench.METHODS.values():
-        assert f"| {method.label} | 1 |" in tables
-    assert "0.375 / 0.343" in tables and "| FCL | XE+Gaussian |" in tables  # the paper's FCL UN / NUN, a pair
-    assert "| FCL every 4 | FCL |" in tables and "| PG+FCL | PG+XE |" in tables and "Protocol check: " in tables
-    assert "### FCL every 4 steps against full FCL (seeds 0)" in tables and "| every 4 / full |" in tables
+        # which images were right: the accuracies in percent are the share of hits
+        assert entry["images"] == {s: 8 for s in common.SUITES}
+        for s in common.SUITES:
+            assert entry[s] == pytest.approx(100 * unpack_hits(entry["hits"][s], 8).mean())
+        assert entry["c10c"]["cells"] == 2 * 5  # two corruptions x five severities
+        counts = unpack_counts(entry["c10c"]["hits_count"])
+        assert len(counts) == 8 and 100 * counts.sum() / (8 * 10) == pytest.approx(entry["c10c"]["mean"])
+    text = (results / "tables.md").read_text()
+    for name, method in common.METHODS.items():
+        entry = json.loads((results / "runs" / f"{name}-s0.json").read_text())
+        cells = row(text, method.label, "1")  # Table 2's row: one seed, its numbers, the paper's
+        assert numbers(cells[0]) == [round(entry["clean"], 2)] and numbers(cells[2]) == [round(entry["nun"], 2)]
+        assert numbers(cells[3]) == (list(method.paper_t2) if method.paper_t2 else [])
+    assert row(text, "FCL", "XE+Gaussian") and row(text, "FCL every 4", "FCL") and row(text, "PG+FCL", "PG+XE")
+    assert "### FCL every 4 steps against full FCL (seeds 0)" in text and row(text, "every 4 / full")
+    assert "Protocol check: " in text
     assert (results / "table2.png").stat().st_size > 0 and (results / "table3.png").stat().st_size > 0
     # a finished part is skipped: nothing is trained or evaluated again
     evaluations = sorted((root / "work" / "eval" / "test").iterdir())
@@ -69,19 +101,19 @@ def test_continuations_start_from_the_pretraining_with_the_methods_flags(smoke):
     root, _ = smoke
     import yaml
     runs = root / "work" / "runs"
-    pg_fcl = yaml.safe_load((runs / "pg_fcl-k256-sigma0.5-tau1-weight0.0008-lr0.001-e1-s0" / "args.yaml").read_text())
+    pg_fcl = yaml.safe_load((runs / "pg_fcl-k256-sigma0.5-tau1-weight0.0008-lr0.01-e1-s0" / "args.yaml").read_text())
     assert pg_fcl["method"] == "fcl" and pg_fcl["patch_gaussian"] and pg_fcl["crop_pad"] == 4
     # one command trained the pre-training too: its continuations start from its run folder, which the zoo copies
     assert pg_fcl["initial_checkpoint"] == str(runs / "pretrain" / "model" / "model.safetensors")
     pretrain = json.loads((root / "results" / "pretrain.json").read_text())
-    result = json.loads((root / "results" / "lr0.001-e1" / "runs" / "pg_fcl-s0.json").read_text())
+    result = json.loads((root / "results" / "lr0.01-e1" / "runs" / "pg_fcl-s0.json").read_text())
     assert result["initial_checkpoint_sha256"] == pretrain["sha256"]
-    b = bench.Bench(bench.get_args_parser().parse_args(smoke[1]), deadline=0)
+    b = parse(smoke[1])
     assert b.pretrain_weights == root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10" / "model.safetensors"  # later
-    xe = yaml.safe_load((runs / "xe-default-lr0.001-e1-s0" / "args.yaml").read_text())
-    assert xe["seed"] == pg_fcl["seed"] == 0 and xe["lr"] == 0.001 and not xe["patch_gaussian"]
-    every = yaml.safe_load((runs / "fcl_every4-every4-k256-sigma0.5-tau2-weight0.0008-lr0.001-e1-s0" / "args.yaml").read_text())
-    other = yaml.safe_load((runs / "fcl_other-k256-negativesother_class-sigma0.5-tau2-weight0.0008-lr0.001-e1-s0" /
+    xe = yaml.safe_load((runs / "xe-default-lr0.01-e1-s0" / "args.yaml").read_text())
+    assert xe["seed"] == pg_fcl["seed"] == 0 and xe["lr"] == 0.01 and not xe["patch_gaussian"]
+    every = yaml.safe_load((runs / "fcl_every4-every4-k256-sigma0.5-tau2-weight0.0008-lr0.01-e1-s0" / "args.yaml").read_text())
+    other = yaml.safe_load((runs / "fcl_other-k256-negativesother_class-sigma0.5-tau2-weight0.0008-lr0.01-e1-s0" /
                             "args.yaml").read_text())
     assert (every["fcl_every"], every["fcl_negatives"]) == (4, "all")
     assert (other["fcl_every"], other["fcl_negatives"]) == (1, "other_class") and other["fcl_k"] == 256
@@ -91,62 +123,78 @@ def test_pretraining_is_evaluated_and_exported_to_the_zoo(smoke):
     root, _ = smoke
     entry = json.loads((root / "results" / "pretrain.json").read_text())
     zoo = root / "zoo" / "resnet20_cifar.xe_pretrain_cifar10"
-    assert entry["sha256"] == bench.sha256(zoo / "model.safetensors")
-    assert entry["sha256"] == bench.sha256(root / "work" / "runs" / "pretrain" / "model" / "model.safetensors")
-    assert all(0 <= entry[s] <= 1 for s in ("clean", "un", "nun")) and entry["c10c"]["images"] == 8
+    assert entry["sha256"] == common.sha256(zoo / "model.safetensors")
+    assert entry["sha256"] == common.sha256(root / "work" / "runs" / "pretrain" / "model" / "model.safetensors")
+    assert entry["unit"] == "percent" and entry["c10c"]["images"] == 8
     evaluated = json.loads((zoo / "eval" / "results.json").read_text())["pretrain"]
+    assert evaluated["unit"] == "percent" and evaluated["weights_sha256"] == entry["sha256"]
     assert bench.condense(evaluated)["clean"] == entry["clean"]
     card = (zoo / "README.md").read_text()
     assert "timm-fcl/resnet20_cifar.xe_pretrain_cifar10" in card
-    assert f"| clean | top-1 accuracy | {100 * entry['clean']:.2f} |" in card  # the card is in percent
+    assert f"| clean | top-1 accuracy | {entry['clean']:.2f} |" in card  # the card and the results: one unit
 
 
 def test_protocol_check_scores_xe_gauss_against_xe_on_validation(smoke):
     root, argv = smoke
-    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
-    verdict = json.loads((root / "results" / "protocol" / "lr0.001-e1.json").read_text())
+    b = parse(argv)
+    verdict = json.loads((root / "results" / "protocol" / "lr0.01-e1.json").read_text())
     xe = json.loads((b.protocol_results / "sweep" / "xe-default.json").read_text())
     gauss = json.loads((b.protocol_results / "sweep" / "xe_gauss-sigma0.3-weight0.0008.json").read_text())
-    assert verdict["split"] == "validation" and verdict["continue_lr"] == 0.001
+    assert verdict["split"] == "validation" and verdict["continue_lr"] == 0.01 and verdict["unit"] == "percent"
     assert verdict["gain"]["un"] == pytest.approx(gauss["un"] - xe["un"])
-    assert verdict["passes"] == (verdict["gain"]["un"] >= bench.MIN_GAUSS_GAIN)
+    assert verdict["passes"] == (verdict["gain"]["un"] >= common.MIN_GAUSS_GAIN)
     # the protocol's runs are the seed-0 continuations the test-set part evaluates: trained once
-    assert (b.run_dir("xe_gauss", bench.chosen_hp(b, "xe_gauss"), 0) / "bench_wall.json").is_file()
+    assert (b.run_dir("xe_gauss", common.chosen_hp(b, "xe_gauss"), 0) / "bench_wall.json").is_file()
     assert len(list((root / "work" / "runs").glob("xe_gauss-*-s0"))) == 1
 
 
 def test_paper_settings_are_appendix_b_at_our_batch():
-    b = bench.Bench(bench.get_args_parser().parse_args(["--paper-settings"]), deadline=0)
+    b = parse(["--paper-settings"])
     lam = 1e-4 * 1024 / 128  # the paper's lambda weighs a sum over 1024 images, ours over 128
-    assert bench.chosen_hp(b, "xe_gauss") == {"sigma": 0.3, "weight": pytest.approx(lam)}
-    assert bench.chosen_hp(b, "cl_gauss") == {"sigma": 0.5, "tau": 0.5, "weight": pytest.approx(lam)}
-    assert bench.chosen_hp(b, "fcl") == {"k": 256, "sigma": 0.5, "tau": 2.0, "weight": pytest.approx(lam)}
-    assert bench.chosen_hp(b, "pg_fcl") == {"k": 256, "sigma": 0.5, "tau": 1.0, "weight": pytest.approx(lam)}
+    assert common.chosen_hp(b, "xe_gauss") == {"sigma": 0.3, "weight": pytest.approx(lam)}
+    assert common.chosen_hp(b, "cl_gauss") == {"sigma": 0.5, "tau": 0.5, "weight": pytest.approx(lam)}
+    assert common.chosen_hp(b, "fcl") == {"k": 256, "sigma": 0.5, "tau": 2.0, "weight": pytest.approx(lam)}
+    assert common.chosen_hp(b, "pg_fcl") == {"k": 256, "sigma": 0.5, "tau": 1.0, "weight": pytest.approx(lam)}
+
+
+def test_the_defaults_are_the_protocol_that_passed():
+    """lr 0.01 for 24 epochs in bf16, CL+Gaussian and PG+FCL at Appendix B's settings, the rest at the sweep's choice:
+    the commands in the README name no protocol flag they do not need."""
+    for parser in (bench.get_args_parser, tables.get_args_parser, zoo.get_args_parser):
+        b = parse([], parser)
+        assert b.protocol == "lr0.01-e24" and b.args.paper_settings == ["cl_gauss", "pg_fcl"]
+        assert [common.takes_paper_settings(b, n) for n in ("cl_gauss", "pg_fcl", "fcl", "xe_gauss")] == \
+            [True, True, False, False]
+    assert bench.get_args_parser().parse_args([]).precision == "bf16"
 
 
 def test_paper_settings_for_some_methods_and_the_sweeps_choice_for_the_rest(tmp_path):
     """--paper-settings M ...: those methods take Appendix B's setting, the swept ones their choice (FCL's variants
     follow FCL's); a method neither named nor swept is refused."""
-    argv = ["--results", str(tmp_path), "--continue-lr", "0.01", "--continue-epochs", "24"]
-    b = bench.Bench(bench.get_args_parser().parse_args(argv + ["--paper-settings", "cl_gauss", "pg_fcl"]), deadline=0)
-    bench.write_json(bench.sweep_result(b, "xe", {}), entry({}, 0.90, 0.30, 0.30))
-    for i, hp in enumerate(bench.SWEEPS["fcl"]):  # the last setting is the most robust, and within a point of XE
-        bench.write_json(bench.sweep_result(b, "fcl", hp), entry(hp, 0.895, 0.30 + 0.01 * i, 0.30))
-    paper = bench.Bench(bench.get_args_parser().parse_args(["--paper-settings"]), deadline=0)
-    assert bench.chosen_hp(b, "fcl") == bench.SWEEPS["fcl"][-1] != bench.chosen_hp(paper, "fcl")
-    assert bench.chosen_hp(b, "fcl_every4") == {**bench.SWEEPS["fcl"][-1], "every": 4}
-    assert bench.chosen_hp(b, "cl_gauss") == bench.chosen_hp(paper, "cl_gauss")
-    assert bench.chosen_hp(b, "pg_fcl") == bench.chosen_hp(paper, "pg_fcl")
+    argv = ["--results", str(tmp_path)]
+    b = parse(argv + ["--paper-settings", "cl_gauss", "pg_fcl"])
+    common.write_json(common.sweep_result(b, "xe", {}), entry({}, 90.0, 30.0, 30.0))
+    for i, hp in enumerate(common.SWEEPS["fcl"]):  # the last setting is the most robust, and within a point of XE
+        common.write_json(common.sweep_result(b, "fcl", hp), entry(hp, 89.5, 30.0 + i, 30.0))
+    paper = parse(["--paper-settings"])
+    assert common.chosen_hp(b, "fcl") == common.SWEEPS["fcl"][-1] != common.chosen_hp(paper, "fcl")
+    assert common.chosen_hp(b, "fcl_every4") == {**common.SWEEPS["fcl"][-1], "every": 4}
+    assert common.chosen_hp(b, "cl_gauss") == common.chosen_hp(paper, "cl_gauss")
+    assert common.chosen_hp(b, "pg_fcl") == common.chosen_hp(paper, "pg_fcl")
     with pytest.raises(RuntimeError, match="the xe_gauss sweep is unfinished"):
-        bench.chosen_hp(b, "xe_gauss")
-    none = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
-    assert bench.chosen_hp(none, "fcl") == bench.SWEEPS["fcl"][-1]
+        common.chosen_hp(b, "xe_gauss")
+    none = parse(argv + ["--paper-settings", "none"])
+    assert common.chosen_hp(none, "fcl") == common.SWEEPS["fcl"][-1]
     with pytest.raises(RuntimeError, match="the cl_gauss sweep is unfinished"):
-        bench.chosen_hp(none, "cl_gauss")
+        common.chosen_hp(none, "cl_gauss")
+    # a sweep result in fractions (no unit) is refused, not read as percent
+    common.write_json(common.sweep_result(b, "xe", {}), {"hp": {}, "clean": 0.9, "un": 0.3, "nun": 0.3})
+    with pytest.raises(ValueError, match="accuracies in None, not 'percent'"):
+        common.chosen_hp(b, "fcl")
 
 
 def entry(hp, clean, un, nun):
-    return {"hp": hp, "clean": clean, "un": un, "nun": nun}
+    return {"hp": hp, "clean": clean, "un": un, "nun": nun, "unit": "percent"}
 
 
 def test_tables_fill_the_readme_between_its_markers_and_leave_the_rest(smoke, tmp_path):
@@ -154,15 +202,15 @@ def test_tables_fill_the_readme_between_its_markers_and_leave_the_rest(smoke, tm
     readme = tmp_path / "docs" / "README.md"
     readme.parent.mkdir()
     above, below = "# a project\n\nkept above\n", "\nkept below\n"
-    above += bench.README_END + " (an end marker before the block is not its end)\n"
-    readme.write_text(above + bench.README_BEGIN + "\nlast run's tables\n" + bench.README_END + below)
+    above += tables.README_END + " (an end marker before the block is not its end)\n"
+    readme.write_text(above + tables.README_BEGIN + "\nlast run's tables\n" + tables.README_END + below)
     args = argv[:argv.index("--part")] + ["--part", "tables", "--readme", str(readme)]
     assert bench.main(args) == 0
     text = readme.read_text()
-    assert text.startswith(above + bench.README_BEGIN + "\n") and text.endswith(bench.README_END + below)
+    assert text.startswith(above + tables.README_BEGIN + "\n") and text.endswith(tables.README_END + below)
     assert "last run's tables" not in text and "#### Table 2: " in text and "#### Table 3: " in text
-    tables = (root / "results" / "lr0.001-e1" / "tables.md").read_text()
-    rows = [line for line in tables.splitlines() if line.startswith(("| FCL | 1 |", "| FCL | XE |"))]
+    written = (root / "results" / "lr0.01-e1" / "tables.md").read_text()
+    rows = [line for line in written.splitlines() if line.startswith(("| FCL | 1 |", "| FCL | XE |"))]
     assert len(rows) == 5 and all(row in text for row in rows)  # its rows and pairs in Tables 2, 3 and the times
     links = re.findall(r"\]\(([^)]+)\)", text)
     assert len(links) == 3 and all((readme.parent / link).is_file() for link in links)  # two PNGs and tables.md
@@ -179,19 +227,20 @@ def c10c(mean):
 def test_a_seed_evaluated_at_settings_the_sweep_did_not_choose_is_redone_and_the_old_result_kept(monkeypatch,
                                                                                                    tmp_path):
     """FCL's seed 0 at Appendix B's settings is not done once the sweep chose other settings: the part trains it again
-    (and its variants, which follow FCL's settings), the old result moves to runs/earlier/, and the tables show both."""
-    argv = ["--results", str(tmp_path), "--continue-lr", "0.01", "--continue-epochs", "24", "--seeds", "0",
-            "--methods", "xe", "fcl", "fcl_every4"]
-    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
-    paper_hp, chosen = bench.SWEEPS["fcl"][0], bench.SWEEPS["fcl"][1]
-    bench.write_json(bench.sweep_result(b, "xe", {}), entry({}, 0.90, 0.30, 0.30))
-    for hp in bench.SWEEPS["fcl"]:
-        bench.write_json(bench.sweep_result(b, "fcl", hp), entry(hp, 0.90, 0.40 if hp == chosen else 0.35, 0.35))
-    for name, hp, un in (("xe", {}, 0.30), ("fcl", paper_hp, 0.33), ("fcl_every4", {**paper_hp, "every": 4}, 0.32)):
-        bench.write_json(bench.run_result(b, name, 0), {"method": name, "seed": 0, "hp": hp, "clean": 0.9, "un": un,
-                                                        "nun": 0.3, "c10c": c10c(0.7), "train_seconds": 100})
-    assert bench.chosen_hp(b, "fcl") == chosen
-    assert [bench.result_done(b, n, 0) for n in ("xe", "fcl", "fcl_every4")] == [True, False, False]
+    (and its variants, which follow FCL's settings), the evaluation moves the old result to runs/earlier/, and the
+    tables show both; a result not yet redone stays where it is and is shown as superseded, not tabulated."""
+    argv = ["--results", str(tmp_path), "--seeds", "0", "--methods", "xe", "fcl", "fcl_every4"]
+    b = bench.Part(bench.get_args_parser().parse_args(argv))
+    paper_hp, chosen = common.SWEEPS["fcl"][0], common.SWEEPS["fcl"][1]
+    common.write_json(common.sweep_result(b, "xe", {}), entry({}, 90.0, 30.0, 30.0))
+    for hp in common.SWEEPS["fcl"]:
+        common.write_json(common.sweep_result(b, "fcl", hp), entry(hp, 90.0, 40.0 if hp == chosen else 35.0, 35.0))
+    for name, hp, un in (("xe", {}, 30.0), ("fcl", paper_hp, 33.0), ("fcl_every4", {**paper_hp, "every": 4}, 32.0)):
+        common.write_json(common.run_result(b, name, 0), {"method": name, "seed": 0, "unit": "percent", "hp": hp,
+                                                          "clean": 90.0, "un": un, "nun": 30.0, "c10c": c10c(70.0),
+                                                          "train_seconds": 100})
+    assert common.chosen_hp(b, "fcl") == chosen
+    assert [common.result_done(b, n, 0) for n in ("xe", "fcl", "fcl_every4")] == [True, False, False]
     todo = []
     monkeypatch.setattr(bench, "train_all", lambda b, runs, after=None: todo.extend(runs))
     bench.part_continue(b)
@@ -199,92 +248,178 @@ def test_a_seed_evaluated_at_settings_the_sweep_did_not_choose_is_redone_and_the
 
     bench.set_aside(b, "fcl", 0)  # as the evaluation does before it writes the new result
     bench.set_aside(b, "xe", 0)  # XE's settings did not change: it stays
-    old = bench.earlier_result(b, "fcl", paper_hp, 0)
-    assert json.loads(old.read_text())["un"] == 0.33 and not bench.run_result(b, "fcl", 0).exists()
-    assert bench.run_result(b, "xe", 0).exists()
-    bench.write_json(bench.run_result(b, "fcl", 0), {"method": "fcl", "seed": 0, "hp": chosen, "clean": 0.9,
-                                                     "un": 0.45, "nun": 0.4, "c10c": c10c(0.72), "train_seconds": 300})
-    assert bench.load_runs(b)["fcl"][0]["un"] == 0.45  # the tables' seeds: the current settings only
-    rows = bench.format_earlier(b).splitlines()[4:]
-    assert rows == [f"| FCL | {bench.hp_key(paper_hp)} | 0 | 0.9000 / 0.3300 / 0.3000 / 0.7000 | "
-                    f"{bench.hp_key(chosen)} | 0.9000 / 0.4500 / 0.4000 / 0.7200 |"]
+    old = common.earlier_result(b, "fcl", paper_hp, 0)
+    assert json.loads(old.read_text())["un"] == 33.0 and not common.run_result(b, "fcl", 0).exists()
+    assert common.run_result(b, "xe", 0).exists()
+    common.write_json(common.run_result(b, "fcl", 0), {"method": "fcl", "seed": 0, "hp": chosen, "clean": 90.0,
+                                                       "unit": "percent", "un": 45.0, "nun": 40.0,
+                                                       "c10c": c10c(72.0), "train_seconds": 300})
+    assert common.load_runs(b)["fcl"][0]["un"] == 45.0  # the tables' seeds: the current settings only
 
-    # every 4 at Appendix B's settings, not yet redone at FCL's choice, is no row of the tables but an earlier result
-    assert bench.load_runs(b)["fcl_every4"][0]["hp"] == {**paper_hp, "every": 4}
-    bench.part_tables(b)
-    assert not bench.run_result(b, "fcl_every4", 0).exists() and not bench.load_runs(b)["fcl_every4"]
-    tables = (b.protocol_results / "tables.md").read_text()
-    assert "| FCL every 4 | 0 | - | - | - |" in tables and "| FCL every 4 | FCL |" not in tables
-    assert f"| FCL every 4 | {bench.hp_key({**paper_hp, 'every': 4})} | 0 | 0.9000 / 0.3200 / 0.3000" in tables
+    # every 4 at Appendix B's settings, not yet redone at FCL's choice: no row of the tables, a superseded result
+    every4 = common.run_result(b, "fcl_every4", 0)
+    before = every4.read_bytes()
+    assert not common.load_runs(b)["fcl_every4"]
+    text = tables.write_tables(b)
+    assert every4.read_bytes() == before  # the tables only read
+    assert row(text, "FCL every 4", "0") == ["-", "-", "-", "-"]  # no seed: no numbers, and no paper's either
+    assert not [line for line in text.splitlines() if line.startswith("| FCL every 4 | FCL |")]
+    seed, then, settings, now = row(text, "FCL", common.hp_key(paper_hp))  # beside the same seed at the choice
+    assert (seed, numbers(then), settings, numbers(now)) == ("0", [90, 33, 30, 70], common.hp_key(chosen),
+                                                             [90, 45, 40, 72])
+    seed, then, settings, now = row(text, "FCL every 4", common.hp_key({**paper_hp, "every": 4}))
+    assert (seed, numbers(then), settings, now) == ("0", [90, 32, 30, 70], "-", "-")  # not redone yet
+
+
+def test_the_tables_only_read_the_committed_results_and_write_the_same_tables_twice(tmp_path):
+    """Over a copy of benchmarks/results/cifar_robustness/: every file but the tables' outputs is byte for byte
+    what it was (none moved, none deleted, none added), and a second run writes the same tables."""
+    results = tmp_path / "results"
+    shutil.copytree(common.RESULTS, results)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# results\n\n{tables.README_BEGIN}\n{tables.README_END}\n")
+    outputs = {results / "lr0.01-e24" / name for name in ("tables.md", "table2.png", "table3.png")} | {readme}
+
+    def snapshot() -> dict:
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    assert tables.main(["--results", str(results), "--readme", str(readme)]) == 0
+    first = snapshot()
+    assert tables.main(["--results", str(results), "--readme", str(readme)]) == 0
+    second = snapshot()
+    assert set(before) == set(first) == set(second)
+    assert {p: v for p, v in first.items() if p not in outputs} == {p: v for p, v in before.items() if p not in outputs}
+    assert {p: second[p] for p in outputs} == {p: first[p] for p in outputs}
+    text = (results / "lr0.01-e24" / "tables.md").read_text()
+    fcl = json.loads((results / "lr0.01-e24" / "runs" / "fcl-s0.json").read_text())
+    assert fcl["unit"] == "percent" and 80 < fcl["clean"] < 100  # the committed results are in percent
+    seeds = [json.loads((results / "lr0.01-e24" / "runs" / f"fcl-s{s}.json").read_text()) for s in range(3)]
+    assert numbers(row(text, "FCL", "3")[0]) == [round(statistics.mean(e["clean"] for e in seeds), 2),
+                                                 round(statistics.stdev(e["clean"] for e in seeds), 2)]
+    assert numbers(row(text, "FCL", "3")[3]) == list(common.METHODS["fcl"].paper_t2)  # the paper's, in percent
+    assert next(line for line in text.splitlines() if line.startswith("| FCL | 3 |")) in readme.read_text()
 
 
 def test_choice_is_the_most_robust_setting_within_a_point_of_xe():
-    entries = [entry({"w": 1}, 0.90, 0.30, 0.30), entry({"w": 2}, 0.895, 0.40, 0.38), entry({"w": 3}, 0.85, 0.7, 0.7)]
-    assert bench.choose(entries, xe_clean=0.902) == {"w": 2}  # w=3 is more robust but costs 5 points
-    assert bench.choose(entries[2:], xe_clean=0.902) == {"w": 3}  # nothing eligible: the most accurate
+    entries = [entry({"w": 1}, 90.0, 30.0, 30.0), entry({"w": 2}, 89.5, 40.0, 38.0), entry({"w": 3}, 85.0, 70.0, 70.0)]
+    assert common.choose(entries, xe_clean=90.2) == {"w": 2}  # w=3 is more robust but costs 5 points
+    assert common.choose(entries[2:], xe_clean=90.2) == {"w": 3}  # nothing eligible: the most accurate
 
 
 def test_paired_difference_is_taken_per_seed():
-    runs = {"fcl": {0: {"un": 0.5}, 1: {"un": 0.7}, 2: {"un": 0.9}}, "xe": {0: {"un": 0.4}, 1: {"un": 0.6}}}
-    assert bench.paired(runs, "fcl", "xe", bench.t2_value, "un") == "+0.1000 ± 0.0000"
-    assert bench.paired({**runs, "xe": {1: {"un": 0.75}}}, "fcl", "xe", bench.t2_value, "un") == "-0.0500"  # one seed
-    assert bench.mean_std([0.5, 0.7, 0.9]) == "0.7000 ± 0.2000" and bench.mean_std([]) == "-"
+    runs = {"fcl": {0: {"un": 50.0}, 1: {"un": 70.0}, 2: {"un": 90.0}}, "xe": {0: {"un": 40.0}, 1: {"un": 65.0}}}
+    diffs = [10.0, 5.0]  # seeds 0 and 1; seed 2 has no XE twin
+    assert numbers(tables.paired(runs, "fcl", "xe", common.t2_value, "un")) == [
+        round(statistics.mean(diffs), 2), round(statistics.stdev(diffs), 2)]
+    one = tables.paired({**runs, "xe": {1: {"un": 75.0}}}, "fcl", "xe", common.t2_value, "un")
+    assert numbers(one) == [-5.0] and "±" not in one  # one seed: no std
+    assert numbers(tables.mean_std([50.0, 70.0, 90.0])) == [70.0, 20.0] and tables.mean_std([]) == "-"
 
 
 def test_training_time_table_gives_the_mean_per_method_its_ratio_to_xe_and_the_total():
     runs = {"xe": {0: {"train_seconds": 100.0, "precision": "bf16"}, 1: {"train_seconds": 300.0, "precision": "bf16"}},
             "fcl": {0: {"train_seconds": 500.0, "eval_seconds": 3600.0, "precision": "bf16"}}}
-    table = bench.format_costs(runs).splitlines()
-    assert "| XE | 2 | 200 | 1.00 | bf16 |" in table and "| FCL | 1 | 500 | 2.50 | bf16 |" in table
-    assert not any(line.startswith("| XE+Gaussian |") for line in table)  # no runs, no row
-    assert table[-1].startswith("In all: 3 continuations, 0.2 h of training and 1.0 h of evaluation. ")
+    table = tables.format_costs(runs)
+    xe, fcl = (100.0 + 300.0) / 2, 500.0
+    assert row(table, "XE") == ["2", f"{xe:.0f}", "1.00", "bf16"]
+    assert row(table, "FCL")[:2] == ["1", f"{fcl:.0f}"] and float(row(table, "FCL")[2]) == round(fcl / xe, 2)
+    assert not any(line.startswith("| XE+Gaussian |") for line in table.splitlines())  # no runs, no row
+    total = table.splitlines()[-1]
+    assert numbers(total)[:3] == [3, round((100 + 300 + 500) / 3600, 1), round(3600 / 3600, 1)]
 
 
 def test_every4_keeps_its_share_of_full_fcls_paired_gain_and_reports_its_epoch_time():
     def entry(un, nun, mean, seconds):
         return {"un": un, "nun": nun, "c10c": {"mean": mean}, "train_seconds": seconds, "continue_epochs": 10}
 
-    runs = {"xe": {0: entry(0.3, 0.3, 0.6, 100), 1: entry(0.4, 0.2, 0.7, 100)},
-            "fcl": {0: entry(0.5, 0.4, 0.7, 400), 1: entry(0.6, 0.4, 0.7, 600), 2: entry(0.9, 0.9, 0.9, 9000)},
-            "fcl_every4": {0: entry(0.4, 0.3, 0.65, 100), 1: entry(0.56, 0.35, 0.72, 200)}}
-    table = bench.format_every4(runs).splitlines()
-    assert table[0] == "### FCL every 4 steps against full FCL (seeds 0, 1)"  # seed 2 has no twin: left out
-    assert table[4] == "| FCL | +0.2000 | +0.1500 | +0.0500 |"  # (0.2 + 0.2) / 2, (0.1 + 0.2) / 2, (0.1 + 0) / 2
-    assert table[5] == "| FCL every 4 | +0.1300 | +0.0750 | +0.0350 |"
-    assert table[6] == "| every 4 / full | 0.65 | 0.50 | 0.70 |"
+    runs = {"xe": {0: entry(30, 30, 60, 100), 1: entry(40, 20, 70, 100)},
+            "fcl": {0: entry(50, 40, 70, 400), 1: entry(60, 40, 70, 600), 2: entry(90, 90, 90, 9000)},
+            "fcl_every4": {0: entry(40, 30, 65, 100), 1: entry(56, 35, 72, 200)}}
+    table = tables.format_every4(runs)
+    assert table.splitlines()[0].endswith("(seeds 0, 1)")  # seed 2 has no twin: left out
+
+    def gain(name, key):  # the paired gain over XE, mean over seeds 0 and 1
+        value = (lambda e: e["c10c"]["mean"]) if key == "mean" else (lambda e: e[key])
+        return statistics.mean(value(runs[name][s]) - value(runs["xe"][s]) for s in (0, 1))
+
+    full = [gain("fcl", k) for k in ("un", "nun", "mean")]
+    cheap = [gain("fcl_every4", k) for k in ("un", "nun", "mean")]
+    assert numbers(" ".join(row(table, "FCL"))) == [round(v, 2) for v in full]
+    assert numbers(" ".join(row(table, "FCL every 4"))) == [round(v, 2) for v in cheap]
+    assert numbers(" ".join(row(table, "every 4 / full"))) == [round(c / f, 2) for c, f in zip(cheap, full)]
     # per seed, never averaged over seeds: seed 0's runs may have shared the machine, seed 1's not
-    assert table[8].startswith("Training seconds per epoch, every 4 / full: seed 0 10 / 40 (0.25), "
-                               "seed 1 20 / 60 (0.33).")
-    assert bench.format_every4({"xe": runs["xe"], "fcl": runs["fcl"]}) == ""
+    times = table.splitlines()[-1]
+    for seed in (0, 1):
+        mine, theirs = (runs[n][seed]["train_seconds"] / 10 for n in ("fcl_every4", "fcl"))
+        assert f"seed {seed} {mine:.0f} / {theirs:.0f} ({mine / theirs:.2f})" in times
+    assert tables.format_every4({"xe": runs["xe"], "fcl": runs["fcl"]}) == ""
 
 
 def test_per_corruption_differences_are_paired_means_in_the_order_of_fcls_gain():
     def entry(fog, snow):
         return {"c10c": {"per_corruption": {"fog": fog, "snow": snow}}}
 
-    runs = {"xe": {0: entry(0.5, 0.5), 1: entry(0.6, 0.4)}, "fcl": {0: entry(0.52, 0.60), 1: entry(0.64, 0.50),
-                                                                  2: entry(0.9, 0.9)}}
-    table = bench.format_per_corruption(runs).splitlines()
-    assert table[2] == "| corruption | FCL - XE |"  # only pairs with a shared seed
-    assert table[4:] == ["| snow | +0.1000 |", "| fog | +0.0300 |"]  # seed 2 has no XE twin: left out
-    assert bench.format_per_corruption({"xe": runs["xe"]}) == ""
+    runs = {"xe": {0: entry(50, 50), 1: entry(60, 40)}, "fcl": {0: entry(52, 60), 1: entry(64, 50),
+                                                                2: entry(90, 90)}}
+    table = tables.format_per_corruption(runs)
+    assert table.splitlines()[2] == "| corruption | FCL - XE |"  # only pairs with a shared seed
+    snow, fog = statistics.mean([60 - 50, 50 - 40]), statistics.mean([52 - 50, 64 - 60])  # seed 2: no XE twin
+    assert [line.split("|")[1].strip() for line in table.splitlines()[4:]] == ["snow", "fog"]  # FCL's gain first
+    assert numbers(row(table, "snow")[0]) == [snow] and numbers(row(table, "fog")[0]) == [fog]
+    assert tables.format_per_corruption({"xe": runs["xe"]}) == ""
+
+
+def test_condense_keeps_the_hits_of_every_image_and_counts_the_corrupted_cells_right():
+    """A hand-built timm_fcl.eval entry of 4 images: the clean / UN / NUN hits are kept with their image counts, and
+    the C count of an image is how many of the cells entering the C mean (here 2 corruptions x 2 severities) it got
+    right; an entry without hits keeps the accuracies only, and one in fractions is refused."""
+    def plain(suite, hits):
+        return {"suite": suite, "corruption": "", "severity": 0, "accuracy": 25.0 * sum(hits), "total": 4,
+                "hits": pack_hits(hits)}
+
+    def cell(corruption, severity, hits):
+        return {"suite": "generated", "corruption": corruption, "severity": severity, "accuracy": 25.0 * sum(hits),
+                "total": 4, "hits": pack_hits(hits)}
+
+    rows = [plain("clean", [1, 1, 1, 0]), plain("un", [1, 0, 0, 0]), plain("nun", [0, 1, 0, 0]),
+            cell("fog", 1, [1, 1, 0, 0]), cell("fog", 2, [1, 0, 0, 0]),
+            cell("snow", 1, [1, 1, 1, 0]), cell("snow", 2, [0, 1, 0, 1])]
+    summary = {"mean_19": None, "mean_all": 50.0, "groups": {}, "per_corruption": {"fog": 37.5, "snow": 62.5}}
+    result = {"spec": "run", "unit": "percent", "rows": rows, "summaries": {"generated": summary}}
+    out = bench.condense(result)
+    assert (out["clean"], out["un"], out["nun"], out["unit"]) == (75.0, 25.0, 25.0, "percent")
+    assert out["hits"] == {s: r["hits"] for s, r in zip(common.SUITES, rows)}
+    assert out["images"] == {"clean": 4, "un": 4, "nun": 4}
+    assert out["c10c"]["mean"] == 50.0 and out["c10c"]["images"] == 4 and out["c10c"]["cells"] == 4
+    # image 0: fog 1, fog 2, snow 1 right = 3; image 1: fog 1, snow 1, snow 2 = 3; image 2: snow 1 = 1; image 3: 1
+    assert unpack_counts(out["c10c"]["hits_count"]).tolist() == [3, 3, 1, 1]
+
+    older = {**result, "rows": [{k: v for k, v in r.items() if k != "hits"} for r in rows]}
+    out = bench.condense(older)
+    assert "hits" not in out and "images" not in out and not {"hits_count", "cells"} & set(out["c10c"])
+    assert out["clean"] == 75.0
+    with pytest.raises(ValueError, match="accuracies in None, not 'percent'"):
+        bench.condense({k: v for k, v in result.items() if k != "unit"})
 
 
 def test_zoo_holds_the_seed_0_picks_with_their_own_numbers(smoke):
     root, argv = smoke
-    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
-    picks = bench.zoo_picks(bench.load_runs(b))
+    b = parse(argv)
+    picks = zoo.zoo_picks(common.load_runs(b))
     assert picks[:2] == ["fcl", "xe"]
-    tags = {f"resnet20_cifar.{bench.ZOO_TAGS[n]}" for n in picks} | {"resnet20_cifar.xe_pretrain_cifar10"}
+    tags = {f"resnet20_cifar.{common.ZOO_TAGS[n]}" for n in picks} | {"resnet20_cifar.xe_pretrain_cifar10"}
     assert {p.name for p in (root / "zoo").iterdir()} == tags
     for name in picks:
-        zoo = root / "zoo" / f"resnet20_cifar.{bench.ZOO_TAGS[name]}"
-        run = b.run_dir(name, bench.chosen_hp(b, name), 0)
-        assert bench.sha256(zoo / "model.safetensors") == bench.sha256(run / "model" / "model.safetensors")
+        folder = root / "zoo" / f"resnet20_cifar.{common.ZOO_TAGS[name]}"
+        run = b.run_dir(name, common.chosen_hp(b, name), 0)
+        assert common.sha256(folder / "model.safetensors") == common.sha256(run / "model" / "model.safetensors")
         entry = json.loads((b.protocol_results / "runs" / f"{name}-s0.json").read_text())
-        evaluated = json.loads((zoo / "eval" / "results.json").read_text())[run.name]
+        evaluated = json.loads((folder / "eval" / "results.json").read_text())[run.name]
+        assert evaluated["unit"] == "percent"
+        assert evaluated["weights_sha256"] == common.sha256(folder / "model.safetensors")
         assert bench.condense(evaluated)["un"] == entry["un"]
-        assert f"| un | top-1 accuracy | {100 * entry['un']:.2f} |" in (zoo / "README.md").read_text()
+        assert f"| un | top-1 accuracy | {entry['un']:.2f} |" in (folder / "README.md").read_text()
 
 
 def test_test_evaluation_takes_the_noisy_sets_and_the_corruptions_from_their_own_image_counts(monkeypatch, tmp_path):
@@ -301,13 +436,13 @@ def test_test_evaluation_takes_the_noisy_sets_and_the_corruptions_from_their_own
     monkeypatch.setattr(bench, "evaluate", evaluate)
     run = tmp_path / "xe-s0"
     args = ["--data-dir", str(tmp_path), "--work", str(tmp_path / "work"), "--test-samples", "100"]
-    b = bench.Bench(bench.get_args_parser().parse_args(args + ["--corruption-samples", "20"]), deadline=0)
+    b = bench.Part(bench.get_args_parser().parse_args(args + ["--corruption-samples", "20"]))
     (merged,) = bench.evaluate_test(b, [run], tmp_path / "out").values()
     assert calls == [(("clean", "un", "nun"), 100), (("generated",), 20)]
     assert [r["suite"] for r in merged["rows"]] == ["clean", "un", "nun", "generated"]
     assert merged["unit"] == "percent" and merged["summaries"] == {"generated": {"mean_all": 50.0}}
     calls.clear()
-    b = bench.Bench(bench.get_args_parser().parse_args(args + ["--corruption-samples", "100"]), deadline=0)
+    b = bench.Part(bench.get_args_parser().parse_args(args + ["--corruption-samples", "100"]))
     (alone,) = bench.evaluate_test(b, [run], tmp_path / "out").values()
     assert calls == [(("clean", "un", "nun", "generated"), 100)] and alone["rows"] == merged["rows"]
 
@@ -324,7 +459,7 @@ def test_a_sweep_keeps_the_score_of_every_run_it_finished_when_the_part_stops(mo
         return b.run_dir(method.name, hp, seed)
 
     def evaluate(b, runs, *, suites, split, **_):
-        assert split == "validation" and suites == list(bench.SUITES)
+        assert split == "validation" and suites == list(common.SUITES)
         scored.append(runs[0].name)
         rows = [{"suite": s, "severity": 0, "accuracy": 80.0 + len(scored)} for s in suites]
         return {r.name: {"unit": "percent", "rows": rows, "summaries": {}} for r in runs}
@@ -332,23 +467,31 @@ def test_a_sweep_keeps_the_score_of_every_run_it_finished_when_the_part_stops(mo
     monkeypatch.setattr(bench, "train_continuation", train_continuation)
     monkeypatch.setattr(bench, "evaluate", evaluate)
     argv = ["--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--jobs", "1"]
-    b = bench.Bench(bench.get_args_parser().parse_args(argv), deadline=0)
-    grid = bench.SWEEPS["xe_gauss"]
+    b = bench.Part(bench.get_args_parser().parse_args(argv))
+    grid = common.SWEEPS["xe_gauss"]
     with pytest.raises(bench.PartStopped):
         bench.validate(b, [("xe_gauss", hp) for hp in grid])
-    assert [bench.sweep_result(b, "xe_gauss", hp).is_file() for hp in grid] == [True, True, False]
-    first = json.loads(bench.sweep_result(b, "xe_gauss", grid[0]).read_text())
-    assert (first["hp"], first["clean"], first["seed"]) == (grid[0], 0.81, bench.SWEEP_SEED)
+    assert [common.sweep_result(b, "xe_gauss", hp).is_file() for hp in grid] == [True, True, False]
+    first = json.loads(common.sweep_result(b, "xe_gauss", grid[0]).read_text())
+    assert (first["hp"], first["clean"], first["seed"]) == (grid[0], 81.0, common.SWEEP_SEED)
     scored.append("stopped")  # the next part: only the third setting is trained and scored
     bench.validate(b, [("xe_gauss", hp) for hp in grid])
     assert trained[2:] == [("xe_gauss", grid[2])] and len(scored) == 4
-    assert json.loads(bench.sweep_result(b, "xe_gauss", grid[2]).read_text())["un"] == 0.84
+    assert json.loads(common.sweep_result(b, "xe_gauss", grid[2]).read_text())["un"] == 84.0
 
 
 def test_training_time_counts_a_segment_whose_process_was_killed(monkeypatch, tmp_path):
     """A part killed outright (SIGKILL: no chance to add its time) leaves a marker; the next part adds the killed
-    segment's time, up to the last line its training logged, before its own."""
-    b = bench.Bench(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]), deadline=time.time() + 600)
+    segment's time, up to the last line its training logged, before its own (the clock is the test's)."""
+    class Clock:
+        now = 1_000_000.0
+
+        @classmethod
+        def time(cls) -> float:
+            return cls.now
+
+    monkeypatch.setattr(bench, "time", Clock)
+    b = bench.Part(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]))
     run = tmp_path / "work" / "runs" / "fcl-s0"
     marker = run.parent / f"{run.name}.running.json"
 
@@ -366,28 +509,29 @@ def test_training_time_counts_a_segment_whose_process_was_killed(monkeypatch, tm
     assert part.exitcode == -signal.SIGKILL
     assert not (run / "bench_wall.json").exists() and marker.exists()
 
-    monkeypatch.setattr(b, "run", lambda cmd, log: time.sleep(0.2))
+    def segment(cmd, log):  # a segment that trains 7 s by the clock and ends normally
+        Clock.now += 7
+
+    monkeypatch.setattr(b, "run", segment)
     bench.train(b, ["train"], run, epochs=1)
-    assert 40.2 <= json.loads((run / "bench_wall.json").read_text())["seconds"] < 45
+    assert json.loads((run / "bench_wall.json").read_text())["seconds"] == 40 + 7
     assert not marker.exists()
     bench.train(b, ["train"], run, epochs=1)  # a segment that ends normally adds only its own time
-    assert 40.4 <= json.loads((run / "bench_wall.json").read_text())["seconds"] < 50
+    assert json.loads((run / "bench_wall.json").read_text())["seconds"] == 40 + 7 + 7
 
 
 def test_a_command_running_at_the_deadline_is_asked_to_save_and_a_run_past_it_is_not_announced(tmp_path, capsys):
     """At --hours' end the training command gets SIGTERM (train_fcl.py saves its state on it), not an outright kill;
     once the deadline has passed, no further run is started or announced."""
     # 10 s: under load the child must have installed its handler (and printed "up") before the deadline
-    b = bench.Bench(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]), deadline=time.time() + 10)
+    b = bench.Part(bench.get_args_parser().parse_args(["--work", str(tmp_path / "work")]), deadline=time.time() + 10)
     log = tmp_path / "saves.log"
     child = ("import signal, sys, time\n"
              "def save(*_):\n    print('state saved', flush=True); sys.exit(0)\n"
              "signal.signal(signal.SIGTERM, save)\nprint('up', flush=True)\ntime.sleep(60)\n")
-    start = time.time()
     with pytest.raises(bench.PartStopped):
         b.run([sys.executable, "-c", child], log)
-    assert log.read_text().splitlines() == ["up", "state saved"]
-    assert time.time() - start < 60  # the child's sleep of 60 s was cut short
+    assert log.read_text().splitlines() == ["up", "state saved"]  # its sleep was cut short by SIGTERM
 
     run = tmp_path / "work" / "runs" / "xe-s0"
     with pytest.raises(bench.PartStopped):

@@ -268,28 +268,17 @@ def test_a_malformed_eval_json_is_one_line(trained, tmp_path, capsys, content):
     assert "is not a results.json of timm_fcl.eval" in err
 
 
-def test_an_older_eval_json_in_fractions_is_published_in_percent(trained, tmp_path):
-    from huggingface_hub import ModelCard
-
-    older = tmp_path / "results.json"  # as timm_fcl.eval wrote it before accuracies were in percent: no unit
+def test_an_older_eval_json_in_fractions_is_refused_in_one_line(trained, tmp_path, capsys):
+    """An entry without "unit": "percent" (as timm_fcl.eval wrote it before accuracies were in percent) is refused,
+    not converted: nothing is staged."""
+    older = tmp_path / "results.json"
     older.write_text(json.dumps({"run": {"spec": "run", "rows": [
-        {"suite": "clean", "corruption": "", "severity": 0, "accuracy": 0.8918, "top5": 0.9947},
-        {"suite": "generated", "corruption": "fog", "severity": 3, "accuracy": 0.5, "correct": 5, "total": 10}],
-        "summaries": {"generated": {"mean_19": 0.6804321, "groups": {"noise": 0.25}, "mce": 0.75,
-                                    "per_corruption": {"fog": 0.5}, "preset": "cifar"}}}}))
-    assert cli([str(trained), "--repo-id", "a/b", "--eval", str(older), "--dry-run", str(tmp_path / "out")]) == 0
-    published = json.loads((tmp_path / "out" / "eval_results.json").read_text())["run"]
-    assert published["unit"] == "percent"
-    assert [(r["accuracy"], r.get("top5")) for r in published["rows"]] == [(89.18, 99.47), (50.0, None)]
-    assert [r.get("correct") for r in published["rows"]] == [None, 5]  # counts are not scaled
-    summary = published["summaries"]["generated"]
-    assert summary == {"mean_19": pytest.approx(68.04321), "groups": {"noise": 25.0}, "mce": 75.0,
-                       "per_corruption": {"fog": 50.0}, "preset": "cifar"}
-    card = ModelCard.load(tmp_path / "out" / "README.md")
-    assert "| clean | top-1 accuracy | 89.18 |" in card.content and "| generated | mCE | 75.00 |" in card.content
-    assert {(r.metric_name, r.metric_value) for r in card.data.eval_results} == {
-        ("top-1 accuracy", 89.18), ("mean accuracy, 19 corruptions", 68.0432), ("noise (group mean)", 25.0),
-        ("mCE", 75.0)}
+        {"suite": "clean", "corruption": "", "severity": 0, "accuracy": 0.8918, "top5": 0.9947}],
+        "summaries": {"generated": {"mean_19": 0.6804321, "preset": "cifar"}}}}))
+    err = one_line_refusal([str(trained), "--repo-id", "a/b", "--eval", str(older), "--dry-run", str(tmp_path / "out")],
+                           capsys)
+    assert "is not a results.json of timm_fcl.eval" in err and "accuracies in None, not 'percent'" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["args.yaml", "resolved.yaml"])

@@ -290,24 +290,21 @@ def test_eval_command_compares_two_models_and_earlier_results(tmp_path):
               "--std", "1", "1", "1", "--batch-size", "5", "--workers", "0"]
     first = main(get_args_parser().parse_args(
         ["--model", "planted_label_reader", "--checkpoint", "none", *common, "--output", str(tmp_path / "one")]))
-    # an evaluation written before accuracies were in percent: fractions, no unit
+    # an evaluation written before accuracies were in percent (fractions, no unit) is refused, not converted
     rows = first["planted_label_reader"]["rows"]
     older = {"older": {"spec": "older", "rows": [dict(r, model="older", accuracy=r["accuracy"] / 100,
-                                                      top5=r["top5"] / 100) for r in rows],
-                       "summaries": {"cifar-c": {"per_corruption": {"fog": 0.6}, "mean_all": 0.6, "groups": {},
-                                                 "mean_19": None, "preset": "cifar"}}}}
+                                                      top5=r["top5"] / 100) for r in rows], "summaries": {}}}
     (tmp_path / "older.json").write_text(json.dumps(older))
-    both = main(get_args_parser().parse_args(
-        ["--model", "resnet18", "--checkpoint", "none", "--num-classes", str(NUM_CLASSES), *common,
-         "--compare", str(tmp_path / "one" / "results.json"), str(tmp_path / "older.json"),
-         "--output", str(tmp_path / "two")]))
-    assert list(both) == ["resnet18", "planted_label_reader", "older"]
+    argv = ["--model", "resnet18", "--checkpoint", "none", "--num-classes", str(NUM_CLASSES), *common,
+            "--output", str(tmp_path / "two"), "--compare", str(tmp_path / "one" / "results.json")]
+    with pytest.raises(ValueError, match=r"older.json, 'older': accuracies in None, not 'percent'"):
+        main(get_args_parser().parse_args(argv + [str(tmp_path / "older.json")]))
+    assert not (tmp_path / "two").exists()  # refused before anything was evaluated
+    both = main(get_args_parser().parse_args(argv))
+    assert list(both) == ["resnet18", "planted_label_reader"]
     assert both["planted_label_reader"] == json.loads(json.dumps(first["planted_label_reader"]))
-    assert [r["accuracy"] for r in both["older"]["rows"]] == pytest.approx(
-        [r["accuracy"] for r in first["planted_label_reader"]["rows"]])
-    assert both["older"]["unit"] == "percent" and both["older"]["summaries"]["cifar-c"]["mean_all"] == 60.0
     with open(tmp_path / "two" / "results.csv") as f:
-        assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader", "older"}
+        assert {row["model"] for row in csv.DictReader(f)} == {"resnet18", "planted_label_reader"}
 
 
 def test_evaluation_as_a_library_with_keyword_arguments(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from timm_fcl.run.atomic import file_sha256
 from train_helpers import ROOT, make_shards, run, train_cmd
 
 TAG = "resnet20_cifar.fcl_cifar10"
@@ -136,13 +137,13 @@ def test_each_committed_zoo_card_is_the_card_publishing_writes_with_its_evaluati
 
     import timm_fcl  # noqa: F401  (registers the zoo's tags)
     from hfhub.publish import cli
-    from timm_fcl.robustness.units import in_percent
 
     folder = ROOT / "zoo" / entry
     assert cli([str(folder), "--repo-id", timm.models.get_pretrained_cfg(entry).hf_hub_id,
                 "--dry-run", str(tmp_path / "staged")]) == 0
     assert (tmp_path / "staged" / "README.md").read_text() == (folder / "README.md").read_text()
-    (result,) = in_percent(json.loads((folder / "eval" / "results.json").read_text())).values()
+    (result,) = json.loads((folder / "eval" / "results.json").read_text()).values()
+    assert result["unit"] == "percent" and result["weights_sha256"] == file_sha256(folder / "model.safetensors")
     card = ModelCard.load(folder / "README.md")
     index = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
     plain = {r["suite"]: r["accuracy"] for r in result["rows"] if r["severity"] == 0}

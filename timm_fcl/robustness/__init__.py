@@ -6,7 +6,7 @@
 - ``datasets``: clean sets, the CIFAR-C / ImageNet-C layouts, generated and cached corruption suites.
 - ``metrics``: Table 3's group means, the means over 19 / 15, mCE and relative mCE.
 - ``evaluation``: models x test sets; ``reports``: table, CSV, plot; ``cli``: the command.
-- ``units``: results.json's accuracies are percent; older files in fractions are read as such (light: no imports).
+- ``units``: every accuracy is in percent; a results.json in another unit is refused (light: no imports).
 
 Only ``noise`` is imported here: the other modules pull in OpenCV and numba, so they are imported on use.
 """

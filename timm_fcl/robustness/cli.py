@@ -30,7 +30,7 @@ from .evaluation import (AMP_DTYPES, DEFAULT_CACHE_DIR, SUITES, CleanSource, bui
                          load_models, model_classes, run)
 from .journal import PARTIAL, Journal
 from .reports import format_table, write_reports
-from .units import UNIT, in_percent
+from .units import UNIT, check_unit
 
 PROG = "timm_fcl.eval"
 DATA_OVERRIDES = ("img_size", "mean", "std", "crop_pct", "interpolation")
@@ -113,14 +113,17 @@ def command_fingerprint(args: argparse.Namespace) -> dict:
 
 
 def read_earlier(paths: Sequence[str]) -> Dict[str, dict]:
-    """The results of earlier evaluations (``--compare``), first file first for a label found twice; in percent,
-    whichever unit they were written in."""
+    """The results of earlier evaluations (``--compare``), first file first for a label found twice; an entry in
+    another unit than percent is refused."""
     earlier: Dict[str, dict] = {}
     for name in paths:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"--compare file {path} does not exist")
-        earlier.update({k: v for k, v in in_percent(json.loads(path.read_text())).items() if k not in earlier})
+        results = json.loads(path.read_text())
+        for label, entry in results.items():
+            check_unit(entry, f"--compare file {path}, {label!r}")
+        earlier.update({k: v for k, v in results.items() if k not in earlier})
     return earlier
 
 
