@@ -45,7 +45,7 @@ def test_runs_keep_hits_labels_and_pull(two_conditions):
         assert all(entry["pull"] > 0 for entry in run["log"])
 
 
-def test_comparison_pairs_by_seed_in_percent(two_conditions, tmp_path):
+def test_comparison_pairs_by_seed_and_prints_percent(two_conditions, tmp_path):
     compare = _module("synthetic_mnist_selection")
     out = tmp_path / "table.json"
     table = compare.main(["--utility", str(two_conditions / "utility" / "results.json"), "--random",

@@ -37,7 +37,7 @@ from .datasets import (ArrayDataset, check_labels, cifar_c_sets, generated_suite
                        iter_clean_images, load_clean_images, read_class_map)
 from .metrics import summarize_corruptions
 from .hits import pack_hits
-from .units import UNIT, summary_in_percent
+from .units import UNIT
 
 SUITES = ("clean", "un", "nun", "cifar-c", "imagenet-c", "generated")
 CORRUPTION_SUITES = ("cifar-c", "imagenet-c", "generated")
@@ -345,6 +345,13 @@ def build_sets(
     return sets, presets
 
 
+def _as_percent(summary: Mapping) -> dict:
+    """A corruption summary computed from fractions (metrics.summarize_corruptions works in fractions, AlexNet's errors
+    included), every number x100; text such as the preset name unchanged."""
+    return {k: _as_percent(v) if isinstance(v, Mapping) else
+            v * 100.0 if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in summary.items()}
+
+
 def summarize_rows(rows: Sequence[dict], suite_presets: Mapping[str, str]) -> Dict[str, dict]:
     """Table 3's summaries of each corruption suite in ``rows``, in percent, with the preset its images were made
     with (computed from the hit counts, so no rounding of the rows' percentages enters them)."""
@@ -354,7 +361,7 @@ def summarize_rows(rows: Sequence[dict], suite_presets: Mapping[str, str]) -> Di
         accuracy = {(r["corruption"], r["severity"]): r["correct"] / r["total"] for r in rows if r["suite"] == suite}
         if accuracy:
             # AlexNet's errors are ImageNet-C numbers: mCE only means something with the ImageNet parameters
-            summaries[suite] = summary_in_percent(summarize_corruptions(
+            summaries[suite] = _as_percent(summarize_corruptions(
                 accuracy, clean_accuracy=clean, with_mce=suite_presets[suite] == "imagenet"))
             summaries[suite]["preset"] = suite_presets[suite]
     return summaries

@@ -17,9 +17,3 @@ def check_unit(entry: Mapping, where: str) -> None:
     if entry.get("unit") != UNIT:
         raise ValueError(f"{where}: accuracies in {entry.get('unit')!r}, not {UNIT!r} (this version reads percent only)")
 
-
-def summary_in_percent(summary: Mapping) -> dict:
-    """A corruption summary just computed from fractions (``metrics.summarize_corruptions``), in percent (its
-    ``preset`` name unchanged). Only ``evaluation.summarize_rows`` calls it, for a summary it has just computed."""
-    return {k: summary_in_percent(v) if isinstance(v, Mapping) else
-            v * 100.0 if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in summary.items()}
