@@ -51,6 +51,10 @@ METHODS = {m.name: m for m in (  # the paper's numbers in percent
     Method("fcl_every4", "FCL every 4", "fcl", False, None, None, settings_from="fcl", extra=(("every", 4),)),
     Method("fcl_other", "FCL other_class", "fcl", False, None, None, settings_from="fcl",
            extra=(("negatives", "other_class"),)),
+    # the control for the utility: BOTTOM_k / TOP_k two disjoint random sets, everything else FCL's; and the cost knee
+    Method("fcl_random", "FCL random selection", "fcl", False, None, None, settings_from="fcl",
+           extra=(("selection", "random"),)),
+    Method("fcl_every16", "FCL every 16", "fcl", False, None, None, settings_from="fcl", extra=(("every", 16),)),
 )}
 # The paper's lambda (1e-4) weighs the sum over a batch of 1024; over our batch of 128 the same pull on the weights
 # relative to the mean cross-entropy needs 8x that, so 8e-4 is the paper's setting at our batch size.
@@ -72,6 +76,29 @@ SWEEPS = {  # Appendix B's CIFAR-10 setting first, then one factor at a time aro
                {"k": 256, "sigma": 0.5, "tau": 1.0, "weight": 3.2e-3}],
     "fcl_every4": [],  # FCL's settings (see Method.settings_from)
     "fcl_other": [],
+    "fcl_random": [],
+    "fcl_every16": [],
+}
+# The equal-budget grid (--grid equal-budget; benchmarks/README.md has the plan): every method gets lambdas up to at
+# least 4x Appendix B's. XE+Gaussian adds lambda 3.2e-3 and 1/128 (its noisy copy's cross-entropy then weighs as much
+# as the clean one's); CL+Gaussian is swept over Appendix B's setting and FCL's tau and lambda; FCL adds lambda x16.
+EQUAL_BUDGET = {
+    **SWEEPS,
+    "xe_gauss": SWEEPS["xe_gauss"] + [{"sigma": 0.3, "weight": 3.2e-3}, {"sigma": 0.3, "weight": 7.8e-3},
+                                      {"sigma": 0.1, "weight": 7.8e-3}],
+    "cl_gauss": [SWEEPS["cl_gauss"][0], {"sigma": 0.5, "tau": 0.5, "weight": 3.2e-3}],
+    "fcl": SWEEPS["fcl"] + [{"k": 256, "sigma": 0.5, "tau": 0.5, "weight": 1.28e-2}],
+}
+GRIDS = {"published": SWEEPS, "equal-budget": EQUAL_BUDGET}
+# The plan's validation parts (seed 0), in the order they run: (method, settings). The random-selection control takes
+# FCL's choice of the published grid (a control, never tuned); part 2 ends the equal-budget grid.
+FCL_PUBLISHED_CHOICE = {"k": 256, "sigma": 0.5, "tau": 0.5, "weight": 3.2e-3}
+PLAN_PARTS = {
+    1: [("fcl_random", {**FCL_PUBLISHED_CHOICE, "selection": "random"}),
+        ("cl_gauss", {"sigma": 0.5, "tau": 0.5, "weight": 3.2e-3}),
+        ("xe_gauss", {"sigma": 0.3, "weight": 3.2e-3})],
+    2: [("xe_gauss", {"sigma": 0.3, "weight": 7.8e-3}), ("xe_gauss", {"sigma": 0.1, "weight": 7.8e-3}),
+        ("fcl", {"k": 256, "sigma": 0.5, "tau": 0.5, "weight": 1.28e-2}), ("cl_gauss", SWEEPS["cl_gauss"][0])],
 }
 SWEEP_SEED = 0
 ZOO_TAGS = {"fcl": "fcl_cifar10", "xe": "xe_cifar10", "pg_fcl": "pg_fcl_cifar10"}
@@ -178,6 +205,11 @@ def choose(entries: list[dict], xe_clean: float) -> dict:
     return max(eligible, key=lambda e: (e["un"] + e["nun"]) / 2)["hp"]
 
 
+def sweeps(b: Bench) -> dict:
+    """The settings each method is chosen among: the published grid, or the equal-budget one (--grid)."""
+    return GRIDS[getattr(b.args, "grid", None) or "published"]
+
+
 def takes_paper_settings(b: Bench, name: str) -> bool:
     """--paper-settings alone: every method; --paper-settings M ...: those methods only; --paper-settings none (or
     absent, for a caller without the flag's default): none."""
@@ -189,9 +221,10 @@ def chosen_hp(b: Bench, name: str) -> dict:
     method = METHODS[name]
     if method.settings_from:
         return {**chosen_hp(b, method.settings_from), **dict(method.extra)}
-    if len(SWEEPS[name]) == 1 or takes_paper_settings(b, name):
-        return SWEEPS[name][0]
-    entries = [read_result(sweep_result(b, name, hp)) for hp in SWEEPS[name]]
+    grid = sweeps(b)[name]
+    if len(grid) == 1 or takes_paper_settings(b, name):
+        return grid[0]
+    entries = [read_result(sweep_result(b, name, hp)) for hp in grid]
     xe = read_result(sweep_result(b, "xe", {}))
     if xe is None or None in entries:
         raise RuntimeError(f"the {name} sweep is unfinished: run --part sweep --methods {name} first")
@@ -248,6 +281,9 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continue-epochs", type=int, default=24)
     p.add_argument("--continue-lr", type=float, default=0.01,
                    help="the continuation's lr (x0.1 after 2/3 of it); the pre-training peaks at 0.1")
+    p.add_argument("--grid", choices=list(GRIDS), default="published", help="the settings each swept method is "
+                   "chosen among: the published grid, or the equal-budget one (every method's lambda up to at least "
+                   "4x Appendix B's; CL+Gaussian swept, so leave it out of --paper-settings)")
     p.add_argument("--paper-settings", nargs="*", choices=[*METHODS, "none"], default=["cl_gauss", "pg_fcl"],
                    metavar="METHOD", help="no sweep for these methods (all of them when the flag names none, no "
                    "method with 'none'): they take the first setting of their grid (Appendix B's, at our batch); the "

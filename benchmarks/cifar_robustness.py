@@ -51,9 +51,9 @@ from typing import Optional
 
 import numpy as np
 
-from cifar_common import (METHODS, MIN_GAUSS_GAIN, REPO, SUITES, SWEEP_SEED, SWEEPS, ZOO_SEED, ZOO_TAGS, Bench, Method,
-                          add_protocol_arguments, chosen_hp, earlier_result, read_json, read_result, result_done,
-                          run_result, sha256, sweep_result, write_json)
+from cifar_common import (METHODS, MIN_GAUSS_GAIN, PLAN_PARTS, REPO, SUITES, SWEEP_SEED, SWEEPS, ZOO_SEED, ZOO_TAGS,
+                          Bench, Method, add_protocol_arguments, chosen_hp, earlier_result, read_json, read_result,
+                          result_done, run_result, sha256, sweep_result, sweeps, write_json)
 from cifar_tables import write_tables
 from cifar_zoo import export_to_zoo, part_zoo
 from timm_fcl.data import default_data_root
@@ -62,7 +62,7 @@ from timm_fcl.robustness.metrics import CORRUPTIONS
 from timm_fcl.robustness.units import UNIT, check_unit
 from timm_fcl.run import folder as run_folder
 
-PARTS = ("carve", "pretrain", "protocol", "sweep", "continue", "eval", "tables", "zoo")
+PARTS = ("carve", "pretrain", "protocol", "sweep", "validate", "continue", "eval", "tables", "zoo")
 STOP_GRACE_S = 120  # how long a command stopped at the deadline may take to save its state
 PRETRAIN = "pretrain"  # the pre-training's name among the runs an evaluation takes
 
@@ -89,11 +89,19 @@ def epochs_done(run: Path) -> int:
         return len(list(csv.DictReader(f)))
 
 
-def last_val_top1(run: Path) -> Optional[float]:
-    """The last epoch's validation top-1 in percent (summary.csv's unit, timm's)."""
-    with open(run / run_folder.SUMMARY, newline="") as f:
+def last_epoch(run: Path) -> dict:
+    """What the result JSONs keep of the run's own summary.csv (its last row): the validation top-1 in percent
+    (summary.csv's unit, timm's), the epoch it is of, and the pull ratio of the extra term (None without one)."""
+    path = run / run_folder.SUMMARY
+    if not path.is_file():
+        return {"val_top1": None}
+    with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return float(rows[-1]["eval_top1"]) if rows else None
+    if not rows:
+        return {"val_top1": None}
+    last = rows[-1]
+    return {"val_top1": float(last["eval_top1"]), "val_epoch": int(last["epoch"]),
+            "train_pull": float(last["train_pull"]) if last.get("train_pull") else None}
 
 
 @dataclasses.dataclass
@@ -221,7 +229,8 @@ def part_pretrain(b: Part) -> None:
         cmd = train_flags(b, output=b.pretrain_run, epochs=a.pretrain_epochs, lr=0.1, seed=0) + [
             "--method", "xe", "--warmup-epochs", str(max(1, round(a.pretrain_epochs / 30))), "--warmup-lr", "0.01"]
         train(b, cmd, b.pretrain_run, a.pretrain_epochs)
-        write_json(done, {"model": a.model, "epochs": a.pretrain_epochs, "val_top1": last_val_top1(b.pretrain_run),
+        write_json(done, {"model": a.model, "epochs": a.pretrain_epochs,
+                          "val_top1": last_epoch(b.pretrain_run)["val_top1"],
                           "train_seconds": read_json(b.pretrain_run / "bench_wall.json")["seconds"],
                           "precision": a.precision, "threads": a.threads, "commit": code_commit(), "unit": UNIT})
     if (b.pretrain_zoo / run_folder.WEIGHTS).is_file():
@@ -336,6 +345,7 @@ def validate(b: Part, settings: list[tuple[str, dict]]) -> None:
         wall = read_json(run / "bench_wall.json") or {}
         write_json(sweep_result(b, name, hp), {"method": name, "hp": hp, "seed": seed, **condense(results[run.name]),
                                                **protocol_fields(b), "commit": code_commit(),
+                                               "train_pull": last_epoch(run).get("train_pull"),
                                                "train_seconds": wall.get("seconds")})
 
     todo = [(name, hp, SWEEP_SEED) for name, hp in settings if not sweep_result(b, name, hp).is_file()]
@@ -366,12 +376,21 @@ def part_protocol(b: Part) -> dict:
 
 
 def part_sweep(b: Part) -> None:
-    """Seed-0 continuations of every setting in SWEEPS, scored on the held-out validation split."""
-    names = [n for n in b.args.methods if len(SWEEPS[n]) > 1]
+    """Seed-0 continuations of every setting of the grid (--grid), scored on the held-out validation split."""
+    grid = sweeps(b)
+    names = [n for n in b.args.methods if len(grid[n]) > 1]
     validate(b, [(name, hp) for name in (["xe"] if names else []) + names  # XE's clean accuracy is the reference
-                 for hp in SWEEPS[name]])
+                 for hp in grid[name]])
     for name in names:
         print(f"{METHODS[name].label}: chosen {chosen_hp(b, name)}")
+
+
+def part_validate(b: Part) -> None:
+    """One validation part of the equal-budget plan (--plan-part, PLAN_PARTS): its seed-0 runs in the plan's order,
+    each scored on the held-out validation split as soon as it is trained."""
+    if b.args.plan_part is None:
+        raise SystemExit(f"--part validate needs --plan-part ({', '.join(map(str, PLAN_PARTS))})")
+    validate(b, PLAN_PARTS[b.args.plan_part])
 
 
 def part_continue(b: Part) -> None:
@@ -423,7 +442,7 @@ def evaluate_runs(b: Part, group: list[tuple[str, int, Path]], threads: Optional
         set_aside(b, name, seed)
         write_json(run_result(b, name, seed), {
             "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
-            "val_top1": last_val_top1(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
+            **last_epoch(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
             "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
             "eval_precision": a.eval_precision,
             "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])), **protocol_fields(b),
@@ -454,6 +473,7 @@ def part_tables(b: Part) -> None:
 
 
 PART_FUNCTIONS = {"carve": part_carve, "pretrain": part_pretrain, "protocol": part_protocol, "sweep": part_sweep,
+                  "validate": part_validate,
                   "continue": part_continue, "eval": part_eval, "tables": part_tables, "zoo": part_zoo}
 
 
@@ -463,6 +483,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "tables and zoo are benchmarks/cifar_tables.py's and benchmarks/cifar_zoo.py's)")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="continuation seeds (paired)")
+    p.add_argument("--plan-part", type=int, choices=sorted(PLAN_PARTS),
+                   help="with --part validate: which validation part of the equal-budget plan to run")
     p.add_argument("--data-dir", default=str(default_data_root() / "cifar10-wds"), help="CIFAR-10 shards (train, test)")
     add_protocol_arguments(p)
     p.add_argument("--readme", help="with --part tables: also write the tables into this markdown file (as "

@@ -54,6 +54,8 @@ def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str
              "|" + " --- |" * (len(head) + 3)]
     for name, method in METHODS.items():
         seeds = sorted(runs.get(name, {}))
+        if not seeds and method.paper_t2 is None:  # a variant of ours not run yet: no row
+            continue
         cells = [mean_std([v for s in seeds if (v := value(runs[name][s], col)) is not None]) for col, _ in columns]
         numbers = getattr(method, paper_index)
         paper = " / ".join(f"{v:.2f}" for v in numbers[:len(columns)]) if numbers else "-"
@@ -75,7 +77,7 @@ def plot_table(runs: dict, path: Path, title: str, columns: tuple, value, paper_
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = list(METHODS)
+    names = [n for n, m in METHODS.items() if runs.get(n) or m.paper_t2 is not None]  # as the tables' rows
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
     for i, (ax, (col, head)) in enumerate(zip(axes[0], columns)):
         ours = [[v for s in runs.get(n, {}) if (v := value(runs[n][s], col)) is not None] for n in names]

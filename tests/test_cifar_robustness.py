@@ -262,7 +262,7 @@ def test_a_seed_evaluated_at_settings_the_sweep_did_not_choose_is_redone_and_the
     assert not common.load_runs(b)["fcl_every4"]
     text = tables.write_tables(b)
     assert every4.read_bytes() == before  # the tables only read
-    assert row(text, "FCL every 4", "0") == ["-", "-", "-", "-"]  # no seed: no numbers, and no paper's either
+    assert not [line for line in text.splitlines() if line.startswith("| FCL every 4 | 0 |")]  # no seed: no row
     assert not [line for line in text.splitlines() if line.startswith("| FCL every 4 | FCL |")]
     seed, then, settings, now = row(text, "FCL", common.hp_key(paper_hp))  # beside the same seed at the choice
     assert (seed, numbers(then), settings, numbers(now)) == ("0", [90, 33, 30, 70], common.hp_key(chosen),
@@ -537,3 +537,43 @@ def test_a_command_running_at_the_deadline_is_asked_to_save_and_a_run_past_it_is
     with pytest.raises(bench.PartStopped):
         bench.train(b, ["train"], run, epochs=1)
     assert "training" not in capsys.readouterr().out and not run.exists()
+
+
+def test_equal_budget_grid_extends_every_method_and_the_plan_parts_run_in_order(monkeypatch, tmp_path):
+    """--grid equal-budget: XE+Gaussian, CL+Gaussian and FCL are chosen among lambdas up to at least 4x Appendix B's
+    (CL+Gaussian then swept, not fixed); the published grid is untouched; the plan's validation parts train and score
+    their (method, settings) in order, the random-selection control at FCL's published choice."""
+    argv = ["--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--jobs", "1"]
+    equal = parse(argv + ["--grid", "equal-budget", "--paper-settings", "pg_fcl"])
+    published = parse(argv)
+    for name, lam in (("xe_gauss", 3.2e-3), ("cl_gauss", 3.2e-3), ("fcl", 1.28e-2)):
+        assert max(hp["weight"] for hp in common.sweeps(equal)[name]) >= 4 * common.PAPER_LAMBDA
+        assert any(hp["weight"] == lam for hp in common.sweeps(equal)[name])
+        assert all(hp in common.sweeps(equal)[name] for hp in common.SWEEPS[name][:1])
+    assert common.sweeps(published) is common.SWEEPS
+    assert all(hp in common.sweeps(equal)[name] for part in common.PLAN_PARTS.values() for name, hp in part
+               if name in common.SWEEPS and common.sweeps(equal)[name])
+    # the rule on the equal-budget grid: the most robust XE+Gaussian within a point of XE's clean accuracy
+    common.write_json(common.sweep_result(equal, "xe", {}), entry({}, 90.0, 30.0, 30.0))
+    grid = common.sweeps(equal)["xe_gauss"]
+    for i, hp in enumerate(grid):
+        clean = 88.5 if hp["weight"] == 7.8e-3 and hp["sigma"] == 0.3 else 89.5  # the most robust costs 1.5 points
+        common.write_json(common.sweep_result(equal, "xe_gauss", hp), entry(hp, clean, 40.0 + i, 40.0))
+    assert common.chosen_hp(equal, "xe_gauss") == {"sigma": 0.1, "weight": 7.8e-3}
+    assert common.chosen_hp(published, "xe_gauss") == {"sigma": 0.5, "weight": common.PAPER_LAMBDA}
+
+    trained = []
+    monkeypatch.setattr(bench, "train_continuation",
+                        lambda b, method, hp, seed: trained.append((method.name, hp)) or b.run_dir(method.name, hp, seed))
+    monkeypatch.setattr(bench, "evaluate", lambda b, runs, **_: {r.name: {"unit": "percent", "summaries": {}, "rows": [
+        {"suite": s, "severity": 0, "accuracy": 50.0} for s in common.SUITES]} for r in runs})
+    monkeypatch.setattr(bench, "last_epoch", lambda run: {"val_top1": 50.0, "train_pull": 0.25})
+    plan = ["--results", str(tmp_path / "plan"), "--work", str(tmp_path / "work"), "--jobs", "1", "--grid",
+            "equal-budget"]
+    assert bench.main(plan + ["--part", "validate", "--plan-part", "1"]) == 0
+    assert trained == common.PLAN_PARTS[1]
+    assert trained[0] == ("fcl_random", {"k": 256, "sigma": 0.5, "tau": 0.5, "weight": 3.2e-3, "selection": "random"})
+    scored = json.loads(common.sweep_result(parse(plan), "fcl_random", trained[0][1]).read_text())
+    assert scored["train_pull"] == 0.25 and scored["clean"] == 50.0
+    with pytest.raises(SystemExit, match="--plan-part"):
+        bench.main(argv + ["--part", "validate"])
