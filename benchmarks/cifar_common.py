@@ -13,11 +13,14 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from timm_fcl.robustness.hits import paired_bootstrap, unpack_counts, unpack_hits  # noqa: E402
 from timm_fcl.robustness.units import check_unit  # noqa: E402
 from timm_fcl.run import folder as run_folder  # noqa: E402
 
@@ -289,3 +292,35 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
                    "method with 'none'): they take the first setting of their grid (Appendix B's, at our batch); the "
                    "others take the sweep's choice (default: cl_gauss pg_fcl)")
 
+
+
+# ------------------------------------------------------------------------------------------- per-image intervals
+INTERVAL_METHOD = ("95% intervals: a paired bootstrap over seeds and test images (2,000 resamples; the seeds drawn with "
+                   "replacement, then within each the images, the same images for both methods); where a run kept no "
+                   "per-image results, mean ± std over the seeds instead, marked (std)")
+
+
+def image_scores(entry: dict, column: str) -> Optional[np.ndarray]:
+    """Per test image, the score whose mean is ``column``'s value in percent / 100: 0/1 hits for clean / UN / NUN, the
+    share of the CIFAR-10-C cells right for the C mean; None where the run kept no per-image results."""
+    if column in ("clean", "un", "nun"):
+        hits = entry.get("hits") or {}
+        return unpack_hits(hits[column], entry["images"][column]).astype(np.float64) if column in hits else None
+    c10c = entry.get("c10c") or {}
+    if column == "mean" and "hits_count" in c10c:
+        return unpack_counts(c10c["hits_count"]) / c10c["cells"]
+    return None
+
+
+def paired_interval(runs: dict, name: str, baseline: str, column: str, resamples: int = 2000) -> Optional[dict]:
+    """The paired difference name - baseline in percent with its 95% interval (``paired_bootstrap`` over the shared
+    seeds and the test images), or None when a shared seed of either lacks per-image results for ``column``."""
+    seeds = sorted(set(runs.get(name) or {}) & set(runs.get(baseline) or {}))
+    if not seeds:
+        return None
+    a = [image_scores(runs[name][s], column) for s in seeds]
+    b = [image_scores(runs[baseline][s], column) for s in seeds]
+    if any(v is None for v in a + b) or len({len(v) for v in a + b}) != 1:
+        return None
+    ci = paired_bootstrap(np.stack(a), np.stack(b), resamples=resamples)
+    return {k: 100 * ci[k] for k in ("mean", "low", "high")} | {"seeds": len(seeds)}
