@@ -83,6 +83,19 @@ def test_matching_classes_keep_the_exports_classifier_and_logits(export, source,
 
 
 @pytest.mark.parametrize("source", SOURCES)
+def test_the_load_line_says_what_was_loaded_and_from_where(export, source, caplog):
+    """timm logs 'Loaded {key} from checkpoint' with an empty key for a safetensors file ('Loaded  from checkpoint'):
+    the line a fine-tune shows names the weights and the file."""
+    with caplog.at_level(logging.INFO):
+        built(*sources(export)[source])
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Loaded")]
+    assert loaded, [r.getMessage() for r in caplog.records]
+    assert not [m for m in loaded if "Loaded  " in m], loaded
+    assert loaded == [f"Loaded the weights (the file's whole state dict) from checkpoint "
+                      f"'{export / 'model.safetensors'}'"] * len(loaded)
+
+
+@pytest.mark.parametrize("source", SOURCES)
 def test_other_classes_reset_the_classifier_and_keep_the_backbone(export, source, caplog):
     stored = load_file(export / "model.safetensors")
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ kept when the class count matches), or a checkpoint loaded as it is."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,23 @@ from . import folder as run_folder
 from .cli import UsageError, first_line
 
 HUB_PREFIXES = ("hf-hub:", "local-dir:")
+
+
+class _NameWhatTimmLoaded(logging.Filter):
+    """timm's load_state_dict logs ``Loaded {key} from checkpoint '{path}'`` with an empty key for a file that is a
+    bare state dict (every safetensors file: --pretrained-path, an export, --initial-checkpoint), which reads
+    ``Loaded  from checkpoint '...'``: the line is made to say what was loaded (and still where from)."""
+    BLANK = "Loaded  from checkpoint "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.BLANK):
+            record.msg, record.args = f"Loaded the weights (the file's whole state dict) from checkpoint " \
+                                      f"{message[len(self.BLANK):]}", ()
+        return True
+
+
+logging.getLogger("timm.models._helpers").addFilter(_NameWhatTimmLoaded())
 
 
 class ModelError(UsageError):
