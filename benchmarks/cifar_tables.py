@@ -1,14 +1,15 @@
 """Tables 2 and 3 of the paper (section 4.2) from the CIFAR-10 benchmark's results, beside the paper's numbers.
 
     python benchmarks/cifar_tables.py                           # tables.md, table2.png, table3.png of lr0.01-e24
-    python benchmarks/cifar_tables.py --readme README.md        # the same, and the root README's results block
+    python benchmarks/cifar_tables.py --readme docs/results.md --headline README.md  # and the docs' and README's blocks
     python benchmarks/cifar_tables.py --continue-lr 0.001 --continue-epochs 6 --paper-settings  # an earlier protocol
 
 It reads the results JSONs that benchmarks/cifar_robustness.py wrote under --results/PROTOCOL/ (every accuracy in
 percent; a file in another unit is refused) and writes, beside them, tables.md (Tables 2 and 3 with the paired
 differences, the per-corruption differences, the training times, FCL every 4 steps against full FCL, the results at
-settings the validation sweep superseded, the protocol check) and a PNG per table. It only reads results: a result at
-settings its method no longer takes is left where it is and shown among the superseded ones.
+settings the validation sweep superseded, the protocol check) and a PNG per table; --readme FILE copies Tables 2 and 3
+into a markdown file, --headline FILE writes the compact table of the paper's methods (the root README's). It only
+reads results: a result at settings its method no longer takes is left where it is and shown among the superseded ones.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ T3_COLUMNS = (("mean", "mean of 19"),) + tuple((g, g) for g in GROUPS)
 CORRUPTION_PAIRS = (("fcl", "xe"), ("xe_gauss", "xe"), ("cl_gauss", "xe"), ("pg_fcl", "pg_xe"), ("fcl_other", "fcl"))
 README_BEGIN = "<!-- benchmarks/cifar_tables.py --readme writes from here -->"
 README_END = "<!-- to here -->"
+HEADLINE_BEGIN = "<!-- benchmarks/cifar_tables.py --headline writes from here -->"
 
 
 def mean_std(values: list[float], sign: str = "") -> str:
@@ -237,20 +239,40 @@ def readme_block(b: Bench, runs: dict, readme: Path, header: str, tables: list[s
     return "\n\n".join(parts)
 
 
-def fill_readme(readme: Path, block: str) -> None:
-    """Replace what stands between README_BEGIN and README_END in readme with block (the markers stay)."""
+def headline_block(b: Bench, runs: dict) -> str:
+    """The compact table of the methods the paper has: clean, UN, NUN and the CIFAR-10-C mean in percent, mean ± std
+    over the seeds, the paper's values beside them."""
+    columns = ((t2_value, "clean"), (t2_value, "un"), (t2_value, "nun"), (t3_value, "mean"))
+    a = b.args
+    lines = [f"{a.model}, {a.pretrain_epochs}-epoch cross-entropy pre-training + {a.continue_epochs}-epoch "
+             "continuation per method; test set, top-1 %, mean ± std over the seeds; the paper's ResNet-56 beside it.",
+             "", "| method | seeds | clean | UN | NUN | CIFAR-10-C mean | paper: clean / UN / NUN / C mean |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, method in METHODS.items():
+        if method.paper_t2 is None:
+            continue
+        seeds = sorted(runs.get(name, {}))
+        cells = [mean_std([v for s in seeds if (v := value(runs[name][s], col)) is not None]) for value, col in columns]
+        paper = " / ".join(f"{v:.2f}" for v in (*method.paper_t2, method.paper_t3[0]))
+        lines.append(f"| {method.label} | {len(seeds)} | " + " | ".join(cells) + f" | {paper} |")
+    return "\n".join(lines)
+
+
+def fill_readme(readme: Path, block: str, begin: str = README_BEGIN) -> None:
+    """Replace what stands between begin and README_END in readme with block (the markers stay)."""
     text = readme.read_text()
-    start = text.find(README_BEGIN)
-    end = text.find(README_END, start + len(README_BEGIN)) if start >= 0 else -1
+    start = text.find(begin)
+    end = text.find(README_END, start + len(begin)) if start >= 0 else -1
     if end < 0:
-        raise RuntimeError(f"{readme} has no block to fill: put the lines {README_BEGIN!r} and {README_END!r} "
+        raise RuntimeError(f"{readme} has no block to fill: put the lines {begin!r} and {README_END!r} "
                            "where the tables go")
-    start += len(README_BEGIN)
+    start += len(begin)
     readme.write_text(text[:start] + "\n" + block + "\n" + text[end:])
 
 
-def write_tables(b: Bench, readme: Optional[Path] = None) -> str:
-    """tables.md and the two PNGs beside the protocol's results (and the block of ``readme``); the text printed.
+def write_tables(b: Bench, readme: Optional[Path] = None, headline: Optional[Path] = None) -> str:
+    """tables.md and the two PNGs beside the protocol's results (and the blocks of ``readme`` and ``headline``); the
+    text printed.
     Nothing but those files is written: the results are only read."""
     runs = load_runs(b)
     c10c = [e["c10c"] for seeds in runs.values() for e in seeds.values() if e.get("c10c")]
@@ -280,6 +302,9 @@ def write_tables(b: Bench, readme: Optional[Path] = None) -> str:
     if readme is not None:
         fill_readme(readme, readme_block(b, runs, readme, header, tables))
         print(f"wrote the tables into {readme}")
+    if headline is not None:
+        fill_readme(headline, headline_block(b, runs), HEADLINE_BEGIN)
+        print(f"wrote the headline table into {headline}")
     return text
 
 
@@ -288,12 +313,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_protocol_arguments(p)
     p.add_argument("--readme", type=Path, help="also write the tables into this markdown file, between the lines "
                    f"{README_BEGIN!r} and {README_END!r}")
+    p.add_argument("--headline", type=Path, help="also write the compact table of the paper's methods (clean, UN, NUN, "
+                   f"CIFAR-10-C mean) into this markdown file, between the lines {HEADLINE_BEGIN!r} and {README_END!r}")
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    write_tables(Bench(args), args.readme)
+    write_tables(Bench(args), args.readme, args.headline)
     return 0
 
 
