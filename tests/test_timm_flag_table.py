@@ -1,7 +1,7 @@
-"""README's table of timm train.py's flags is this package's, and every flag it marks supported (or differing) reaches
-what it names: a run is built in-process with the flag set away from its default, and the value is found where timm's
-train.py hands it (timm.create_model, the data config, create_transform, the optimizer and scheduler factories, Mixup,
-the loss, the streams, the model), or a named test checks it by its effect on a run."""
+"""docs/timm-compat.md's table of timm train.py's flags is this package's, and every flag it marks supported (or
+differing) reaches what it names: a run is built in-process with the flag set away from its default, and the value is
+found where timm's train.py hands it (timm.create_model, the data config, create_transform, the optimizer and scheduler
+factories, Mixup, the loss, the streams, the model), or a named test checks it by its effect on a run."""
 from __future__ import annotations
 
 import ast
@@ -241,9 +241,9 @@ def reached(toy, tmp_path_factory) -> dict:
     return found
 
 
-def test_the_readme_holds_this_packages_flag_table():
+def test_the_docs_hold_this_packages_flag_table():
     from timm_fcl.training.timm_parity import markdown_table
-    assert markdown_table() in (ROOT / "README.md").read_text()
+    assert markdown_table() in (ROOT / "docs" / "timm-compat.md").read_text()
 
 
 def test_every_flag_marked_supported_is_a_flag_here_and_the_others_are_not():
