@@ -50,7 +50,8 @@ class Bounds:
 def flag_group(parser: argparse.ArgumentParser, title: str) -> Callable[..., argparse.Action]:
     """``add(*names, at_least=, above=, at_most=, may_change_on_resume=, **add_argument's arguments)`` for a new group
     of flags. The bounds are kept on the flag's action, where ``check_bounds`` finds them; ``may_change_on_resume``
-    marks a flag that changes how a run goes, not what it computes, so a resume may change it (README, "Resuming")."""
+    marks a flag that changes how a run goes, not what it computes, so a resume may change it
+    (docs/resume-and-preemption.md)."""
     group = parser.add_argument_group(title)
 
     def add(*names: str, at_least: Optional[float] = None, above: Optional[float] = None,

@@ -1,7 +1,8 @@
 """timm's train.py flags (timm 1.0.31) and what train_fcl.py does with each: the same meaning (supported), the same
-name with another behaviour (``DIFFERS``, with why), or nothing (``NOT_SUPPORTED``, with why). README's flag table is
-written from this module (``markdown_table``), and a timm ``args.yaml`` given as --config is read with it: a key
-train_fcl.py lacks is ignored when it holds timm's default and refused when it asks for what is not built."""
+name with another behaviour (``DIFFERS``, with why), or nothing (``NOT_SUPPORTED``, with why). The flag table of
+docs/timm-compat.md is written from this module (``markdown_table``), and a timm ``args.yaml`` given as --config is read
+with it: a key train_fcl.py lacks is ignored when it holds timm's default and refused when it asks for what is not
+built."""
 from __future__ import annotations
 
 from typing import Any
@@ -261,7 +262,8 @@ def timm_dests() -> set[str]:
 
 
 def markdown_table() -> str:
-    """README's table: every flag of timm's train.py, its status here, and why where it is not plainly supported."""
+    """docs/timm-compat.md's table: every flag of timm's train.py, its status here, and why where it is not plainly
+    supported."""
     lines = ["| timm train.py flag | here | why |", "| --- | --- | --- |"]
     for options, dest, _ in TIMM_TRAIN_FLAGS:
         lines.append(f"| `{' / '.join(options)}` | {status(dest)} | {NOT_SUPPORTED.get(dest) or DIFFERS.get(dest, '')} |")
