@@ -53,6 +53,17 @@ def resolve_spec(spec: str) -> str:
     return f"local-dir:{export}"
 
 
+def check_model_spec(spec: str) -> str:
+    """``spec`` resolved (``resolve_spec``) when it names a model ``create_model`` can build: a timm name (tags
+    allowed), an ``hf-hub:`` / ``local-dir:`` name or a training output folder; else one line. Nothing is built or
+    read but a folder's listing, so the commands call it before they open any data."""
+    spec = resolve_spec(spec)
+    if not spec.startswith(HUB_PREFIXES) and not timm.is_model(spec):
+        raise ModelError(f"unknown model '{spec}': neither a timm model name (timm.list_models() lists them), "
+                         "an hf-hub:/local-dir: name, nor a training output folder")
+    return spec
+
+
 def default_in_chans(name: str) -> int:
     """Input channels of a timm name's default pretrained config (3 when unknown)."""
     if name.startswith(HUB_PREFIXES) or not timm.is_model(name):
@@ -247,7 +258,7 @@ def create_model(
             from theirs, or any tensor of another shape, is refused instead of adapted (fine-tuning adapts them).
         kwargs: more ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
     """
-    spec = resolve_spec(spec)
+    spec = check_model_spec(spec)
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     if spec.startswith(HUB_PREFIXES):
@@ -255,9 +266,6 @@ def create_model(
             raise ModelError(f"{spec} carries its own weights; {checkpoint_flag} / --pretrained-path are for timm "
                              "names")
         pretrained = True
-    elif not timm.is_model(spec):
-        raise ModelError(f"unknown model '{spec}': neither a timm model name (timm.list_models() lists them), "
-                         "an hf-hub:/local-dir: name, nor a training output folder")
     export = _checked_export(spec, num_classes, exact)
     if checkpoint:
         num_classes = _classes_with_checkpoint(spec, checkpoint, num_classes, checkpoint_flag, kwargs)

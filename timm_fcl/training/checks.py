@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ..run.model_io import default_in_chans
+from ..run.model_io import check_model_spec, default_in_chans
 from .flags import ConfigError, check_bounds, fcl_config, in_chans, mixup_active, output_folder, values_of
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant", "wsd", "none")  # timm's
@@ -30,6 +30,7 @@ def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def _check_names(args: argparse.Namespace) -> None:
     from timm.optim import list_optimizers
 
+    check_model_spec(args.model)  # an unknown --model before any shard is opened or counted
     if args.sched not in SCHEDULERS:
         raise ConfigError(f"argument --sched: unknown scheduler {args.sched!r} (choose from {', '.join(SCHEDULERS)})")
     *prefix, name = args.opt.lower().split("_")  # timm reads 'lookahead_NAME' as NAME wrapped in Lookahead

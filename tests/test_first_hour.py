@@ -1,0 +1,95 @@
+"""What went wrong in a new user's first hour, caught at the start of a run: a short run that never leaves timm's
+warm-up, timm's ImageNet crop on small images, a log interval longer than the epoch, a shard folder named without
+--dataset, and an unknown --model found only after the shards were counted."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train_helpers import TOY_RUN, run, train_cmd
+
+# the toy run as a new user types it: no --dataset (the shard folder alone), timm's warm-up (--warmup-epochs 5) and
+# timm's augmentation, no --log-interval; one epoch of 4 steps
+NEW_USER = [f for i, f in enumerate(TOY_RUN) if f not in ("--dataset", "wds/toy", "--warmup-epochs")
+            and TOY_RUN[i - 1] != "--warmup-epochs"]
+SHORT = [*NEW_USER, "-b", "16", "--train-subset", "64", "--val-subset", "16", "--epochs", "1", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def short_run(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("first-hour") / "run"
+    proc = run(train_cmd(*SHORT, "--data-dir", str(toy), "--output", str(out)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr, out
+
+
+def _step_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " step " in line and " batch " in line and " lr " in line]
+
+
+def _args(*argv: str):
+    from train_fcl import parse_args
+    return parse_args(["--data-dir", "x", *argv])
+
+
+# ------------------------------------------------------------------------------------- unknown model, no shard read
+@contextlib.contextmanager
+def shards_untouched(folder: Path):
+    """Fails the test when a file of ``folder`` other than its _info.json is opened (Python's audit hook on open)."""
+    opened: list[str] = []
+    active = [True]
+
+    def hook(event, args):
+        if active[0] and event == "open" and isinstance(args[0], (str, bytes, Path)):
+            path = Path(args[0].decode() if isinstance(args[0], bytes) else args[0])
+            if path.parent == folder and path.name != "_info.json":
+                opened.append(str(path))
+
+    sys.addaudithook(hook)  # hooks cannot be removed: this one goes quiet when the block ends
+    try:
+        yield
+    finally:
+        active[0] = False
+    assert not opened, f"shards opened: {opened}"
+
+
+@pytest.mark.parametrize("dataset", [["--dataset", "wds/toy"], []])
+def test_train_refuses_an_unknown_model_before_any_shard_is_opened(toy, tmp_path, capsys, dataset):
+    import train_fcl
+    from timm_fcl.data import streams
+
+    def counted(*args, **kwargs):
+        raise AssertionError("the shards were counted")
+
+    with shards_untouched(toy.resolve()), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(streams, "count_split", counted)
+        rc = train_fcl.cli([*TOY_RUN[4:], *dataset, "--model", "resnet181", "--data-dir", str(toy),
+                            "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.strip() == ("train_fcl.py: error: unknown model 'resnet181': neither a timm model name "
+                           "(timm.list_models() lists them), an hf-hub:/local-dir: name, nor a training output folder")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_refuses_an_unknown_model_before_any_shard_is_opened(toy, tmp_path, capsys):
+    from timm_fcl.robustness import datasets, evaluation
+    from timm_fcl.robustness.cli import cli
+
+    def read(*args, **kwargs):
+        raise AssertionError("the clean set was read")
+
+    with shards_untouched(toy.resolve()), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets, "iter_clean_images", read)
+        mp.setattr(evaluation, "load_clean_images", read)
+        rc = cli(["--model", "resnet181", "--checkpoint", "none", "--data-dir", str(toy), "--split", "validation",
+                  "--suites", "clean", "--output", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == ["timm_fcl.eval: error: unknown model 'resnet181': neither a timm model name "
+                                        "(timm.list_models() lists them), an hf-hub:/local-dir: name, nor a training "
+                                        "output folder"]
