@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 
 import timm_fcl  # noqa: F401  (registers timm_fcl's models, e.g. lenet_mnist, in timm)
-from timm_fcl.data import DataError
+from timm_fcl.data import DataError, shard_dataset
 from timm_fcl.run import folder as run_folder
 from timm_fcl.run.atomic import WriteError
 from timm_fcl.run.cli import OneLineParser, run_cli, this_process_only
@@ -75,8 +75,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     add = flag_group(parser, "data")
     add("--data-dir", default=None, may_change_on_resume=True,  # as long as it holds the same splits and sizes
         help="shard folder (with _info.json), image folder or torchvision root")
-    add("--dataset", default="", help="wds/NAME (WebDataset shards), torch/NAME (torchvision), "
-        "or '' (image folder with train/ and validation/ subfolders)")
+    add("--dataset", default=None, help="wds/NAME (WebDataset shards), torch/NAME (torchvision), "
+        "or '' (image folder with train/ and validation/ subfolders); default: wds/NAME for a --data-dir holding "
+        "_info.json (NAME its name), else ''")
     add("--train-split", default="train")
     add("--val-split", default="validation", help="the split that chooses the best epoch, --eval-metric's and a "
         "plateau schedule's; never replaced by 'test' when missing (name it to validate on test data knowingly)")
@@ -248,9 +249,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> dict:
     parser = get_args_parser()
+    # --dataset unset: wds/NAME for a shard folder (as an image folder it would hold 0 images), else ''
+    args.dataset, dataset_note = shard_dataset(args.dataset, args.data_dir)
     validate_args(args, parser)
     stops = StopRequests(args.save_on_signal, minutes=args.checkpoint_minutes)
     accelerator, output = setup(args)
+    if dataset_note and accelerator.is_main_process:
+        _logger.info(dataset_note)
     with lock_output(accelerator, output), stops:
         fresh = not list_states(output) and not (output / "tb").exists()
         try:

@@ -36,6 +36,50 @@ def _args(*argv: str):
     return parse_args(["--data-dir", "x", *argv])
 
 
+# ------------------------------------------------------------------------------------- shard folder, no --dataset
+def test_train_reads_a_shard_folder_named_without_dataset_as_wds(short_run):
+    log, out = short_run
+    assert "reading them as --dataset wds/toy" in log
+    assert yaml.safe_load((out / "args.yaml").read_text())["dataset"] == "wds/toy"
+
+
+def test_eval_reads_a_shard_folder_named_without_dataset_as_wds(toy, tmp_path, capsys):
+    from timm_fcl.robustness.cli import cli
+
+    out = tmp_path / "eval"
+    rc = cli(["--model", "resnet18", "--checkpoint", "none", "--data-dir", str(toy), "--split", "validation",
+              "--suites", "clean", "--workers", "0", "--batch-size", "64", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err[-3000:]
+    assert "reading them as --dataset wds/toy" in captured.out
+    assert (out / "results.json").is_file()
+
+
+def test_a_shard_folder_read_as_an_image_folder_on_purpose_is_one_line_naming_the_dataset(toy, tmp_path, capsys):
+    """--dataset '' given (an image folder, knowingly) on a shard folder: one error line that names wds/NAME, from
+    both commands (timm_fcl.eval used to end in timm's 41-line 'Found 0 images in subfolders' traceback)."""
+    import train_fcl
+    from timm_fcl.robustness.cli import cli
+
+    rc = cli(["--model", "resnet18", "--checkpoint", "none", "--data-dir", str(toy), "--dataset", "",
+              "--split", "validation", "--suites", "clean", "--workers", "0", "--output", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("timm_fcl.eval: error: ") and "give --dataset wds/toy" in err, err
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    try:  # in this process: the run gets as far as reading the data
+        rc = train_fcl.cli([*TOY_RUN[4:], "--model", "resnet18", "--dataset", "", "--data-dir", str(toy),
+                            "--epochs", "1", "--workers", "0", "--output", str(tmp_path / "run")])
+    finally:
+        AcceleratorState._reset_state(True)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert rc == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert errors[0].startswith("train_fcl.py: error: ") and "give --dataset wds/toy" in errors[0], errors
+
+
 # ------------------------------------------------------------------------------------- unknown model, no shard read
 @contextlib.contextmanager
 def shards_untouched(folder: Path):

@@ -3,7 +3,8 @@ WebDataset shards written from folders and torchvision sets (``shards``, ``pytho
 validation split carved from training shards (``holdout``), and the paper's synthetic MNIST (``synthetic_mnist``).
 Only ``streams`` is imported here; the others on use."""
 from .streams import (AugMixViews, DataError, EpochStream, MapSource, WdsSource, create_source, default_data_root,
-                      make_loader, seeded, wds_split)
+                      make_loader, seeded, shard_dataset, shard_hint, wds_split)
 
 __all__ = ["AugMixViews", "DataError", "EpochStream", "MapSource", "WdsSource", "create_source", "default_data_root",
-           "make_loader", "seeded", "wds_split"]
+           "make_loader", "seeded", "shard_dataset", "shard_hint",
+           "wds_split"]

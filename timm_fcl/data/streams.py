@@ -412,6 +412,42 @@ def _is_url(path: str) -> bool:
     return "://" in path or path.startswith("pipe:")
 
 
+def _shard_info(root: Optional[str]) -> Optional[dict]:
+    """root/_info.json when ``root`` is a local folder of WebDataset shards (an _info.json listing splits), else None."""
+    if not root or _is_url(str(root)) or not os.path.isfile(os.path.join(root, "_info.json")):
+        return None
+    info = load_info(str(root))
+    return info if isinstance(info, dict) and isinstance(info.get("splits"), dict) else None
+
+
+def shard_name(root: str, info: dict) -> str:
+    """'wds/NAME' for a shard folder: the _info.json's name, else the folder's."""
+    name = info.get("name")
+    return f"wds/{name if isinstance(name, str) and name else Path(root).resolve().name}"
+
+
+def shard_dataset(dataset: Optional[str], root: Optional[str], flag: str = "--dataset") -> tuple[str, Optional[str]]:
+    """(dataset, note) for a --dataset left unset (None): 'wds/NAME' when ``root`` holds WebDataset shards (read as an
+    image folder, it would end in timm's 'Found 0 images in subfolders'), with a note saying so; else '' (an image
+    folder), note None. A --dataset given, '' included, is kept. Reads the _info.json only, no shard."""
+    if dataset is not None:
+        return dataset, None
+    info = _shard_info(root)
+    if info is None:
+        return "", None
+    name = shard_name(root, info)
+    return name, f"{root} holds WebDataset shards (_info.json) and {flag} is unset: reading them as {flag} {name}"
+
+
+def shard_hint(root: Optional[str], flag: str = "--dataset") -> str:
+    """' (... give --dataset wds/NAME)' when ``root``, read as an image folder, is a shard folder; else ''."""
+    try:
+        info = _shard_info(root)
+    except DataError:
+        return ""
+    return f" ({root} holds WebDataset shards, _info.json: give {flag} {shard_name(root, info)})" if info else ""
+
+
 def wds_split(root: str, split: str) -> tuple[list[str], list[int], dict]:
     """Shard urls and lengths of a split: a name listed in root/_info.json, or a brace pattern 'PATTERN|N'."""
     urls, lengths, info, _ = _wds_split(root, split)
@@ -575,7 +611,8 @@ def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, dow
         ds = create_dataset(dataset, root=root, split=split, is_training=False, download=download,
                             search_split=True, class_map=class_map or None)
     except (RuntimeError, FileNotFoundError, ValueError) as exn:
-        raise DataError(f"cannot read '{dataset or 'folder'}' split '{split}' from {root}: {exn}") from None
+        raise DataError(f"cannot read '{dataset or 'folder'}' split '{split}' from {root}: {exn}"
+                        f"{shard_hint(root)}") from None
     except AssertionError as exn:  # timm's load_class_map asserts that the --class-map file exists
         if not class_map:
             raise

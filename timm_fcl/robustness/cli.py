@@ -23,6 +23,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from ..data import shard_dataset
 from ..run.cli import OneLineParser, run_cli
 from .corruptions import CORRUPTIONS, PRESETS
 from ..run import folder as run_folder
@@ -49,7 +50,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="default: from the checkpoint / config")
     p.add_argument("--suites", nargs="+", default=["clean", "generated"], help=f"any of {', '.join(SUITES)}")
     p.add_argument("--data-dir", help="clean test set root (WebDataset shards or an image folder)")
-    p.add_argument("--dataset", default="", help="timm dataset name, e.g. wds/cifar10 ('' for an image folder)")
+    p.add_argument("--dataset", default=None, help="timm dataset name, e.g. wds/cifar10 ('' for an image folder; "
+                   "default: wds/NAME for a --data-dir holding _info.json, else '')")
     p.add_argument("--split", default="test")
     p.add_argument("--train-split", default="train", help="split whose per-pixel std places the NUN noise")
     p.add_argument("--std-samples", type=int, default=10000, help="training images used for that std")
@@ -132,6 +134,10 @@ def main(args: argparse.Namespace) -> Dict[str, dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     earlier = read_earlier(args.compare)  # before the long part, so a wrong path fails at once
+    # --dataset unset: wds/NAME for a shard folder (as an image folder it would hold 0 images), else ''
+    args.dataset, note = shard_dataset(args.dataset, args.data_dir)
+    if note:
+        print(note)
     model_kwargs, set_kwargs, run_kwargs = evaluation_kwargs(args)
     models = load_models(**model_kwargs)
     journal = Journal(Path(args.output) / PARTIAL, command_fingerprint(args))

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, PILToTensor
 from torchvision.transforms import functional as TF
 
+from ..data import shard_hint
 from ..run.progress import done_lines, note_done, progress_bar
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
@@ -90,8 +91,14 @@ def iter_clean_images(
 
     if not Path(root).exists():
         raise FileNotFoundError(f"clean data folder {root} does not exist")
-    data = timm.data.create_dataset(dataset, root=root, split=split, is_training=False, batch_size=1,
-                                    class_map=class_map)
+    try:
+        data = timm.data.create_dataset(dataset, root=root, split=split, is_training=False, batch_size=1,
+                                        class_map=class_map)
+    except RuntimeError as exn:  # e.g. timm's 'Found 0 images in subfolders' of a shard folder read as images
+        hint = shard_hint(root) if not dataset or dataset == "folder" else ""
+        if not hint:
+            raise
+        raise ValueError(f"cannot read {root} as an image folder{hint}") from None
     folder = getattr(getattr(data, "reader", None), "root", None)  # the folder timm's image-folder reader walks
     if class_map is not None and folder is not None and Path(folder).is_dir():
         check_classes(folder, folder_classes(folder), class_map)

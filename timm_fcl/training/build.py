@@ -268,7 +268,7 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Opti
     missing from the shards is an error that says how to choose one, never a quiet switch to the test split."""
     channels = in_chans(args) or default_in_chans(args.model)
     data_dir, train_split, val_split = holdout_data(args, accelerator, output)
-    source = functools.partial(create_source, args.dataset, data_dir, in_chans=channels, download=args.dataset_download,
+    source = functools.partial(create_source, args.dataset or "", data_dir, in_chans=channels, download=args.dataset_download,
                                class_map=args.class_map)
     train_src = check_size(source(train_split), args.train_num_samples, "--train-num-samples")
     try:

@@ -79,7 +79,7 @@ def check_timm_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--wandb-resume-id needs --log-wandb")
     if args.bce_loss and args.jsd_loss:
         raise ConfigError("--bce-loss and --jsd-loss are two different losses: choose one")
-    if args.class_map and (args.dataset.startswith("wds/") or args.dataset.startswith("torch/")):
+    if args.class_map and str(args.dataset or "").startswith(("wds/", "torch/")):
         raise ConfigError(f"--class-map maps an image folder's class names; {args.dataset} gives its own labels")
     if args.class_map and not args.class_map.endswith(".txt"):
         raise ConfigError(f"--class-map {args.class_map}: give a .txt file, one class name per line (a pickled map "
