@@ -36,6 +36,25 @@ def _args(*argv: str):
     return parse_args(["--data-dir", "x", *argv])
 
 
+# ---------------------------------------------------------------------------------------------- augmentation
+def test_timms_imagenet_crop_on_small_images_warns_once(short_run):
+    log, _ = short_run
+    warnings = [line for line in log.splitlines() if "random-resized crop" in line]
+    assert len(warnings) == 1, warnings
+    assert "--crop-pad 4" in warnings[0] and "--color-jitter 0" in warnings[0] and "16 px" in warnings[0]
+
+
+@pytest.mark.parametrize("argv", [["--crop-pad", "4"], ["--scale", "0.5", "1"], ["--ratio", "1", "1"], ["--no-aug"],
+                                  ["--train-crop-mode", "rkrc"]])
+def test_no_augmentation_warning_when_the_crop_was_chosen(argv):
+    from timm_fcl.training.build import small_image_augmentation_warning
+    config = {"input_size": (3, 32, 32)}
+    assert small_image_augmentation_warning(_args(*argv), config) is None
+    assert small_image_augmentation_warning(_args(), config) is not None
+    assert small_image_augmentation_warning(_args("--color-jitter", "0"), config) is not None  # the crop is left
+    assert small_image_augmentation_warning(_args(), {"input_size": (3, 224, 224)}) is None
+
+
 # ------------------------------------------------------------------------------------- shard folder, no --dataset
 def test_train_reads_a_shard_folder_named_without_dataset_as_wds(short_run):
     log, out = short_run
