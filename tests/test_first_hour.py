@@ -36,6 +36,25 @@ def _args(*argv: str):
     return parse_args(["--data-dir", "x", *argv])
 
 
+# ---------------------------------------------------------------------------------------------------- warm-up
+def test_a_run_that_never_leaves_warm_up_says_so_once(short_run):
+    log, _ = short_run
+    warnings = [line for line in log.splitlines() if "never leaves warm-up" in line]
+    assert len(warnings) == 1, warnings
+    assert "--warmup-epochs 5" in warnings[0] and "--warmup-epochs 0" in warnings[0], warnings[0]
+    assert all(" lr 1e-05 " in line for line in _step_lines(log))  # what it warns of: every step at the warm-up lr
+
+
+@pytest.mark.parametrize("argv", [["--warmup-epochs", "0"], ["--epochs", "6"], ["--warmup-prefix"],
+                                  ["--sched", "none"]])
+def test_no_warm_up_warning_when_the_run_leaves_warm_up_or_has_none(argv):
+    from timm_fcl.training.build import warmup_warning
+    args = _args("--epochs", "1", *argv)
+    epochs = args.epochs + (args.warmup_epochs if args.warmup_prefix else 0)  # timm's total with --warmup-prefix
+    assert warmup_warning(args, epochs, 0.1) is None
+    assert warmup_warning(_args("--epochs", "1"), 1, 0.1) is not None
+
+
 # ---------------------------------------------------------------------------------------------- augmentation
 def test_timms_imagenet_crop_on_small_images_warns_once(short_run):
     log, _ = short_run

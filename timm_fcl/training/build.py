@@ -448,6 +448,18 @@ def prepare_model(args: argparse.Namespace, model: torch.nn.Module, world_size: 
     return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
 
+def warmup_warning(args: argparse.Namespace, num_epochs: int, lr: float) -> Optional[str]:
+    """One line when the run never leaves its warm-up (--warmup-epochs >= the epochs it trains, e.g. timm's default 5
+    in a short run or a fine-tune): every step then trains below ``lr``, the lr it logged; else None."""
+    if args.sched == "none" or not args.warmup_epochs or args.warmup_epochs < num_epochs:
+        return None
+    return (f"--warmup-epochs {args.warmup_epochs} (timm's default 5) >= the run's {num_epochs} epoch(s): the run "
+            f"never leaves warm-up, every step trains at an lr climbing from --warmup-lr {args.warmup_lr:g} that "
+            f"never reaches {lr:g}; set --warmup-epochs 0 (or fewer than --epochs: timm counts warm-up in whole "
+            f"epochs, --sched-on-updates ramps it per step), or --warmup-prefix to train the warm-up before the "
+            f"--epochs")
+
+
 def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Data, output: Path) -> Training:
     """The regularizer around the model, optimizer, scheduler (per update), EMA, prepared for the processes."""
     from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -478,6 +490,9 @@ def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Dat
     except ValueError as exn:
         raise ConfigError(f"--sched {args.sched} with these schedule settings: {exn}") from None
     scheduler = scheduler or NoSchedule()
+    warning = warmup_warning(args, num_epochs, lr)
+    if warning and accelerator.is_main_process:
+        _logger.warning(warning)
     reg, optimizer = accelerator.prepare(reg, optimizer)
     ema = None
     if args.model_ema:
