@@ -233,7 +233,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
              "history; 0: none), beside model_best/")
     add("--state-hist", type=int, default=2, at_least=1, may_change_on_resume=True,
         help="training states kept (the newest, in OUTPUT/checkpoints/, to resume from)")
-    add("--log-interval", type=int, default=50, at_least=1, may_change_on_resume=True)
+    add("--log-interval", type=int, default=None, at_least=1, may_change_on_resume=True,
+        help="a log line every N steps (default: timm's 50, fewer for an epoch of under 500 steps: about 10 lines "
+             "an epoch)")
     add("--amp-dtype", default=None, choices=("float16", "bfloat16"),
         help="--amp's dtype (default: the launch config's, else float16 on a GPU as timm, bfloat16 on a CPU)")
     add("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
@@ -366,7 +368,7 @@ def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Tra
         run.scheduler.step_update(num_updates=p.step)
         if run.ema is not None:
             run.ema.update(run.bare, step=p.step)
-        if p.step % args.log_interval == 0 or p.batch == n_batches:
+        if p.step % run.log_every == 0 or p.batch == n_batches:
             stop_if_diverged(accelerator, run)
             log_interval(args, accelerator, run, window, out, n_batches)
             window, pull_pending = LossMeter(accelerator.device), True

@@ -74,6 +74,24 @@ def test_no_augmentation_warning_when_the_crop_was_chosen(argv):
     assert small_image_augmentation_warning(_args(), {"input_size": (3, 224, 224)}) is None
 
 
+# ---------------------------------------------------------------------------------------------- log interval
+def test_a_short_epoch_logs_every_step_without_log_interval(short_run):
+    log, _ = short_run
+    steps = [line.split(" step ")[1].split()[0] for line in _step_lines(log)]
+    assert steps == ["1", "2", "3", "4"], _step_lines(log)  # timm's 50 would show step 4 only, at the epoch's end
+
+
+def test_the_log_interval_is_derived_only_when_not_given_and_is_no_resume_setting():
+    from timm_fcl.training.build import log_every
+    from timm_fcl.training.flags import result_settings
+    from train_fcl import get_args_parser
+
+    assert [log_every(_args(), n) for n in (4, 20, 200, 499, 500, 10000)] == [1, 2, 20, 49, 50, 50]
+    assert [log_every(_args("--log-interval", v), 20) for v in ("50", "7")] == [50, 7]
+    parser = get_args_parser()
+    assert result_settings(parser, _args()) == result_settings(parser, _args("--log-interval", "3"))
+
+
 # ------------------------------------------------------------------------------------- shard folder, no --dataset
 def test_train_reads_a_shard_folder_named_without_dataset_as_wds(short_run):
     log, out = short_run

@@ -357,6 +357,7 @@ class Training:
     mixup: Optional[Callable] = None  # timm's Mixup (mixup / cutmix into soft targets), None when off
     finite: Optional[torch.Tensor] = None  # on the device: every loss of this process so far was finite
     settings: dict = dataclasses.field(default_factory=dict)  # resolved(), written beside every save
+    log_every: int = 50  # steps between log lines: --log-interval, or derived from the epoch's length (log_every)
     epoch_meter: Optional[object] = None  # this process's loss means of the epoch so far (steps.LossMeter)
 
     def resolved(self, args: argparse.Namespace, settings: dict, data: Data, world: int) -> dict:
@@ -448,6 +449,18 @@ def prepare_model(args: argparse.Namespace, model: torch.nn.Module, world_size: 
     return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
 
+LOG_INTERVAL = 50  # timm's --log-interval default
+
+
+def log_every(args: argparse.Namespace, updates_per_epoch: int) -> int:
+    """Steps between log lines: --log-interval when given, else timm's 50, fewer for an epoch of under 500 steps, so
+    that a short epoch shows about 10 lines (a 20-step run would show none before its end). How a run goes, not what
+    it computes: a resume may change it (--log-interval is ``may_change_on_resume``)."""
+    if args.log_interval is not None:
+        return args.log_interval
+    return min(LOG_INTERVAL, max(1, updates_per_epoch // 10))
+
+
 def warmup_warning(args: argparse.Namespace, num_epochs: int, lr: float) -> Optional[str]:
     """One line when the run never leaves its warm-up (--warmup-epochs >= the epochs it trains, e.g. timm's default 5
     in a short run or a fine-tune): every step then trains below ``lr``, the lr it logged; else None."""
@@ -502,4 +515,5 @@ def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Dat
     return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=Progress(), fcl=fcl, lr=lr,
                     num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
                     bare=accelerator.unwrap_model(reg).model, mixup=build_mixup(args, data.num_classes),
-                    finite=torch.ones((), dtype=torch.bool, device=accelerator.device))
+                    finite=torch.ones((), dtype=torch.bool, device=accelerator.device),
+                    log_every=log_every(args, updates_per_epoch))
