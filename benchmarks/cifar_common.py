@@ -295,9 +295,10 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------- per-image intervals
-INTERVAL_METHOD = ("95% intervals: a paired bootstrap over seeds and test images (2,000 resamples; the seeds drawn with "
-                   "replacement, then within each the images, the same images for both methods); where a run kept no "
-                   "per-image results, mean ± std over the seeds instead, marked (std)")
+INTERVAL_METHOD = ("A cell \"+d [low, high]\" is the paired difference with its 95% interval from a paired bootstrap "
+                   "over seeds and test images (2,000 resamples: the seeds drawn with replacement, then within each "
+                   "the test images, the same images for both methods); a cell \"+d ± s\" is the mean ± std over the "
+                   "seeds, where a run kept no per-image results (every run before the per-image hits).")
 
 
 def image_scores(entry: dict, column: str) -> Optional[np.ndarray]:

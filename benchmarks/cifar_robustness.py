@@ -26,7 +26,7 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
     python benchmarks/cifar_robustness.py --part carve pretrain           # held-out split + shared XE pre-training
     python benchmarks/cifar_robustness.py --part sweep --methods xe xe_gauss fcl   # validation sweep (seed 0)
     python benchmarks/cifar_robustness.py --part continue eval --eval-each --seeds 0 1 2
-    python benchmarks/cifar_tables.py --readme README.md                  # Tables 2 and 3, PNGs, the README block
+    python benchmarks/cifar_tables.py --readme docs/results.md --headline README.md   # Tables 2 and 3, PNGs, blocks
     python benchmarks/cifar_zoo.py                                        # the zoo (also --part tables zoo here)
 
 Every results JSON records the commit of the code that trained and evaluated it: run the parts from a ``git worktree``
@@ -468,7 +468,7 @@ def evaluate_test(b: Part, runs: list[Path], out: Path, threads: Optional[int] =
 
 # ---------------------------------------------------------------------------------------------------------- main
 def part_tables(b: Part) -> None:
-    """benchmarks/cifar_tables.py's tables (and, with --readme, the README's block) for this protocol."""
+    """benchmarks/cifar_tables.py's tables (and, with --readme, the full block of docs/results.md) for this protocol."""
     write_tables(b, Path(b.args.readme) if b.args.readme else None)
 
 
@@ -487,8 +487,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with --part validate: which validation part of the equal-budget plan to run")
     p.add_argument("--data-dir", default=str(default_data_root() / "cifar10-wds"), help="CIFAR-10 shards (train, test)")
     add_protocol_arguments(p)
-    p.add_argument("--readme", help="with --part tables: also write the tables into this markdown file (as "
-                   "benchmarks/cifar_tables.py --readme does)")
+    p.add_argument("--readme", help="with --part tables: also write the tables into this markdown file, e.g. "
+                   "docs/results.md (as benchmarks/cifar_tables.py --readme does; its --headline writes the README's)")
     p.add_argument("-b", "--batch-size", type=int, default=128)
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for the sweep")
     p.add_argument("--train-subset", type=int, help="train on N images per epoch (smoke runs)")

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from cifar_common import (METHODS, GROUPS, MIN_GAUSS_GAIN, Bench, add_protocol_arguments, hp_key, load_runs,
-                          superseded, t2_value, t3_value)
+from cifar_common import (INTERVAL_METHOD, METHODS, GROUPS, MIN_GAUSS_GAIN, Bench, add_protocol_arguments, hp_key,
+                          load_runs, paired_interval, superseded, t2_value, t3_value)
 
 # (method, baseline) of the paired-difference rows: every method against XE and XE+Gaussian, Patch Gaussian + FCL
-# against Patch Gaussian + XE, and the two FCL variants against full FCL
+# against Patch Gaussian + XE, and the FCL variants (every n, other_class, random selection) against full FCL
 PAIRS = tuple((n, base) for base in ("xe", "xe_gauss") for n in METHODS if n != base) + (
-    ("pg_fcl", "pg_xe"), ("fcl_every4", "fcl"), ("fcl_other", "fcl"))
+    ("pg_fcl", "pg_xe"), ("fcl_every4", "fcl"), ("fcl_other", "fcl"), ("fcl_random", "fcl"), ("fcl_every16", "fcl"))
 T2_COLUMNS = (("clean", "Clean"), ("un", "UN"), ("nun", "NUN"))
 T3_COLUMNS = (("mean", "mean of 19"),) + tuple((g, g) for g in GROUPS)
 CORRUPTION_PAIRS = (("fcl", "xe"), ("xe_gauss", "xe"), ("cl_gauss", "xe"), ("pg_fcl", "pg_xe"), ("fcl_other", "fcl"))
@@ -41,8 +41,14 @@ def mean_std(values: list[float], sign: str = "") -> str:
         return "-"
     mean = f"{statistics.mean(values):{sign}.2f}"
     return f"{mean} ± {statistics.stdev(values):.2f}" if len(values) > 1 else mean
+
+
 def paired(runs: dict, name: str, baseline: str, value, column: str) -> str:
-    """Mean ± std over the shared seeds of (method - baseline): the paired difference."""
+    """The paired difference (method - baseline) over the shared seeds: its mean with a 95% interval from the runs'
+    per-image results where every one of them kept them, else mean ± std over the seeds (INTERVAL_METHOD)."""
+    ci = paired_interval(runs, name, baseline, column)
+    if ci is not None:
+        return f"{ci['mean']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]"
     seeds = sorted(set(runs[name]) & set(runs[baseline]))
     diffs = [value(runs[name][s], column) - value(runs[baseline][s], column) for s in seeds
              if value(runs[name][s], column) is not None and value(runs[baseline][s], column) is not None]
@@ -62,7 +68,7 @@ def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str
         numbers = getattr(method, paper_index)
         paper = " / ".join(f"{v:.2f}" for v in numbers[:len(columns)]) if numbers else "-"
         lines.append(f"| {method.label} | {len(seeds)} | " + " | ".join(cells) + f" | {paper} |")
-    lines += ["", "Paired differences (same seed), mean ± std over seeds:", "",
+    lines += ["", f"Paired differences (same seed). {INTERVAL_METHOD}", "",
               "| method | vs | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 2)]
     for name, baseline in PAIRS:
         if runs.get(name) and runs.get(baseline):
