@@ -50,10 +50,14 @@ def test_ci_runs_the_readme_commands():
     assert "pip install" in block_after("<!-- ci:setup -->") and "pytest" in block_after("<!-- ci:test -->")
 
 
+# the one flag of ours a recipe may use besides FCL's: CIFAR's pad-and-crop, which timm's train.py has no flag for
+OWN_AUGMENTATION = {"--crop-pad"}
+
+
 @pytest.mark.parametrize("command", snippets("recipe"))
 def test_every_recipe_is_timms_flags_plus_fcl_and_passes_every_start_up_check(command, request, tmp_path):
     """A recipe parses and passes train_fcl.py's start-up checks as it stands (its data and output folders
-    substituted), and apart from --method / --fcl-* it uses timm train.py's flags only."""
+    substituted), and apart from --method / --fcl-* (and CIFAR's --crop-pad) it uses timm train.py's flags only."""
     from timm_fcl.training.checks import validate_args
     from timm_fcl.training.timm_parity import NOT_SUPPORTED, TIMM_TRAIN_FLAGS
     from train_fcl import get_args_parser, parse_args
@@ -66,7 +70,7 @@ def test_every_recipe_is_timms_flags_plus_fcl_and_passes_every_start_up_check(co
             argv[argv.index(flag) + 1] = str(folder)
     timm_flags = {o for options, dest, _ in TIMM_TRAIN_FLAGS if dest not in NOT_SUPPORTED for o in options}
     ours = [w for w in argv if w.startswith("-") and not w.startswith(("--method", "--fcl-"))]
-    assert ours and set(ours) <= timm_flags, set(ours) - timm_flags
+    assert ours and set(ours) <= timm_flags | OWN_AUGMENTATION, set(ours) - timm_flags
     args = parse_args(argv)
     validate_args(args, get_args_parser())
     if request.node.callspec.id.endswith(":timm-imagenet"):
