@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import timm_fcl
 from timm_fcl import fcl_loss
 
 
@@ -147,3 +148,29 @@ def test_anchor_options_follow_the_config():
         FCLConfig(class_weights=(1.0, -1.0))
     with pytest.raises(ValueError, match="one weight per anchor"):
         fcl_loss(torch.randn(4, 3), torch.randn(4, 3), weights=torch.ones(3))
+
+
+@pytest.mark.parametrize("variant", ["xe", "margin"])
+def test_loss_module_is_the_naive_loss_with_its_settings(variant):
+    g = torch.Generator().manual_seed(3)
+    z, zp, zn = (torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    keep = torch.rand(9, generator=g) > 0.3
+    module = timm_fcl.FeatureContrastiveLoss(tau=0.4, variant=variant, margin=0.8)
+    got = module(z, zp, zn, neg_mask=keep)
+    want = naive(z.detach(), zp.detach(), zn.detach(), 0.4, variant, 0.8, keep.tolist())
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    # the module's gradients are the function's
+    grads = torch.autograd.grad(got, (z, zp, zn))
+    ref = torch.autograd.grad(fcl_loss(z, zp, zn, tau=0.4, variant=variant, margin=0.8, neg_mask=keep), (z, zp, zn))
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref))
+    # without the perturbed negative: CL+Gaussian's loss
+    assert module(z, zp).item() == pytest.approx(naive(z.detach(), zp.detach(), None, 0.4, variant, 0.8, [True] * 9),
+                                                 rel=1e-12)
+
+
+def test_loss_module_refuses_bad_settings_when_built():
+    with pytest.raises(ValueError, match="variant"):
+        timm_fcl.FeatureContrastiveLoss(variant="hinge")
+    with pytest.raises(ValueError, match="tau"):
+        timm_fcl.FeatureContrastiveLoss(tau=0.0)
+    assert "tau=0.5" in repr(timm_fcl.FeatureContrastiveLoss(tau=0.5))

@@ -7,7 +7,7 @@ rest lives in named subpackages: ``models`` (LeNet and CIFAR ResNets, registered
 corrupted test sets and ``python -m timm_fcl.eval``)."""
 from .config import FCLConfig
 from .heads import embedding
-from .losses import fcl_loss
+from .losses import FeatureContrastiveLoss, fcl_loss
 from .models import LeNet
 from .patch_gaussian import PatchGaussian
 from .perturbations import gaussian_perturbation, utility_perturbations
@@ -18,6 +18,6 @@ from .utility import contextual_utility
 
 __version__ = "0.1.0"
 __all__ = [
-    "FCLConfig", "FCLOutput", "FeatureContrastiveRegularizer", "LeNet", "PatchGaussian", "contextual_sensitivity",
+    "FCLConfig", "FCLOutput", "FeatureContrastiveLoss", "FeatureContrastiveRegularizer", "LeNet", "PatchGaussian", "contextual_sensitivity",
     "contextual_utility", "embedding", "fcl_loss", "fcl_weight", "gaussian_perturbation", "utility_perturbations",
 ]

@@ -7,7 +7,10 @@ with dist(a, b) = 1 - cos(a, b). The loss can be taken for a subset of the batch
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+VARIANTS = ("xe", "margin")
 
 
 def fcl_loss(
@@ -70,6 +73,27 @@ def fcl_loss(
             hinge = hinge + F.relu(margin - (1.0 - sim_neg)).pow(2) * keep_neg
         return _anchor_mean((1.0 - sim_pos).pow(2) + hinge, weights)
     raise ValueError(f"unknown FCL loss variant {variant!r}; choose 'xe' or 'margin'")
+
+
+class FeatureContrastiveLoss(nn.Module):
+    """:func:`fcl_loss` as a module, in the shape of timm's losses: the settings at construction, the embeddings at
+    the call. ``FeatureContrastiveLoss(tau=0.5)(z, z_pos, z_neg)`` is the mean over the batch of Eq. 5 with the other
+    samples and each sample's own z^- as negatives; the keyword arguments of the call are :func:`fcl_loss`'s."""
+
+    def __init__(self, tau: float = 0.1, variant: str = "xe", margin: float = 1.0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown FCL loss variant {variant!r}; choose 'xe' or 'margin'")
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.tau, self.variant, self.margin = float(tau), variant, float(margin)
+
+    def forward(self, z: torch.Tensor, z_pos: torch.Tensor, z_neg: Optional[torch.Tensor] = None,
+                **options) -> torch.Tensor:
+        return fcl_loss(z, z_pos, z_neg, tau=self.tau, variant=self.variant, margin=self.margin, **options)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, variant={self.variant!r}" + (f", margin={self.margin}" if self.variant == "margin" else "")
 
 
 def _not_negatives(n: int, device: torch.device, anchor_index: Optional[torch.Tensor],
