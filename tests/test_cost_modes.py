@@ -233,6 +233,8 @@ def compiled_vs_eager(name, x, y, steps, monkeypatch, **cfg):
         utilities.append(utility)
         return perturbed_batch(x, utility, *args, **kwargs)
     monkeypatch.setattr(timm_fcl.regularizer, "perturbed_batch", spy)
+    import torch._functorch.config
+    donated = torch._functorch.config.donated_buffer
     results = []
     for backend in (None, "inductor"):
         model = create(name).train()
@@ -242,6 +244,8 @@ def compiled_vs_eager(name, x, y, steps, monkeypatch, **cfg):
             out = reg(x, y, step=step, generator=torch.Generator().manual_seed(step))
             out.loss.backward()
         results.append((out, [p.grad for p in model.parameters()], [b.clone() for b in model.buffers()]))
+    # the double backward needs graphs compiled without donated buffers; the process-wide setting is left as it was
+    assert torch._functorch.config.donated_buffer == donated
     (a, ga, ba), (b, gb, bb) = results
     assert a.weight > 0 and a.fcl > 0 and len(utilities) == 2 * steps
     for u, v in zip(utilities[:steps], utilities[steps:]):

@@ -155,6 +155,22 @@ def test_reduction_mean_weighs_one_sample_and_sum_the_batch(mnist_like):
         FCLConfig(reduction="max")
 
 
+def test_world_size_from_the_caller_scales_the_sum_over_the_global_batch(mnist_like):
+    # lambda weighs the sum over the global batch: with 3 processes averaging gradients, each local loss carries the
+    # term times 3 x the local batch; the caller says how many processes there are, no process group is read
+    x, y = mnist_like[0][:10], mnist_like[1][:10]
+    model = create("lenet_mnist").train()
+    cfg = FCLConfig(k=60, weight=0.01)
+    outs = {world: FeatureContrastiveRegularizer(model, cfg, world_size=world)(
+        x, y, generator=torch.Generator().manual_seed(3), group_size=2) for world in (None, 1, 3)}
+    assert not torch.distributed.is_initialized()
+    assert (outs[None].scale, outs[1].scale, outs[3].scale) == (20, 20, 60)
+    torch.testing.assert_close(outs[3].loss - outs[3].ce, 3 * (outs[1].loss - outs[1].ce))
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="world_size"):
+            FeatureContrastiveRegularizer(model, cfg, world_size=bad)
+
+
 def test_baselines_equal_their_definitions(mnist_like):
     x, y = mnist_like[0][:12], mnist_like[1][:12]
     model = create("lenet_mnist").train()

@@ -40,16 +40,18 @@ def wds_shuffle(items: Iterable, *, bufsize: int, initial: int, rng: random.Rand
     return _shuffle(items, bufsize=bufsize, initial=initial, rng=rng)
 
 
-def allow_double_backward_through_compiled_graphs() -> None:
-    """Turn off AOTAutograd's donated buffers (``torch._functorch.config.donated_buffer``; torch 2.14.1).
+def double_backward_through_compiled_graphs():
+    """A context in which torch.compile builds graphs without AOTAutograd's donated buffers
+    (``torch._functorch.config.donated_buffer``; torch 2.14.1); the setting is restored on exit.
 
-    They save memory by freeing saved tensors during the first backward, which forbids the second backward through a
-    compiled graph that the utility's input gradient (``retain_graph=True``) needs. The switch is read at backward
-    time, so it is process-wide.
+    Donated buffers save memory by freeing saved tensors during the first backward, which forbids the second backward
+    through a compiled graph that the utility's input gradient (``retain_graph=True``) needs. The setting is read when
+    a graph compiles and again by a backward that retains the graph, so both must run inside; a final backward outside
+    needs no change.
     """
     import torch._functorch.config
 
-    torch._functorch.config.donated_buffer = False
+    return torch._functorch.config.patch(donated_buffer=False)
 
 
 def imagecorruptions_parts() -> tuple[Callable[..., Any], Callable[..., Any]]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ._compat import allow_double_backward_through_compiled_graphs
+from ._compat import double_backward_through_compiled_graphs
 from .batchnorm import frozen_bn_stats
 from .config import FCLConfig
 from .heads import head_mode, logits_from_embedding
@@ -69,7 +69,14 @@ class FeatureContrastiveRegularizer(nn.Module):
 
     ``compile_backend`` (e.g. "inductor") compiles the two calls the regularizer makes, ``forward_features`` and
     ``forward_head`` (compiling ``model.forward`` would not reach them). The compiled functions are the model class's,
-    called with the model as an argument, so copies of the model (EMA) never run through this instance.
+    called with the model as an argument, so copies of the model (EMA) never run through this instance. They are
+    compiled without AOTAutograd's donated buffers (the utility's input gradient is a second backward through the
+    clean graph), a setting changed only during the regularizer's forward (where the graphs compile and the utility's
+    backward runs) and restored after.
+
+    ``world_size``: the processes whose gradients are averaged (DDP), which ``reduction="sum"`` multiplies in so that
+    lambda weighs the sum over the global batch; train_fcl.py passes its accelerator's. None: the default process
+    group's size when one is initialized, else 1.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class FeatureContrastiveRegularizer(nn.Module):
             *,
             num_splits: int = 1,
             label_loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+            world_size: Optional[int] = None,
     ):
         super().__init__()
         if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
@@ -92,6 +100,11 @@ class FeatureContrastiveRegularizer(nn.Module):
         self.config = config or FCLConfig()
         if num_splits < 1:
             raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int)
+                                       or world_size < 1):
+            raise ValueError(f"world_size must be an integer >= 1 (the processes averaging gradients), "
+                             f"got {world_size!r}")
+        self.world_size = world_size
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.label_loss_fn = label_loss_fn or self.loss_fn
         self.num_splits = num_splits
@@ -99,7 +112,6 @@ class FeatureContrastiveRegularizer(nn.Module):
         self.compile_backend = compile_backend
         self._compiled = None
         if compile_backend is not None:
-            allow_double_backward_through_compiled_graphs()  # the utility's input gradient is a second backward
             self._compiled = (torch.compile(type(model).forward_features, backend=compile_backend),
                               torch.compile(type(model).forward_head, backend=compile_backend))
 
@@ -212,6 +224,13 @@ class FeatureContrastiveRegularizer(nn.Module):
         by it before backward), so that lambda keeps weighing the sum of the term over all the step's images.
         ``measure_pull``: on a step that carries an embedding term (FCL, CL+Gaussian), also return ``pull`` (see
         :meth:`pull_ratio`); it costs two gradients from the losses back to the embedding only."""
+        if self._compiled is None:
+            return self._step(x, y, step, generator, group_size, measure_pull)
+        with double_backward_through_compiled_graphs():  # compiling, and the utility's backward, in the regularizer
+            return self._step(x, y, step, generator, group_size, measure_pull)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, step: int, generator: Optional[torch.Generator],
+              group_size: int, measure_pull: bool) -> FCLOutput:
         cfg = self.config
         lam = scheduled_weight(cfg, step)
         weight = step_weight(cfg, step) if self.training else 0.0
@@ -277,6 +296,8 @@ class FeatureContrastiveRegularizer(nn.Module):
         division of each micro-batch's loss by ``group_size`` yield lambda x the sum over all of them)."""
         if self.config.reduction == "mean":
             return 1.0
-        world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
-            torch.distributed.is_initialized() else 1
+        world = self.world_size
+        if world is None:
+            world = torch.distributed.get_world_size() if torch.distributed.is_available() and \
+                torch.distributed.is_initialized() else 1
         return float(local_batch * world * group_size)

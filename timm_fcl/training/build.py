@@ -488,7 +488,8 @@ def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Dat
         raise ConfigError(f"FCL settings do not fit the model's input: {exn}") from None
     loss_fn, label_loss_fn = build_loss(args)
     reg = FeatureContrastiveRegularizer(model, fcl, loss_fn=loss_fn, compile_backend=args.torchcompile,
-                                        num_splits=max(args.aug_splits, 1), label_loss_fn=label_loss_fn)
+                                        num_splits=max(args.aug_splits, 1), label_loss_fn=label_loss_fn,
+                                        world_size=world)
     lr, lr_source = resolve_lr(args, world)
     if accelerator.is_main_process:
         _logger.info(f"learning rate {lr:g}, from {lr_source}")
