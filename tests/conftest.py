@@ -6,11 +6,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from timm_fcl.data import default_data_root
 
 DATA_DIR = default_data_root()
+
+# Every family the project claims, small enough for a CPU test at 32 px (28 px grey for the LeNet).
+FAMILIES = {
+    "resnet18": dict(),
+    "resnetv2_18": dict(),
+    "vit_tiny_patch16_224": dict(img_size=32),
+    "convnext_atto": dict(),
+    "efficientnet_b0": dict(),
+    "mobilenetv3_small_100": dict(),
+    "swin_tiny_patch4_window7_224": dict(img_size=32, window_size=4, embed_dim=32, depths=(1, 1), num_heads=(1, 2)),
+    "deit_tiny_distilled_patch16_224": dict(img_size=32),
+    "lenet_mnist": dict(),
+    "lenet5_mnist": dict(),
+}
+
+
+def create(name, num_classes=10, **extra):
+    torch.manual_seed(0)
+    return timm.create_model(name, num_classes=num_classes, **FAMILIES[name], **extra)
 
 
 def pytest_configure(config):
@@ -110,3 +130,12 @@ def synthetic_mnist(mnist_root):
     """The three synthetic MNIST splits of section 4.1 (seed 0), built once a session (~5 s)."""
     from timm_fcl.data.synthetic_mnist import build_synthetic_mnist
     return build_synthetic_mnist(mnist_root, seed=0)
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Accelerate's process-wide state reset before and after a test that builds an Accelerator in-process."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)

@@ -10,7 +10,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from timm_fcl.data.shards import write_shards

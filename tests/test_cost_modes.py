@@ -4,20 +4,13 @@ public functions or with the plain path."""
 import copy
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility, embedding, fcl_loss
 from timm_fcl.batchnorm import frozen_bn_stats
 from timm_fcl.perturbations import gaussian_perturbation, perturbed_batch, utility_perturbations
-
-
-def create(name, **extra):
-    torch.manual_seed(0)
-    if name.startswith("vit"):
-        extra = dict(img_size=32, **extra)
-    return timm.create_model(name, num_classes=10, **extra)
+from conftest import create
 
 
 def bn_state(model):

@@ -4,13 +4,17 @@ warm-up, timm's ImageNet crop on small images, a log interval longer than the ep
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from train_helpers import TOY_RUN, run, train_cmd
+from train_helpers import parse_train, TOY_RUN, run, train_cmd
+
+# the flags every test here starts from
+_args = functools.partial(parse_train, "--data-dir", "x")
 
 # the toy run as a new user types it: no --dataset (the shard folder alone), timm's warm-up (--warmup-epochs 5) and
 # timm's augmentation, no --log-interval; one epoch of 4 steps
@@ -29,11 +33,6 @@ def short_run(toy, tmp_path_factory):
 
 def _step_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if " step " in line and " batch " in line and " lr " in line]
-
-
-def _args(*argv: str):
-    from train_fcl import parse_args
-    return parse_args(["--data-dir", "x", *argv])
 
 
 # ---------------------------------------------------------------------------------------------------- warm-up

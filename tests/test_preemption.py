@@ -11,10 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, TOY_RUN, env, run, train_cmd, trained_run
+from train_helpers import same_weights, ROOT, TOY_RUN, env, run, train_cmd, trained_run
 
 # 2 epochs of 12 steps, a log line every step (the test waits for one to send its signal); no interval saves, so only
 # the signal's save can hold a mid-epoch state
@@ -28,8 +27,7 @@ def _exports(out: Path) -> dict:
 
 
 def _same(a: Path, b: Path) -> bool:
-    x, y = _exports(a), _exports(b)
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    return same_weights(_exports(a), _exports(b))
 
 
 def _signal_at(cmd: list[str], signum: int, after_step: int) -> subprocess.CompletedProcess:

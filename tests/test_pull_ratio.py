@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility, embedding, fcl_loss
 from timm_fcl.perturbations import utility_perturbations
 
-from test_regularizer import create
+from conftest import create
 
 
 def _reference_pull(model, x, y, cfg: FCLConfig, seed: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import timm_fcl.regularizer as regularizer_module
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, embedding, fcl_loss
 from timm_fcl.perturbations import perturbed_batch, random_scores, utility_perturbations
 
-from test_regularizer import create
+from conftest import create
 
 
 def _naive_random_sets(x: torch.Tensor, k: int, generator: torch.Generator):

@@ -4,6 +4,7 @@ batch norm, timm's BCE loss, --amp-dtype, --class-map on an image folder, the sp
 -c and the Weights & Biases settings handed to the trackers."""
 from __future__ import annotations
 
+import functools
 import types
 from pathlib import Path
 
@@ -15,19 +16,14 @@ import yaml
 from PIL import Image
 
 import timm_fcl  # noqa: F401  (registers resnet20_cifar, lenet5_mnist)
-from train_helpers import TOY_RUN, run, train_cmd
+from train_helpers import parse_train, TOY_RUN, run, train_cmd
+
+# the flags every test here starts from
+_args = functools.partial(parse_train, "--model", "resnet18", "--num-classes", "10")
 
 TOY = [*TOY_RUN, "--workers", "0"]
 _at = TOY_RUN.index("--lr")
 TOY_NO_LR = [*TOY_RUN[:_at], *TOY_RUN[_at + 2:], "--workers", "0"]  # --lr-base decides
-
-
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 @pytest.fixture
@@ -47,11 +43,6 @@ def build(toy, tmp_path, fresh_accelerate):
         data = build_data(args, accelerator, output=out)
         return args, accelerator, data, build_training(args, accelerator, data, out)
     return _build
-
-
-def _args(*argv: str):
-    from train_fcl import parse_args
-    return parse_args(["--model", "resnet18", "--num-classes", "10", *argv])
 
 
 def _group_of(optimizer, param: torch.nn.Parameter) -> dict:

@@ -9,26 +9,7 @@ import timm_fcl
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility, embedding, fcl_loss
 from timm_fcl.heads import head_mode
 from timm_fcl.perturbations import gaussian_perturbation, utility_perturbations
-
-# Every family the project claims, small enough for a CPU test at 32 px (28 px grey for the LeNet).
-FAMILIES = {
-    "resnet18": dict(),
-    "resnetv2_18": dict(),
-    "vit_tiny_patch16_224": dict(img_size=32),
-    "convnext_atto": dict(),
-    "efficientnet_b0": dict(),
-    "mobilenetv3_small_100": dict(),
-    "swin_tiny_patch4_window7_224": dict(img_size=32, window_size=4, embed_dim=32, depths=(1, 1), num_heads=(1, 2)),
-    "deit_tiny_distilled_patch16_224": dict(img_size=32),
-    "lenet_mnist": dict(),
-    "lenet5_mnist": dict(),
-}
-
-
-def create(name, num_classes=10, **extra):
-    torch.manual_seed(0)
-    return timm.create_model(name, num_classes=num_classes, **FAMILIES[name], **extra)
-
+from conftest import FAMILIES, create
 
 def data_for(name, cifar_like, mnist_like):
     return mnist_like if name.startswith("lenet") else cifar_like

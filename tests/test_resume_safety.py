@@ -52,9 +52,9 @@ def _cut_back(finished: Path, to: Path, newest_step: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def straight(toy, tmp_path_factory) -> Path:
+def uninterrupted(toy, tmp_path_factory) -> Path:
     """An uninterrupted run: 2 epochs of 12 steps, a state every 3 steps (the one at step 15 is mid-epoch)."""
-    return trained_run(tmp_path_factory.mktemp("straight") / "run", toy, TOY)
+    return trained_run(tmp_path_factory.mktemp("uninterrupted") / "run", toy, TOY)
 
 
 # ------------------------------------------------------------------------------------------- the files of a state
@@ -233,10 +233,10 @@ def test_a_same_size_change_is_caught_by_the_digest_and_a_sizes_only_manifest_st
 
 
 # ---------------------------------------------------------------------------------------- train_fcl.py end to end
-def test_planted_pickles_never_run_on_resume(straight, toy, tmp_path):
+def test_planted_pickles_never_run_on_resume(uninterrupted, toy, tmp_path):
     marker = tmp_path / "ran"
     payload = _planted(marker)
-    out = _cut_back(straight, tmp_path / "run", 15)
+    out = _cut_back(uninterrupted, tmp_path / "run", 15)
     for state in (out / "checkpoints").iterdir():
         for name in ACCELERATE_FILES:
             (state / name).write_bytes(payload)
@@ -246,7 +246,7 @@ def test_planted_pickles_never_run_on_resume(straight, toy, tmp_path):
     same = run(train_cmd(*TOY, "--data-dir", str(toy), "--output", str(out)))
     assert same.returncode == 0, same.stderr[-3000:]
     assert f"resumed from {_state(out, 12)}" in same.stderr
-    assert _same_export(straight, out)
+    assert _same_export(uninterrupted, out)
 
     only_planted = tmp_path / "planted"
     shutil.copytree(_state(tmp_path / "run", 3), _state(only_planted, 3))
@@ -281,8 +281,8 @@ def _zero_weights(path: Path) -> None:  # same size, header intact: the file sti
 
 
 @pytest.mark.parametrize("damage", ["truncated optimizer", "garbled model", "zeroed weights", "missing rng"])
-def test_a_damaged_newest_state_is_passed_over_and_the_run_ends_identical(straight, toy, tmp_path, damage):
-    out = _cut_back(straight, tmp_path / "run", 15)
+def test_a_damaged_newest_state_is_passed_over_and_the_run_ends_identical(uninterrupted, toy, tmp_path, damage):
+    out = _cut_back(uninterrupted, tmp_path / "run", 15)
     newest = _state(out, 15)
     {"truncated optimizer": lambda: _truncate(newest / "optimizer.safetensors"),
      "garbled model": lambda: _garble_header(newest / "model.safetensors"),
@@ -295,11 +295,11 @@ def test_a_damaged_newest_state_is_passed_over_and_the_run_ends_identical(straig
     if damage == "zeroed weights":
         assert "model.safetensors does not match its SHA-256" in warning[0]
     assert f"resumed from {_state(out, 12)}: epoch 1, batch 0, step 12" in proc.stderr
-    assert _same_export(straight, out)
+    assert _same_export(uninterrupted, out)
 
 
-def test_the_only_state_without_its_rng_file_is_refused(straight, toy, tmp_path):
-    out = _cut_back(straight, tmp_path / "run", 3)
+def test_the_only_state_without_its_rng_file_is_refused(uninterrupted, toy, tmp_path):
+    out = _cut_back(uninterrupted, tmp_path / "run", 3)
     (_state(out, 3) / "rng_0.safetensors").unlink()
     proc = run(train_cmd(*TOY, "--data-dir", str(toy), "--output", str(out)))
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -311,16 +311,16 @@ def test_the_only_state_without_its_rng_file_is_refused(straight, toy, tmp_path)
 def test_two_processes_pass_over_a_state_missing_one_rank_file_and_end_identical(toy, tmp_path):
     # 2 processes on 96 samples: 3 steps per epoch, a state after each; steps 4 and 5 are mid-epoch
     argv = [*TOY, "--data-dir", str(toy), "--train-subset", "96", "--checkpoint-interval", "1"]
-    straight = tmp_path / "straight"
-    proc = run(train_cmd(*argv, "--output", str(straight), processes=2))
+    uninterrupted = tmp_path / "uninterrupted"
+    proc = run(train_cmd(*argv, "--output", str(uninterrupted), processes=2))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = _cut_back(straight, tmp_path / "run", 5)
+    out = _cut_back(uninterrupted, tmp_path / "run", 5)
     (_state(out, 5) / "rng_1.safetensors").unlink()  # only rank 1 finds the damage; both must pass it over
     again = run(train_cmd(*argv, "--output", str(out), processes=2))
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {_state(out, 4)} instead of {_state(out, 5)}" in again.stderr
     assert f"resumed from {_state(out, 4)}: epoch 1, batch 1, step 4" in again.stderr
-    assert _same_export(straight, out)
+    assert _same_export(uninterrupted, out)
 
     one = run(train_cmd(*argv, "--output", str(out)))  # the states were saved by 2 processes
     assert one.returncode == 2 and _error_lines(one.stderr)[0].endswith(
@@ -345,7 +345,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_a_full_disk_during_a_save_is_one_line_keeps_the_newest_state_and_the_run_resumes(straight, toy, tmp_path):
+def test_a_full_disk_during_a_save_is_one_line_keeps_the_newest_state_and_the_run_resumes(uninterrupted, toy, tmp_path):
     out = tmp_path / "run"
     argv = [*TOY, "--data-dir", str(toy), "--output", str(out)]
     python, script = train_cmd()
@@ -359,7 +359,7 @@ def test_a_full_disk_during_a_save_is_one_line_keeps_the_newest_state_and_the_ru
     again = run(train_cmd(*argv))  # space is back
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from {_state(out, 3)}" in again.stderr
-    assert _same_export(straight, out)
+    assert _same_export(uninterrupted, out)
 
 
 def test_a_full_disk_during_an_export_keeps_the_previous_export(tmp_path, monkeypatch):

@@ -339,7 +339,7 @@ def test_eval_command_bad_input_is_one_error_line(args):
     assert len(lines) == 1 and lines[0].startswith("timm_fcl.eval: error:")
 
 
-def one_error_line(argv, capsys) -> str:
+def eval_error_line(argv, capsys) -> str:
     """The command's refusal: exit status 2 and a single stderr line."""
     capsys.readouterr()
     assert cli(argv) == 2
@@ -377,20 +377,20 @@ def test_class_map_labels_the_clean_set_as_the_imagenet_c_sets(tmp_path):
 def test_class_map_and_imagenet_c_classes_are_checked(tmp_path, capsys):
     make_imagenet_c(tmp_path / "inc", per_class=1, size=8)
     base = [*PLANTED, "--suites", "imagenet-c", "--imagenet-c-dir", str(tmp_path / "inc")]
-    line = one_error_line([*base, "--class-map", str(tmp_path / "missing.txt")], capsys)
+    line = eval_error_line([*base, "--class-map", str(tmp_path / "missing.txt")], capsys)
     assert "--class-map" in line and "does not exist" in line
     (tmp_path / "short.txt").write_text("n0100\nn0200\n")  # timm would silently skip n0300's images
-    assert "n0300" in one_error_line([*base, "--class-map", str(tmp_path / "short.txt")], capsys)
+    assert "n0300" in eval_error_line([*base, "--class-map", str(tmp_path / "short.txt")], capsys)
     shutil.rmtree(tmp_path / "inc" / "contrast" / "3" / "n0100")  # would shift n0200 -> 0, n0300 -> 1 in that set
-    line = one_error_line(base, capsys)
+    line = eval_error_line(base, capsys)
     assert "disagree on their classes" in line and "contrast/3" in line and "n0100" in line
     assert not (tmp_path / "inc" / "out").exists()
 
 
 def test_random_weights_are_refused_unless_asked_for(capsys):
-    line = one_error_line(["--model", "resnet18", "--suites", "clean", "--data-dir", "."], capsys)
+    line = eval_error_line(["--model", "resnet18", "--suites", "clean", "--data-dir", "."], capsys)
     assert "--pretrained" in line and "--checkpoint none" in line
-    line = one_error_line(["--model", "lenet5_mnist", "--pretrained", "--suites", "clean", "--data-dir", "."], capsys)
+    line = eval_error_line(["--model", "lenet5_mnist", "--pretrained", "--suites", "clean", "--data-dir", "."], capsys)
     assert "no pretrained weights" in line
 
 
@@ -406,7 +406,7 @@ def test_interrupted_evaluation_continues_without_redoing_finished_sets(tmp_path
         PlantedLabelReader.fail_at = None
     partial = (tmp_path / "out" / "results.partial.jsonl").read_text().splitlines()
     assert len(partial) == 1 + 3 and "command" in json.loads(partial[0])  # header + the three finished sets
-    line = one_error_line([*argv, "--max-samples", "5"], capsys)  # rows of two evaluations are never mixed
+    line = eval_error_line([*argv, "--max-samples", "5"], capsys)  # rows of two evaluations are never mixed
     assert "another command" in line and "max_samples" in line
     PlantedLabelReader.calls = 0
     assert main(get_args_parser().parse_args([*argv, "--batch-size", "64"])) == reference  # speed flags may change
@@ -510,7 +510,7 @@ def test_a_config_whose_classes_contradict_the_weights_is_one_line(tmp_path, cap
     config = json.loads((tmp_path / "lenet" / "config.json").read_text())
     assert config["num_classes"] == 10
     (tmp_path / "lenet" / "config.json").write_text(json.dumps({**config, "num_classes": 5}))
-    line = one_error_line(["--model", str(tmp_path / "lenet"), "--suites", "clean", "--data-dir",
+    line = eval_error_line(["--model", str(tmp_path / "lenet"), "--suites", "clean", "--data-dir",
                            str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")], capsys)
     assert "num_classes 5 contradicts" in line and "has shape [10, " in line, line
     assert not (tmp_path / "out").exists()
@@ -526,13 +526,13 @@ def test_a_std_that_is_not_positive_is_one_line(tmp_path, capsys, where):
     exported_lenet(tmp_path / "lenet")
     argv = ["--model", str(tmp_path / "lenet"), "--suites", "clean", "--data-dir", str(tmp_path / "nowhere")]
     if where == "flag":
-        line = one_error_line([*argv, "--std", "1", "0", "1"], capsys)
+        line = eval_error_line([*argv, "--std", "1", "0", "1"], capsys)
         assert "--std: std [1.0, 0.0, 1.0] must be positive" in line, line
     else:
         config = json.loads((tmp_path / "lenet" / "config.json").read_text())
         config["pretrained_cfg"]["std"] = [0.0]
         (tmp_path / "lenet" / "config.json").write_text(json.dumps(config))
-        line = one_error_line(argv, capsys)
+        line = eval_error_line(argv, capsys)
         assert f"{tmp_path / 'lenet' / 'config.json'}: std [0.0] must be positive" in line, line
 
 
@@ -541,7 +541,7 @@ def test_labels_outside_the_models_classes_are_one_line(tmp_path, capsys):
     labels = np.load(tmp_path / "cifar" / "labels.npy")
     labels[7] = NUM_CLASSES + 2
     np.save(tmp_path / "cifar" / "labels.npy", labels)
-    line = one_error_line([*PLANTED, "--suites", "cifar-c", "--cifar-c-dir", str(tmp_path / "cifar"), "--output",
+    line = eval_error_line([*PLANTED, "--suites", "cifar-c", "--cifar-c-dir", str(tmp_path / "cifar"), "--output",
                            str(tmp_path / "out")], capsys)
     assert f"labels.npy: label {NUM_CLASSES + 2} (at index 7; 1 of 100 are) is outside [0, {NUM_CLASSES})" in line, line
     # in range for a model with more classes: the same folder is evaluated

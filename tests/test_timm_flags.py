@@ -4,6 +4,7 @@ run folders, the best epoch's export (the EMA's under --model-ema) and the --che
 hyper-parameters, --amp and --clip-mode."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -16,22 +17,12 @@ import torch
 import torch.nn.functional as F
 
 import timm_fcl  # noqa: F401  (registers lenet5_mnist)
-from train_helpers import ROOT, TOY_RUN, env, run, train_cmd
+from train_helpers import parse_train, same_weights, ROOT, TOY_RUN, env, run, train_cmd
+
+# the flags every test here starts from
+_args = functools.partial(parse_train, "--model", "lenet5_mnist", "--num-classes", "10")
 
 TOY = [*TOY_RUN, "--workers", "0"]
-
-
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
-def _args(*argv: str):
-    from train_fcl import parse_args
-    return parse_args(["--model", "lenet5_mnist", "--num-classes", "10", *argv])
 
 
 def _lenet(seed: int = 0) -> torch.nn.Module:
@@ -275,10 +266,9 @@ def _planted_run(out: Path, toy: Path, monkeypatch, planted: list[float], *argv:
     return weights
 
 
-def _same(path: Path, weights: dict) -> bool:
+def _export_is(path: Path, weights: dict) -> bool:
     from safetensors.torch import load_file
-    saved = load_file(path / "model.safetensors")
-    return saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in saved)
+    return same_weights(load_file(path / "model.safetensors"), weights)
 
 
 def test_model_ema_is_judged_on_the_emas_validation_as_in_timm(toy, tmp_path, monkeypatch, fresh_accelerate):
@@ -297,12 +287,12 @@ def test_model_ema_is_judged_on_the_emas_validation_as_in_timm(toy, tmp_path, mo
     out = tmp_path / "run"
     weights = _planted_run(out, toy, monkeypatch, [v for pair in zip(raw, ema) for v in pair], "--epochs", "3",
                            "--model-ema", "--checkpoint-hist", "2")
-    assert _same(out / "model_best", weights[1]) and not _same(out / "model_best", weights[0])  # the EMA of epoch 0
-    assert _same(out / "model_ema", weights[5])
+    assert _export_is(out / "model_best", weights[1]) and not _export_is(out / "model_best", weights[0])  # the EMA of epoch 0
+    assert _export_is(out / "model_ema", weights[5])
     assert json.loads((out / "best.json").read_text()) == {"eval_metric": "top1", "value": 25.0, "epoch": 0,
                                                           "step": 2, "chosen_on": "validation", "weights": "ema"}
     assert sorted(p.name for p in (out / "best").iterdir()) == ["epoch_0", "epoch_1"]
-    assert _same(out / "best" / "epoch_1", weights[3])
+    assert _export_is(out / "best" / "epoch_1", weights[3])
     assert seen == ema
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -324,7 +314,7 @@ def test_checkpoint_hist_keeps_the_best_epochs_across_a_resume(toy, tmp_path, mo
     (out / "best" / ".epoch_9.tmp").mkdir()
     weights += _planted_run(out, toy, monkeypatch, planted[3:], "--epochs", "5", *flags)
     assert sorted(p.name for p in (out / "best").iterdir()) == [f"epoch_{e}" for e in kept]
-    assert all(_same(out / "best" / f"epoch_{e}", weights[e]) for e in kept)
+    assert all(_export_is(out / "best" / f"epoch_{e}", weights[e]) for e in kept)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000000010"]
 
 

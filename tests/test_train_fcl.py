@@ -3,7 +3,6 @@ mixed precision, bad inputs. On shards the tests write themselves and, for the m
 ../shared/data/cifar10-wds (skipped when absent)."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -19,15 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from train_helpers import (CIFAR_WDS, ROOT, TOY_RUN, env, make_shards, one_error_line, run, train_cmd,
+from train_helpers import (summary_rows, CIFAR_WDS, ROOT, TOY_RUN, env, make_shards, one_error_line, run, train_cmd,
                            tree_digest)
 
 TOY = [*TOY_RUN, "-b", "16", "--log-interval", "4"]
-
-
-def _summary(out: Path) -> list[dict]:
-    with open(out / "summary.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ------------------------------------------------------------------------------------ two processes, export, plain timm
@@ -69,7 +63,7 @@ def test_cifar_two_processes_exports_a_model_plain_timm_reproduces(tmp_path):
     assert "2 process(es)" in proc.stderr
     assert any(" lr " in line and " fcl " in line and " weight " in line and "img/s" in line
                for line in proc.stderr.splitlines())
-    row = _summary(out)[-1]
+    row = summary_rows(out)[-1]
     assert int(row["eval_samples"]) == 200  # each validation sample counted once over the 2 ranks
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "config.json").exists()
     check = subprocess.run([sys.executable, "-c", PLAIN_TIMM_CHECK, str(out / "model"), str(CIFAR_WDS), "200"],
@@ -109,7 +103,7 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_weights(toy, t
     a, b = load_file(tmp_path / "straight" / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    resumed, uninterrupted = _summary(out), _summary(tmp_path / "straight")
+    resumed, uninterrupted = summary_rows(out), summary_rows(tmp_path / "straight")
     assert [r["eval_top1"] for r in resumed] == [r["eval_top1"] for r in uninterrupted]
     # the epoch cut by the kill reports the loss of all its steps, those before the resume included
     assert [(r["train_loss"], r["train_ce"], r["train_fcl"]) for r in resumed] == \
@@ -195,7 +189,7 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused(toy, tmp_path):
     bf16 = run(train_cmd(*TOY, "--img-size", "32", "--data-dir", str(toy), "--epochs", "1", "--workers", "0",
                          "--train-subset", "64", "--mixed-precision", "bf16", "--output", str(tmp_path / "bf16")))
     assert bf16.returncode == 0, bf16.stderr[-3000:]
-    assert float(_summary(tmp_path / "bf16")[-1]["train_loss"]) > 0
+    assert float(summary_rows(tmp_path / "bf16")[-1]["train_loss"]) > 0
 
     check_mixed_precision("fp16", "cuda")  # accepted where a GPU exists
     with pytest.raises(ConfigError):
@@ -255,7 +249,7 @@ def test_truncated_shard_is_skipped_counted_and_the_run_goes_on(toy, tmp_path):
     proc = run(train_cmd(*TOY, "--data-dir", str(shards), "--epochs", "1", "--workers", "0", "--output", str(out)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipping unreadable shard" in proc.stderr and "toy-train-000001.tar" in proc.stderr
-    row = _summary(out)[-1]
+    row = summary_rows(out)[-1]
     assert int(row["bad_shards"]) == 1
     assert 0 < int(row["repeated_samples"]) <= 48  # the lost half shard, refilled to keep the step count
     assert int(row["step"]) == 12
@@ -280,7 +274,7 @@ def test_a_plateau_schedule_without_warmup_trains_at_lr_from_the_first_epoch(toy
                          "--val-subset", "16", "--sched", "plateau", "--warmup-epochs", "0", "--method", "xe",
                          "--output", str(out)))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [float(r["lr"]) for r in _summary(out)] == pytest.approx([0.05, 0.05])
+    assert [float(r["lr"]) for r in summary_rows(out)] == pytest.approx([0.05, 0.05])
 
 
 def test_summary_lr_is_the_epochs_own_lr_as_logged(toy, tmp_path):
@@ -293,7 +287,7 @@ def test_summary_lr_is_the_epochs_own_lr_as_logged(toy, tmp_path):
         m = re.search(r" epoch (\d+) step \d+ batch \d+/\d+ lr ([0-9.e-]+) ", line)
         if m:
             logged.setdefault(int(m.group(1)), set()).add(float(m.group(2)))
-    rows = _summary(out)
+    rows = summary_rows(out)
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.05, 0.005, 0.0005])
     for r in rows:  # every step of the epoch logged the lr its summary row shows
         assert [float(r["lr"])] * len(logged[int(r["epoch"])]) == pytest.approx(sorted(logged[int(r["epoch"])])), logged

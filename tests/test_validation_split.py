@@ -24,7 +24,7 @@ def _train_and_test_only(toy: Path, folder: Path) -> Path:
     return folder
 
 
-def _hashes(root: Path, split: str) -> list[str]:
+def _split_hashes(root: Path, split: str) -> list[str]:
     import webdataset as wds
 
     info = json.loads((root / "_info.json").read_text())["splits"][split]
@@ -61,11 +61,11 @@ def test_val_holdout_carves_a_fixed_validation_split_disjoint_from_training(toy,
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"--val-holdout 16: {out / 'holdout'} holds train 176 and validation 16 images" in proc.stderr
     a, b = (r / "holdout" for r in runs)
-    assert _hashes(a, "validation") == _hashes(b, "validation")  # the same pick in every run
-    assert _hashes(a, "train") == _hashes(b, "train")
-    held, kept, test = set(_hashes(a, "validation")), _hashes(a, "train"), set(_hashes(data, "test"))
+    assert _split_hashes(a, "validation") == _split_hashes(b, "validation")  # the same pick in every run
+    assert _split_hashes(a, "train") == _split_hashes(b, "train")
+    held, kept, test = set(_split_hashes(a, "validation")), _split_hashes(a, "train"), set(_split_hashes(data, "test"))
     assert len(held) == 16 and len(kept) == 176 and not held & set(kept) and not held & test
-    assert sorted(held | set(kept)) == sorted(_hashes(data, "train"))  # nothing lost, nothing repeated
+    assert sorted(held | set(kept)) == sorted(_split_hashes(data, "train"))  # nothing lost, nothing repeated
     best = json.loads((runs[0] / "best.json").read_text())
     assert best["chosen_on"] == "validation (held out of train)"
     row = (runs[0] / "summary.csv").read_text().splitlines()[1]

@@ -131,3 +131,22 @@ def tree_digest(folder: Path) -> dict:
     """{file: sha1} of a run folder, its TensorBoard logs left out."""
     return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and "tb" not in p.parts}
+
+
+def parse_train(*argv: str):
+    """train_fcl.py's parsed flags (no file or data is touched)."""
+    from train_fcl import parse_args
+    return parse_args(list(argv))
+
+
+def summary_rows(out: Path) -> list[dict]:
+    """The rows of a run's summary.csv."""
+    import csv
+    with open(out / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    """Two state dicts with the same keys and bit-identical tensors."""
+    import torch
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
