@@ -4,6 +4,9 @@
     python -m hfhub.zoo [ZOO]                      # upload (token from huggingface_hub's usual sources)
     python -m hfhub.zoo [ZOO] --fill-cache [CACHE]  # install into a Hugging Face cache: the tags load offline
 
+ZOO defaults to the zoo installed with timm-fcl (``timm_fcl/zoo/`` of an installed wheel, the repository's ``zoo/``
+in a checkout or an editable install), so the commands work from any folder.
+
 A zoo folder is named ``ARCH.TAG`` (e.g. ``resnet20_cifar.fcl_cifar10``), a pretrained tag registered in timm by
 timm_fcl.models, whose ``hf_hub_id`` is the repository it is published to; so once published,
 ``timm.create_model("resnet20_cifar.fcl_cifar10", pretrained=True)`` downloads exactly that folder's weights. Each
@@ -32,7 +35,7 @@ def zoo_entries(zoo: Path) -> list[tuple[Path, str]]:
     import timm_fcl  # noqa: F401  (registers the CIFAR ResNets and their zoo tags)
 
     if not zoo.is_dir():
-        raise UsageError(f"{zoo} is not a folder")
+        raise UsageError(f"{zoo} is not a folder (leave ZOO out for the zoo installed with timm-fcl)")
     entries = []
     for folder in sorted(p for p in zoo.iterdir() if p.is_dir()):
         try:
@@ -54,11 +57,12 @@ def publish_zoo(zoo: Path, *, dry_run: Optional[Path] = None, quiet: bool = Fals
     """Run ``python -m hfhub.publish`` for every zoo entry; returns the repositories (dry run: the folders written)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = []
-    for folder, repo_id in zoo_entries(zoo):
+    dry_run = dry_run.absolute() if dry_run is not None else None
+    for folder, repo_id in zoo_entries(zoo.absolute()):
         cmd = [sys.executable, "-m", "hfhub.publish", str(folder), "--repo-id", repo_id]
         if dry_run is not None:
             cmd += ["--dry-run", str(dry_run / folder.name)]
-        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             raise UsageError(f"publishing {folder.name} failed: {last}")
@@ -100,7 +104,8 @@ def fill_cache(zoo: Path, cache: Path) -> list[str]:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Publish every model of the zoo to the Hugging Face Hub",
                       add_help=add_help)
-    p.add_argument("zoo", type=Path, nargs="?", default=REPO / "zoo", help="the zoo folder (default: zoo/)")
+    p.add_argument("zoo", type=Path, nargs="?", default=None,
+                   help="the zoo folder (default: the zoo installed with timm-fcl, the repository's zoo/ in a checkout)")
     p.add_argument("--dry-run", type=Path, default=None, metavar="FOLDER",
                    help="write the exact folders that would be uploaded here (one per model), upload nothing")
     p.add_argument("--fill-cache", type=Path, nargs="?", const=None, default=False, metavar="CACHE",
@@ -112,6 +117,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Publish the zoo; a bad folder or a refused upload ends as one error line (exit 2)."""
     def main(args: argparse.Namespace) -> list[str]:
+        if args.zoo is None:
+            from timm_fcl.models.zoo import installed_zoo
+
+            args.zoo = installed_zoo()
+            if args.zoo is None:
+                raise UsageError("timm-fcl was installed without its zoo (no timm_fcl/zoo/, no zoo/ beside the "
+                                 "package): give the zoo folder")
         if args.fill_cache is not False:
             if args.dry_run is not None:
                 raise UsageError("--fill-cache and --dry-run are two different things: give one")

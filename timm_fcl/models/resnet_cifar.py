@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .zoo import with_zoo_weights
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int):
@@ -82,7 +84,8 @@ def _cfg(**kwargs) -> dict:
 
 # The robust checkpoint zoo (zoo/ in the repository, benchmarks/cifar_robustness.py trains it): one Hugging Face
 # organisation holds one repository per tag, so timm.create_model("resnet20_cifar.fcl_cifar10", pretrained=True)
-# downloads it. The untrained config stays each architecture's default (the "*").
+# downloads it; when the Hub copy cannot be had, the copy installed with timm-fcl is loaded (models/zoo.py). The
+# untrained config stays each architecture's default (the "*").
 HUB_ORG = "timm-fcl"
 ZOO_TAGS = ("fcl_cifar10", "xe_cifar10", "pg_fcl_cifar10", "xe_pretrain_cifar10")
 
@@ -98,9 +101,11 @@ default_cfgs = generate_default_cfgs({**_zoo_cfgs("resnet20_cifar"), "resnet20_c
 
 @register_model
 def resnet20_cifar(pretrained: bool = False, **kwargs) -> CifarResNet:
+    kwargs = with_zoo_weights("resnet20_cifar", HUB_ORG, kwargs) if pretrained else kwargs
     return build_model_with_cfg(CifarResNet, "resnet20_cifar", pretrained, **dict(dict(depth=20), **kwargs))
 
 
 @register_model
 def resnet56_cifar(pretrained: bool = False, **kwargs) -> CifarResNet:
+    kwargs = with_zoo_weights("resnet56_cifar", HUB_ORG, kwargs) if pretrained else kwargs
     return build_model_with_cfg(CifarResNet, "resnet56_cifar", pretrained, **dict(dict(depth=56), **kwargs))
