@@ -29,7 +29,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from timm_fcl.data import default_data_root  # noqa: E402
+from shared_data import shared_data_root  # noqa: E402
 
 ZOO = REPO / "zoo"
 DEFAULT_MODELS = [str(ZOO / f"resnet20_cifar.{tag}") for tag in ("xe_pretrain_cifar10", "xe_cifar10", "fcl_cifar10")]
@@ -223,7 +223,7 @@ def format_tables(results: dict, args) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="export (or run) folders")
-    p.add_argument("--data-dir", default=str(default_data_root() / "cifar10-wds"), help="CIFAR-10 shards")
+    p.add_argument("--data-dir", default=str(shared_data_root() / "cifar10-wds"), help="CIFAR-10 shards")
     p.add_argument("--holdout", default=str(REPO / "runs" / "cifar_robustness" / "holdout"),
                    help="the carved split (made here when missing)")
     p.add_argument("--images", type=int, default=2000, help="validation images probed")

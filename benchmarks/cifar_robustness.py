@@ -56,7 +56,7 @@ from cifar_common import (METHODS, MIN_GAUSS_GAIN, PLAN_PARTS, REPO, SUITES, SWE
                           result_done, run_result, sha256, sweep_result, sweeps, write_json)
 from cifar_tables import write_tables
 from cifar_zoo import export_to_zoo, part_zoo
-from timm_fcl.data import default_data_root
+from shared_data import shared_data_root
 from timm_fcl.robustness.hits import pack_counts, unpack_hits
 from timm_fcl.robustness.metrics import CORRUPTIONS
 from timm_fcl.robustness.units import UNIT, check_unit
@@ -485,7 +485,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="continuation seeds (paired)")
     p.add_argument("--plan-part", type=int, choices=sorted(PLAN_PARTS),
                    help="with --part validate: which validation part of the equal-budget plan to run")
-    p.add_argument("--data-dir", default=str(default_data_root() / "cifar10-wds"), help="CIFAR-10 shards (train, test)")
+    p.add_argument("--data-dir", default=str(shared_data_root() / "cifar10-wds"), help="CIFAR-10 shards (train, test)")
     add_protocol_arguments(p)
     p.add_argument("--readme", help="with --part tables: also write the tables into this markdown file, e.g. "
                    "docs/results.md (as benchmarks/cifar_tables.py --readme does; its --headline writes the README's)")

@@ -49,10 +49,11 @@ def step_rate(method: str, *, model_name: str, batch_size: int, img_size: int, s
 
 
 def main() -> None:
-    from timm_fcl.data import create_source, default_data_root
+    from shared_data import shared_data_root
+    from timm_fcl.data import create_source
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(default_data_root() / "cifar10-wds"))
+    parser.add_argument("--data-dir", default=str(shared_data_root() / "cifar10-wds"))
     parser.add_argument("--samples", type=int, default=2048, help="images read per loader setting")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="resnet18")

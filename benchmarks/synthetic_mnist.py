@@ -40,8 +40,8 @@ import torch
 import torch.nn as nn
 
 import timm
+from shared_data import shared_data_root
 from timm_fcl import FCLConfig, FeatureContrastiveRegularizer, contextual_utility
-from timm_fcl.data import default_data_root
 from timm_fcl.data.synthetic_mnist import CORNERS, build_synthetic_mnist, corner_slices
 from timm_fcl.robustness.hits import pack_counts, pack_hits
 from timm_fcl.robustness.noise import nonuniform_noise, pixel_std, uniform_noise
@@ -430,8 +430,8 @@ def fcl_flag_fields() -> list[dataclasses.Field]:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Synthetic MNIST: paper Table 1 and Figure 4", add_help=add_help)
-    p.add_argument("--data-dir", default=str(default_data_root()),
-                   help="folder holding MNIST/raw (torchvision layout); default $TIMM_FCL_DATA or ../shared/data (timm_fcl.data.default_data_root)")
+    p.add_argument("--data-dir", default=str(shared_data_root()),
+                   help="folder holding MNIST/raw (torchvision layout); default $TIMM_FCL_DATA or ../shared/data")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST into --data-dir")
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "synthetic_mnist"))
     p.add_argument("--model", default="lenet5_mnist", choices=("lenet5_mnist", "lenet_mnist"),

@@ -9,9 +9,8 @@ import pytest
 import timm
 import torch
 
-from timm_fcl.data import default_data_root
-
-DATA_DIR = default_data_root()
+# the shared data folder: $TIMM_FCL_DATA, else shared/data beside the repository (the checkout layout)
+DATA_DIR = Path(os.environ.get("TIMM_FCL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # Every family the project claims, small enough for a CPU test at 32 px (28 px grey for the LeNet).
 FAMILIES = {

@@ -159,13 +159,13 @@ def shards_untouched(folder: Path):
 @pytest.mark.parametrize("dataset", [["--dataset", "wds/toy"], []])
 def test_train_refuses_an_unknown_model_before_any_shard_is_opened(toy, tmp_path, capsys, dataset):
     import train_fcl
-    from timm_fcl.data import streams
+    from timm_fcl.data import sources
 
     def counted(*args, **kwargs):
         raise AssertionError("the shards were counted")
 
     with shards_untouched(toy.resolve()), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(streams, "count_split", counted)
+        mp.setattr(sources, "count_split", counted)
         rc = train_fcl.cli([*TOY_RUN[4:], *dataset, "--model", "resnet181", "--data-dir", str(toy),
                             "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err

@@ -213,7 +213,7 @@ def test_training_on_shards_with_a_sample_without_a_label(unlabelled, tmp_path):
 def _webdataset_counts(path: Path) -> tuple[int, int]:
     import webdataset as wds
 
-    from timm_fcl.data.streams import is_complete
+    from timm_fcl.data.shard_info import is_complete
 
     samples = list(wds.tarfile_to_samples()([{"url": str(path)}]))
     return len(samples), sum(is_complete(set(s)) for s in samples)
@@ -222,7 +222,7 @@ def _webdataset_counts(path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 @pytest.mark.parametrize("compress", [False, True])
 def test_header_count_matches_webdataset(tmp_path, fmt, compress):
-    from timm_fcl.data.streams import is_complete
+    from timm_fcl.data.shard_info import is_complete
     from timm_fcl.data.tarindex import count_shard
 
     deep = "d" * 60 + "/" + "e" * 60  # a 121-character folder: ustar's prefix, GNU's long name, pax's path
@@ -255,7 +255,7 @@ def test_a_truncated_gzip_shard_keeps_its_listed_length_and_a_warning(toy, tmp_p
     shards = _copy(toy, tmp_path / "shards")
     victim = shards / MISSING_SHARD
     victim.write_bytes(gzip.compress(victim.read_bytes())[:2000])
-    with caplog.at_level("WARNING", logger="timm_fcl.data.streams"):
+    with caplog.at_level("WARNING", logger="timm_fcl.data.shard_info"):
         source = create_source("wds/toy", str(shards), "train")
     assert source.lengths == [48, 48, 48, 48] and source.counted == [True, False, True, True]
     assert any("cannot be read to its end" in r.getMessage() and MISSING_SHARD in r.getMessage()

@@ -308,7 +308,7 @@ def test_timms_args_yaml_is_a_config(tmp_path, caplog):
 def test_dataset_download_reaches_torchvision(tmp_path, monkeypatch):
     """--dataset-download lets timm's create_dataset download a torch/ set (nothing is downloaded here)."""
     import timm.data
-    from timm_fcl.data.streams import create_source
+    from timm_fcl.data import create_source
 
     seen = []
 

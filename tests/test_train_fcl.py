@@ -145,7 +145,7 @@ def test_every_training_sample_is_read_once_per_epoch_across_ranks(tmp_path, pro
 
 
 def test_stream_ranges_partition_exactly():
-    from timm_fcl.data.streams import stream_range, subset_positions
+    from timm_fcl.data.partition import stream_range, subset_positions
 
     for n, streams, b in [(200, 4, 16), (199, 2, 16), (10, 3, 4), (97, 8, 3)]:
         train = [stream_range(n, streams, s, equal=True, batch_size=b) for s in range(streams)]

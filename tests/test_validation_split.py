@@ -79,7 +79,7 @@ def test_val_holdout_carves_a_fixed_validation_split_disjoint_from_training(toy,
 
 @pytest.mark.parametrize("asked, listed", [("validation", ["train", "val"]), ("val", ["train", "validation", "test"])])
 def test_validation_names_find_each_other_but_never_test(toy, tmp_path, asked, listed):
-    from timm_fcl.data.streams import MissingSplit, wds_split
+    from timm_fcl.data import MissingSplit, wds_split
 
     folder = tmp_path / "data"
     shutil.copytree(toy, folder)

@@ -16,7 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .streams import IMAGE_KEYS, DataError, wds_split
+from .errors import DataError
+from .shard_info import IMAGE_KEYS, wds_split
 from .shards import write_shards
 
 

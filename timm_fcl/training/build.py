@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 
 from .. import FCLConfig, FeatureContrastiveRegularizer, PatchGaussian
-from ..data import AugMixViews, DataError, EpochStream, create_source, make_loader
-from ..data.streams import MissingSplit
+from ..data import AugMixViews, DataError, EpochStream, MissingSplit, create_source, make_loader
 from ..run import folder as run_folder
 from ..run.model_io import HUB_PREFIXES, classifier_fate, create_model, default_in_chans
 from .checks import accelerator_type, check_mixed_precision, resolve_mixed_precision
