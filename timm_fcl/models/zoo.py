@@ -90,3 +90,13 @@ def with_zoo_weights(variant: str, hub_org: str, kwargs: dict) -> dict:
     file = zoo_weights(name, cfg.hf_hub_id)
     return dict(kwargs, pretrained_cfg_overlay={**(kwargs.get("pretrained_cfg_overlay") or {}), "file": file})
 
+
+
+def show_source_on_stderr() -> None:
+    """For a command that configures no logging (timm_fcl.eval): the line saying which copy of a zoo tag was loaded
+    is printed on stderr, as it stands."""
+    if not _logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _logger.addHandler(handler)
+        _logger.setLevel(logging.INFO)

@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ..data import shard_dataset
+from ..models.zoo import show_source_on_stderr
 from ..run.cli import OneLineParser, run_cli
 from .corruptions import CORRUPTIONS, PRESETS
 from ..run import folder as run_folder
@@ -139,6 +140,7 @@ def main(args: argparse.Namespace) -> Dict[str, dict]:
     if note:
         print(note)
     model_kwargs, set_kwargs, run_kwargs = evaluation_kwargs(args)
+    show_source_on_stderr()  # a zoo tag says whether the Hub copy or the installed one was loaded
     models = load_models(**model_kwargs)
     journal = Journal(Path(args.output) / PARTIAL, command_fingerprint(args))
     if journal.done:
