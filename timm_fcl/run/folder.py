@@ -5,6 +5,7 @@
       model_ema/       the same for the EMA weights (--model-ema)
       model_best/      the same for the epoch with the best validation --eval-metric (the EMA's with --model-ema)
       best/epoch_E/    the same for each of the --checkpoint-hist best epochs (timm's checkpoint history)
+                       (exports of the same weights share one model.safetensors: hard links, see export.py)
       checkpoints/     training states step_N/ (the --state-hist newest; safetensors + state.json, no pickles)
       args.yaml        the flags the run was started with
       resolved.yaml    what those flags resolved to (``Resolved``); a resume must resolve to the same
@@ -58,6 +59,20 @@ def find_export(path: str | os.PathLike, *, ema: bool = False) -> Optional[Path]
     path = Path(path)
     candidates = [path / MODEL_EMA] if ema else [path / MODEL, path]
     return next((c for c in candidates if is_export(c)), None)
+
+
+def sibling_exports(export: str | os.PathLike) -> list[Path]:
+    """The other exports of the run an export folder belongs to (model/, model_ema/, model_best/, best/epoch_E/),
+    those that exist; [] for an export outside a run's layout."""
+    path = Path(export)
+    if path.name in _EXPORTS:
+        run = path.parent
+    elif path.parent.name == BEST_EPOCHS and path.name.startswith("epoch_"):
+        run = path.parent.parent
+    else:
+        return []
+    best = sorted(p for p in (run / BEST_EPOCHS).glob("epoch_*") if p.name[len("epoch_"):].isdigit())
+    return [p for p in [run / name for name in _EXPORTS] + best if p != path and is_export(p)]
 
 
 def run_name(export: str | os.PathLike) -> str:
