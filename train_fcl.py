@@ -37,7 +37,8 @@ from timm_fcl.run.metrics import topk_hits
 from timm_fcl.run.progress import progress_bar
 from timm_fcl.training import flags
 from timm_fcl.training.best_history import keep_best_epochs
-from timm_fcl.training.build import Data, Training, build_data, build_training, lock_output, setup
+from timm_fcl.training.build import (Data, Training, build_data, build_run_model, build_training, lock_output,
+                                     open_sources, setup)
 from timm_fcl.training.checks import validate_args
 from timm_fcl.training.parser import get_args_parser, parse_args
 from timm_fcl.training.resume import previous_run, record_settings, resume_or_start
@@ -81,10 +82,12 @@ def train_to_the_end(args: argparse.Namespace, parser: argparse.ArgumentParser, 
     """Build, resume and train every epoch left; on a stop request (a signal), save the step in flight and raise
     :class:`Stopped`."""
     previous = previous_run(args, output)
-    data = build_data(args, accelerator, streams=previous[1].get("loader_streams"), output=output)
-    run = build_training(args, accelerator, data, output)
-    run.epoch_meter = LossMeter(accelerator.device)
-    resume_or_start(args, accelerator, run, data, flags.result_settings(parser, args), previous)
+    sources = open_sources(args, accelerator, output)
+    model, data_config = build_run_model(args, sources, verbose=accelerator.is_main_process)
+    data = build_data(args, accelerator, sources, data_config, model.num_classes,
+                      streams=previous[1].get("loader_streams"))
+    run = build_training(args, accelerator, data, model, output, flags.result_settings(parser, args))
+    resume_or_start(args, accelerator, run, data, previous)
 
     def save_now() -> None:
         stop_if_diverged(accelerator, run)
@@ -138,8 +141,8 @@ def train_one_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Tra
     run.scheduler.step_update(num_updates=p.step)
     reg.train()
     n_batches, accum = len(data.train), args.grad_accum_steps
-    if p.batch == 0 or run.epoch_meter is None:  # else: the means so far of an epoch resumed midway
-        run.epoch_meter = LossMeter(accelerator.device)
+    if p.batch == 0:  # else: the means so far of an epoch resumed midway
+        run.new_epoch_meter()
     epoch, window = run.epoch_meter, LossMeter(accelerator.device)
     bar = progress_bar(total=n_batches, initial=p.batch, desc=f"epoch {p.epoch}", leave=False, dynamic_ncols=True,
                        enabled=not args.no_progress and accelerator.is_main_process)  # a terminal only

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 import timm_fcl  # noqa: F401  (registers resnet20_cifar, lenet5_mnist)
-from train_helpers import parse_train, TOY_RUN, run, train_cmd
+from train_helpers import build_in_process, parse_train, TOY_RUN, run, train_cmd
 
 # the flags every test here starts from
 _args = functools.partial(parse_train, "--model", "resnet18", "--num-classes", "10")
@@ -33,15 +33,14 @@ def build(toy, tmp_path, fresh_accelerate):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from train_fcl import parse_args
-    from timm_fcl.training.build import build_data, build_training
 
     def _build(*argv: str, base=TOY, output=None):
         AcceleratorState._reset_state(True)
         out = Path(output or tmp_path / "run")
         args = parse_args([*base, "--data-dir", str(toy), "--output", str(out), *argv])
         accelerator = Accelerator(cpu=True)
-        data = build_data(args, accelerator, output=out)
-        return args, accelerator, data, build_training(args, accelerator, data, out)
+        data, _, run = build_in_process(args, accelerator, out)
+        return args, accelerator, data, run
     return _build
 
 
@@ -300,7 +299,7 @@ def test_class_map_numbers_an_image_folders_classes(tmp_path, fresh_accelerate):
     from accelerate import Accelerator
     from train_fcl import parse_args
     from timm_fcl.data import DataError, create_source
-    from timm_fcl.training.build import build_data
+    from timm_fcl.training.build import build_data, build_run_model, open_sources
     from timm_fcl.training.checks import check_timm_flags
     from timm_fcl.training.flags import ConfigError
     root = _image_folder(tmp_path / "images")
@@ -314,8 +313,11 @@ def test_class_map_numbers_an_image_folders_classes(tmp_path, fresh_accelerate):
     args = parse_args(["--model", "resnet18", "--img-size", "16", "--workers", "0", "-b", "2", "--data-dir", str(root),
                        "--output", str(tmp_path / "run"), "--class-map", str(class_map)])
     check_timm_flags(args)
-    data = build_data(args, Accelerator(cpu=True), output=tmp_path / "run")
-    assert data.class_names == ["c", "a", "b"] and data.num_classes == 3 and data.model.num_classes == 3
+    accelerator = Accelerator(cpu=True)
+    sources = open_sources(args, accelerator, tmp_path / "run")
+    model, data_config = build_run_model(args, sources)
+    data = build_data(args, accelerator, sources, data_config, model.num_classes)
+    assert data.class_names == ["c", "a", "b"] and data.num_classes == 3 and model.num_classes == 3
     assert _labels_by_class(data.train.source) == {"c": {0}, "a": {1}, "b": {2}}
     blue = next(i for i in range(len(data.val.source)) if data.val.source.load(i)[1] == 0)
     assert np.array(data.val.source.load(blue)[0])[0, 0].tolist() == [0, 0, 255]  # class 0 is c's blue images
@@ -350,9 +352,7 @@ def test_validation_batch_size_sets_the_validation_batches_only(build):
 # ------------------------------------------------------------------------------------------------------ --no-resume-opt
 def test_no_resume_opt_resumes_the_weights_but_not_the_optimizer(build, tmp_path):
     import train_fcl
-    from timm_fcl.training import flags
     from timm_fcl.training.resume import previous_run, resume_or_start
-    from timm_fcl.training.steps import LossMeter
     out = tmp_path / "resume"
     out.mkdir()  # main's lock_output makes it
     common = ["--opt", "momentum", "--momentum", "0.9", "-b", "16", "--train-subset", "32", "--val-subset", "16",
@@ -360,9 +360,7 @@ def test_no_resume_opt_resumes_the_weights_but_not_the_optimizer(build, tmp_path
 
     def start(*argv):
         args, accelerator, data, run = build(*common, *argv, output=out)
-        run.epoch_meter = LossMeter(accelerator.device)
-        resume_or_start(args, accelerator, run, data, flags.result_settings(train_fcl.get_args_parser(), args),
-                        previous_run(args, out))
+        resume_or_start(args, accelerator, run, data, previous_run(args, out))
         return args, accelerator, data, run
 
     args, accelerator, data, run = start("--epochs", "1")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import timm_fcl  # noqa: F401
-from train_helpers import ROOT
+from train_helpers import ROOT, build_in_process
 
 TESTS = Path(__file__).parent
 
@@ -97,7 +97,6 @@ class Spies:
 def _build(toy: Path, tmp_path: Path, monkeypatch, argv: list[str], drop_from_model: tuple = ()):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from timm_fcl.training.build import build_data, build_training
     from timm_fcl.training.checks import validate_args
     from train_fcl import get_args_parser, parse_args
 
@@ -108,8 +107,7 @@ def _build(toy: Path, tmp_path: Path, monkeypatch, argv: list[str], drop_from_mo
                        "--method", "xe", *argv])
     validate_args(args, get_args_parser())
     accelerator = Accelerator(cpu=True)
-    data = build_data(args, accelerator, output=out)
-    run = build_training(args, accelerator, data, out)
+    data, _, run = build_in_process(args, accelerator, out)
     AcceleratorState._reset_state(True)
     return args, data, run, spies
 

@@ -150,3 +150,16 @@ def same_weights(a: dict, b: dict) -> bool:
     """Two state dicts with the same keys and bit-identical tensors."""
     import torch
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def build_in_process(args, accelerator, out: Path):
+    """(data, model, run): train_fcl's sources, model, streams and training built in this process, as a run starts."""
+    from timm_fcl.training import flags
+    from timm_fcl.training.build import build_data, build_run_model, build_training, open_sources
+    from train_fcl import get_args_parser
+
+    sources = open_sources(args, accelerator, out)
+    model, data_config = build_run_model(args, sources)
+    data = build_data(args, accelerator, sources, data_config, model.num_classes)
+    return data, model, build_training(args, accelerator, data, model, out, flags.result_settings(get_args_parser(),
+                                                                                                   args))

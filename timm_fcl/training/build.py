@@ -242,14 +242,21 @@ def small_image_augmentation_warning(args: argparse.Namespace, data_config: dict
 
 
 @dataclasses.dataclass
+class Sources:
+    """The run's training and validation sources (counted and checked, nothing decoded)."""
+    train: object   # data.sources.WdsSource or MapSource
+    val: object
+    val_split: str  # the split that chooses the best epoch, as the run folder names it
+
+
+@dataclasses.dataclass
 class Data:
     """The per-rank training and validation streams, their loaders, and what the model's input needs."""
     train: EpochStream
     val: EpochStream
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
-    model: torch.nn.Module
-    num_classes: int
+    num_classes: int  # labels lie in [0, num_classes): the model's outputs
     class_names: Optional[list]
     data_config: dict
     val_split: str = "validation"  # the split that chooses the best epoch, as the run folder names it
@@ -283,12 +290,10 @@ def check_size(source, expected: Optional[int], flag: str):
     return source
 
 
-def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Optional[int] = None,
-               output: Optional[Path] = None) -> Data:
-    """The model (its class count may come from the data, its input config decides the transforms) and the streams;
-    each rank reads its own share, so the loaders are not prepared by accelerate (timm's rule). ``streams``: the
-    parts of each rank's training share (a resumed run's own; default one per loader worker). A validation split
-    missing from the shards is an error that says how to choose one, never a quiet switch to the test split."""
+def open_sources(args: argparse.Namespace, accelerator: Accelerator, output: Optional[Path] = None) -> Sources:
+    """The training and validation sources of the flags (or of --val-holdout's carve in ``output``), their sizes
+    checked. A validation split missing from the shards is an error that says how to choose one, never a quiet switch
+    to the test split."""
     channels = in_chans(args) or default_in_chans(args.model)
     data_dir, train_split, val_split = holdout_data(args, accelerator, output)
     source = functools.partial(create_source, args.dataset or "", data_dir, in_chans=channels, download=args.dataset_download,
@@ -301,23 +306,36 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator, streams: Opti
             raise
         raise DataError(f"{exn}: the best epoch is never chosen on the test split unasked; say --val-split test to "
                         "do so knowingly, or --val-holdout N to hold N training images out as validation") from None
-    model = build_model(args, train_src.num_classes)
-    if train_src.num_classes and train_src.num_classes > model.num_classes:
-        raise DataError(f"the data has {train_src.num_classes} classes but the model has {model.num_classes} outputs")
-    data_config = resolve_run_data_config(args, model, verbose=accelerator.is_main_process)
+    return Sources(train=train_src, val=val_src, val_split=f"{val_split} (held out of {args.train_split})"
+                   if args.val_holdout else val_split)
+
+
+def build_run_model(args: argparse.Namespace, sources: Sources, verbose: bool = False) -> tuple[torch.nn.Module, dict]:
+    """The run's model (its class count may come from the data) and its input config, which decides the transforms."""
+    model = build_model(args, sources.train.num_classes)
+    if sources.train.num_classes and sources.train.num_classes > model.num_classes:
+        raise DataError(f"the data has {sources.train.num_classes} classes but the model has {model.num_classes} "
+                        f"outputs")
+    return model, resolve_run_data_config(args, model, verbose=verbose)
+
+
+def build_data(args: argparse.Namespace, accelerator: Accelerator, sources: Sources, data_config: dict,
+               num_classes: int, streams: Optional[int] = None) -> Data:
+    """The per-rank streams over ``sources`` with the transforms of ``data_config``; each rank reads its own share, so
+    the loaders are not prepared by accelerate (timm's rule). ``num_classes``: the model's outputs (the labels' range).
+    ``streams``: the parts of each rank's training share (a resumed run's own; default one per loader worker)."""
     train_tf, eval_tf = build_transforms(args, data_config)
     warning = small_image_augmentation_warning(args, data_config)
     if warning and accelerator.is_main_process:
         _logger.warning(warning)
     common = dict(seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
                   rank=accelerator.process_index, world_size=accelerator.num_processes)
-    train = EpochStream(train_src, transform=train_tf, is_training=True, subset=args.train_subset,
+    train = EpochStream(sources.train, transform=train_tf, is_training=True, subset=args.train_subset,
                         shuffle_buffer=args.shuffle_buffer, streams=streams, **common)
-    val = EpochStream(val_src, transform=eval_tf, is_training=False, subset=args.val_subset,
+    val = EpochStream(sources.val, transform=eval_tf, is_training=False, subset=args.val_subset,
                       **{**common, "batch_size": args.validation_batch_size or args.batch_size})
-    return Data(train=train, val=val, model=model, num_classes=model.num_classes, class_names=train_src.class_names,
-                data_config=data_config, val_split=f"{val_split} (held out of {args.train_split})"
-                if args.val_holdout else val_split,
+    return Data(train=train, val=val, num_classes=num_classes, class_names=sources.train.class_names,
+                data_config=data_config, val_split=sources.val_split,
                 train_loader=make_loader(train, num_workers=args.workers, pin_memory=args.pin_mem),
                 val_loader=make_loader(val, num_workers=args.workers, pin_memory=args.pin_mem))
 
@@ -358,6 +376,11 @@ class Training:
     settings: dict = dataclasses.field(default_factory=dict)  # resolved(), written beside every save
     log_every: int = 50  # steps between log lines: --log-interval, or derived from the epoch's length (log_every)
     epoch_meter: Optional[object] = None  # this process's loss means of the epoch so far (steps.LossMeter)
+
+    def new_epoch_meter(self) -> None:
+        """Start the epoch's loss means afresh (at batch 0; a run resumed mid-epoch keeps the restored ones)."""
+        from .steps import LossMeter
+        self.epoch_meter = LossMeter(self.finite.device)
 
     def resolved(self, args: argparse.Namespace, settings: dict, data: Data, world: int) -> dict:
         """What the run computes (resolved.yaml); ``settings``: the flags that shape it."""
@@ -472,14 +495,17 @@ def warmup_warning(args: argparse.Namespace, num_epochs: int, lr: float) -> Opti
             f"--epochs")
 
 
-def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Data, output: Path) -> Training:
-    """The regularizer around the model, optimizer, scheduler (per update), EMA, prepared for the processes."""
+def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Data, model: torch.nn.Module,
+                   output: Path, settings: Optional[dict] = None) -> Training:
+    """The regularizer around ``model``, optimizer, scheduler (per update), EMA, prepared for the processes; and what
+    the run computes (``Training.settings``, resolved.yaml's content) from ``settings``, the flags that shape it
+    (flags.result_settings)."""
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
     world = accelerator.num_processes
     updates_per_epoch = math.ceil(len(data.train) / args.grad_accum_steps)
-    model = prepare_model(args, data.model, world, accelerator.device.type)
+    model = prepare_model(args, model, world, accelerator.device.type)
     fcl = fcl_config(args, data.data_config, updates_per_epoch)
     try:  # before the first step, even when the term starts epochs later
         fcl.check_input(data.data_config["input_size"], args.batch_size)
@@ -512,8 +538,11 @@ def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Dat
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(accelerator.unwrap_model(reg).model, decay=args.model_ema_decay,
                          use_warmup=args.model_ema_warmup)
-    return Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=Progress(), fcl=fcl, lr=lr,
-                    num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
-                    bare=accelerator.unwrap_model(reg).model, mixup=build_mixup(args, data.num_classes),
-                    finite=torch.ones((), dtype=torch.bool, device=accelerator.device),
-                    log_every=log_every(args, updates_per_epoch))
+    run = Training(reg=reg, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=Progress(), fcl=fcl, lr=lr,
+                   num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, output=output,
+                   bare=accelerator.unwrap_model(reg).model, mixup=build_mixup(args, data.num_classes),
+                   finite=torch.ones((), dtype=torch.bool, device=accelerator.device),
+                   log_every=log_every(args, updates_per_epoch))
+    run.new_epoch_meter()
+    run.settings = run.resolved(args, settings or {}, data, world)
+    return run

@@ -34,13 +34,12 @@ def record_settings(args: argparse.Namespace, run: Training) -> None:
     run_folder.write_settings(run.output, vars(args), run.settings)
 
 
-def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Training, data: Data, settings: dict,
+def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Training, data: Data,
                     previous: tuple[Optional[Path], dict] = (None, {})) -> None:
-    """Load the newest state of --resume (or of the run folder) if it was made with the same settings; keep the
-    resolved settings for the saves (record_settings); start the trackers. ``settings``: the flags that shape what
-    the run computes (flags.result_settings)."""
+    """Load the newest state of --resume (or of the run folder) if it was made with the same settings (what the run
+    computes, ``run.settings``); start the trackers."""
     world = accelerator.num_processes
-    resolved = run.resolved(args, settings, data, world)
+    resolved = run.settings
     changes = run_folder.setting_changes(previous[1], resolved) if previous[0] is not None else []
     if changes:
         raise ConfigError(f"resume with other settings than the run in {previous[0]}: {', '.join(changes)}")
@@ -54,7 +53,6 @@ def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Tra
         if accelerator.is_main_process:
             p = run.progress
             _logger.info(f"resumed from {resume}: epoch {p.epoch}, batch {p.batch}, step {p.step}")
-    run.settings = resolved
     if accelerator.is_main_process:
         _logger.info(f"{args.model}: {data.num_classes} classes, {world} process(es), {len(data.train)} batches of "
                      f"{args.batch_size} per process and epoch, {run.num_epochs} epochs, method {args.method}, "
