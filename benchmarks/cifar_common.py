@@ -82,7 +82,7 @@ SWEEPS = {  # Appendix B's CIFAR-10 setting first, then one factor at a time aro
     "fcl_random": [],
     "fcl_every16": [],
 }
-# The equal-budget grid (--grid equal-budget; benchmarks/README.md has the plan): every method gets lambdas up to at
+# The equal-budget grid (--grid equal-budget; benchmarks/cifar_robustness/README.md has the plan): every method gets lambdas up to at
 # least 4x Appendix B's. XE+Gaussian adds lambda 3.2e-3 and 1/128 (its noisy copy's cross-entropy then weighs as much
 # as the clean one's); CL+Gaussian is swept over Appendix B's setting and FCL's tau and lambda; FCL adds lambda x16.
 EQUAL_BUDGET = {

@@ -6,7 +6,7 @@ pre-training of a CIFAR ResNet (``--pretrain-epochs``, lr 0.1 decayed x0.1 at 2/
 each method continues from it for ``--continue-epochs`` (default 24) at ``--continue-lr`` (default 0.01, x0.1 at 2/3)
 with its extra term on from the first step (contrastive terms ramped over half the continuation): the protocol that
 passed its check on the validation split, where 6 epochs at lr 0.001 (the paper's lr after epoch 300, relative to its
-peak) showed no regularizer's effect (benchmarks/README.md). The methods are XE, XE+Gaussian, CL+Gaussian, FCL,
+peak) showed no regularizer's effect (benchmarks/LOG.md). The methods are XE, XE+Gaussian, CL+Gaussian, FCL,
 Patch Gaussian + XE and Patch Gaussian + FCL (Patch Gaussian only in the continuation: the pre-training is shared), and
 two FCL variants the paper does not have: FCL every 4 steps (the cheap mode) and FCL with ``negatives="other_class"``,
 both at FCL's settings. Every run goes through train_fcl.py with the standard CIFAR augmentation (--crop-pad 4), by
@@ -26,14 +26,14 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
     python benchmarks/cifar_robustness.py --part carve pretrain           # held-out split + shared XE pre-training
     python benchmarks/cifar_robustness.py --part sweep --methods xe xe_gauss fcl   # validation sweep (seed 0)
     python benchmarks/cifar_robustness.py --part continue eval --eval-each --seeds 0 1 2
-    python benchmarks/cifar_tables.py --readme docs/results.md --headline README.md   # Tables 2 and 3, PNGs, blocks
+    python benchmarks/cifar_tables.py --readme benchmarks/cifar_robustness/README.md --headline README.md  # tables
     python benchmarks/cifar_zoo.py                                        # the zoo (also --part tables zoo here)
 
 Every results JSON records the commit of the code that trained and evaluated it: run the parts from a ``git worktree``
 at a fixed commit. ``--hours`` stops a part at a wall-time limit: a training run still going then gets SIGTERM, saves
 its state and stops (up to two minutes later), and the same command resumes it. Every accuracy is in percent; for new
 evaluations each result also keeps which test images the model got right (``hits``; see ``condense``).
-benchmarks/README.md holds the budget and the plan in parts.
+benchmarks/cifar_robustness/README.md holds the protocol, the tables and the plan; benchmarks/LOG.md how the parts ran.
 """
 from __future__ import annotations
 
@@ -468,7 +468,7 @@ def evaluate_test(b: Part, runs: list[Path], out: Path, threads: Optional[int] =
 
 # ---------------------------------------------------------------------------------------------------------- main
 def part_tables(b: Part) -> None:
-    """benchmarks/cifar_tables.py's tables (and, with --readme, the full block of docs/results.md) for this protocol."""
+    """benchmarks/cifar_tables.py's tables for this protocol (and, with --readme, the tables block of a README)."""
     write_tables(b, Path(b.args.readme) if b.args.readme else None)
 
 
@@ -488,7 +488,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=str(shared_data_root() / "cifar10-wds"), help="CIFAR-10 shards (train, test)")
     add_protocol_arguments(p)
     p.add_argument("--readme", help="with --part tables: also write the tables into this markdown file, e.g. "
-                   "docs/results.md (as benchmarks/cifar_tables.py --readme does; its --headline writes the README's)")
+                   "benchmarks/cifar_robustness/README.md (as benchmarks/cifar_tables.py --readme does)")
     p.add_argument("-b", "--batch-size", type=int, default=128)
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for the sweep")
     p.add_argument("--train-subset", type=int, help="train on N images per epoch (smoke runs)")

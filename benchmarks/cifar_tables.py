@@ -1,7 +1,7 @@
 """Tables 2 and 3 of the paper (section 4.2) from the CIFAR-10 benchmark's results, beside the paper's numbers.
 
     python benchmarks/cifar_tables.py                           # tables.md, table2.png, table3.png of lr0.01-e24
-    python benchmarks/cifar_tables.py --readme docs/results.md --headline README.md  # and the docs' and README's blocks
+    python benchmarks/cifar_tables.py --readme benchmarks/cifar_robustness/README.md --headline README.md  # and the blocks
     python benchmarks/cifar_tables.py --continue-lr 0.001 --continue-epochs 6 --paper-settings  # an earlier protocol
 
 It reads the results JSONs that benchmarks/cifar_robustness.py wrote under --results/PROTOCOL/ (every accuracy in

@@ -60,12 +60,13 @@ def test_headline_writes_the_papers_methods_from_the_committed_results_between_i
 
 
 def test_the_readme_and_docs_hold_the_tables_of_the_committed_results():
-    """README.md's headline block and docs/results.md's Tables 2 and 3 are what cifar_tables.py writes from the
-    committed results (rerun `python benchmarks/cifar_tables.py --readme docs/results.md --headline README.md`)."""
+    """README.md's headline block and the CIFAR benchmark README's Tables 2 and 3 are what cifar_tables.py writes from
+    the committed results (rerun `python benchmarks/cifar_tables.py --readme benchmarks/cifar_robustness/README.md
+    --headline README.md`)."""
     b = common.Bench(tables.get_args_parser().parse_args([]))
     runs = common.load_runs(b)
     readme = (ROOT / "README.md").read_text()
     assert block(readme, tables.HEADLINE_BEGIN) == tables.headline_block(b, runs)
-    results = (ROOT / "docs" / "results.md").read_text()
+    results = (ROOT / "benchmarks" / "cifar_robustness" / "README.md").read_text()
     fcl = rows(block(results, tables.README_BEGIN))["FCL"]
-    assert fcl[1] == expected("fcl", lambda e: e["clean"]) and re.search(r"\]\(\.\./benchmarks/", results)
+    assert fcl[1] == expected("fcl", lambda e: e["clean"]) and re.search(r"\]\(\.\./results/", results)

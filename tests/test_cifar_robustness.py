@@ -158,7 +158,7 @@ def test_paper_settings_are_appendix_b_at_our_batch():
 
 def test_the_defaults_are_the_protocol_that_passed():
     """lr 0.01 for 24 epochs in bf16, CL+Gaussian and PG+FCL at Appendix B's settings, the rest at the sweep's choice:
-    the commands in docs/results.md name no protocol flag they do not need."""
+    the commands in the benchmark's README name no protocol flag they do not need."""
     for parser in (bench.get_args_parser, tables.get_args_parser, zoo.get_args_parser):
         b = parse([], parser)
         assert b.protocol == "lr0.01-e24" and b.args.paper_settings == ["cl_gauss", "pg_fcl"]

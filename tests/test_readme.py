@@ -1,5 +1,5 @@
 """README.md and docs/*.md: the snippets they mark run as written, CI runs the README's own commands, and every relative
-link resolves. The rule for snippets, the same in every page: the fenced block after `<!-- example:NAME -->` is Python
+link resolves (there and in the benchmarks' pages). The rule for snippets, the same in every page: the fenced block after `<!-- example:NAME -->` is Python
 and runs as it stands; the block after `<!-- recipe:NAME -->` is a `train_fcl.py` command that parses and passes the
 start-up checks. Unmarked blocks (data on other machines, GPUs, the Hub) are documentation only."""
 import re
@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# the benchmarks' pages (protocols, tables, the log) are linked from the docs: their links are checked too
+LINKED = [*PAGES, *sorted((ROOT / "benchmarks").glob("**/*.md"))]
 MARKED = re.compile(r"<!-- (example|recipe):([\w-]+) -->\s*```\w*\n(.*?)```", re.S)
 
 
@@ -95,7 +97,7 @@ def relative_links(text: str) -> list:
     return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(page):
     broken = []
     for target in relative_links(page.read_text()):
