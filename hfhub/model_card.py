@@ -6,12 +6,13 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS
 
-# the paper file gives its title and "Anonymous authors" (under double-blind review)
-CITATION = """@misc{anonymous_feature_contrastive_learning,
+# the paper as its text gives it: the title and "Paper under double-blind review"; it names no authors ("Anonymous
+# authors"), so the entry has none
+CITATION = """@misc{feature_contrastive_learning,
   title = {Balancing Robustness and Sensitivity using Feature Contrastive Learning},
-  author = {Anonymous},
-  note = {Paper under double-blind review},
+  note = {Paper under double-blind review; the authors are not named (anonymous submission)},
 }"""
 
 # the settings that shape the result, in the order a reader reproduces them: data, model, optimization,
@@ -72,32 +73,104 @@ def published_result(eval_results: dict, run_name: str = "") -> dict:
     return dict(eval_results.get(run_name) or next(iter(eval_results.values())))
 
 
+def _images(rows: list) -> str:
+    """How many images the results' rows were measured on: '10,000 images', '2,000 images each' over several sets,
+    'an unrecorded number of images' when the results do not say."""
+    if not rows or not all(isinstance(r.get("total"), int) for r in rows):
+        return "an unrecorded number of images"
+    totals = sorted({r["total"] for r in rows})
+    count = f"{totals[0]:,}" if len(totals) == 1 else f"{totals[0]:,} to {totals[-1]:,}"
+    return f"{count} images{' each' if len(rows) > 1 else ''}"
+
+
+def _ordered(names) -> list:
+    """Corruption names in the benchmark's order (noise, blur, weather, digital, then the four held-out ones)."""
+    known = [n for n in CORRUPTIONS if n in names]
+    return known + sorted(n for n in names if n not in CORRUPTIONS)
+
+
+def _severities(rows: list) -> str:
+    levels = sorted({r["severity"] for r in rows if isinstance(r.get("severity"), int)})
+    if not levels:
+        return "unrecorded severities"
+    if levels == list(range(levels[0], levels[-1] + 1)) and len(levels) > 1:
+        return f"{len(levels)} severities ({levels[0]}-{levels[-1]})"
+    return f"{len(levels)} severit{'y' if len(levels) == 1 else 'ies'} ({', '.join(map(str, levels))})"
+
+
+def corruption_basis(result: dict, suite: str, names) -> str:
+    """What a corruption suite's summary over ``names`` was measured on, from the results' rows: how many
+    corruptions and severities, and how many images each set holds."""
+    rows = [r for r in result.get("rows", []) if r.get("suite") == suite and r.get("corruption") in set(names)]
+    return f"{len(list(names))} corruptions x {_severities(rows)}, {_images(rows)}"
+
+
+def suite_corruptions(result: dict, suite: str) -> list:
+    """The corruptions a suite's results hold: those of its rows with a severity, else its summary's."""
+    names = {r.get("corruption") for r in result.get("rows", []) if r.get("suite") == suite and r.get("severity")}
+    names.discard(None)
+    return _ordered(names or result.get("summaries", {}).get(suite, {}).get("per_corruption", {}))
+
+
+def suite_description(result: dict, suite: str) -> str:
+    """What a test set of the results is, from its rows: the images it holds and the noise or the corruptions applied,
+    e.g. 'uniform_noise on 10,000 images', '19 corruptions x 5 severities (1-5), 2,000 images each: gaussian_noise,
+    ...' (a generated suite says which preset it applied)."""
+    rows = [r for r in result.get("rows", []) if r.get("suite") == suite]
+    if rows and all(r.get("severity") == 0 for r in rows):
+        noise = {r.get("corruption") for r in rows} - {"clean", "", None}
+        return f"{', '.join(sorted(noise)) + ' on ' if noise else ''}{_images(rows)}"
+    names = suite_corruptions(result, suite)
+    if not names:
+        return "corruptions not recorded"
+    preset = result.get("summaries", {}).get(suite, {}).get("preset")
+    how = f", generated from the clean images with the official generators' {preset} parameters" \
+        if preset and suite == "generated" else ""
+    return f"{corruption_basis(result, suite, names)}{how}: {', '.join(names)}"
+
+
 def evaluation_rows(result: dict) -> list:
-    """(test set, metric, value) rows of one model's timm_fcl.eval results, in percent: the accuracy on every set
-    without severities, then each corruption suite's summaries (means over corruptions, group means, mCE)."""
-    rows = [(r["suite"], "top-1 accuracy", r["accuracy"]) for r in result.get("rows", []) if r.get("severity") == 0]
+    """(test set, metric, value, measured on) rows of one model's timm_fcl.eval results, in percent: the accuracy on
+    every set without severities, then each corruption suite's summaries (means over corruptions, group means, mCE).
+    A metric over part of a suite's corruptions names them; what each was measured on (images, corruptions,
+    severities) comes from the results' rows."""
+    result = dict(result, rows=result.get("rows", []))
+    rows = [(r["suite"], "top-1 accuracy", r["accuracy"], suite_description(result, r["suite"]))
+            for r in result["rows"] if r.get("severity") == 0]
     for suite, summary in result.get("summaries", {}).items():
+        present = suite_corruptions(result, suite)
+        left_out = [n for n in present if n not in BENCHMARK_CORRUPTIONS]
+        benchmark = f"15 corruptions (without {', '.join(left_out)})" if left_out else "15 corruptions"
+
+        def basis(names, suite=suite) -> str:
+            return corruption_basis(result, suite, names)
+
         if summary.get("mean_19") is not None:
-            rows.append((suite, "mean accuracy, 19 corruptions", summary["mean_19"]))
+            rows.append((suite, "mean accuracy, 19 corruptions", summary["mean_19"], basis(CORRUPTIONS)))
         if summary.get("mean_15") is not None:
-            rows.append((suite, "mean accuracy, 15 corruptions", summary["mean_15"]))
+            rows.append((suite, f"mean accuracy, {benchmark}", summary["mean_15"], basis(BENCHMARK_CORRUPTIONS)))
         if summary.get("mean_19") is None and summary.get("mean_all") is not None:
-            rows.append((suite, f"mean accuracy, {len(summary.get('per_corruption', {}))} corruptions",
-                         summary["mean_all"]))
+            names = _ordered(summary.get("per_corruption", {})) or present
+            rows.append((suite, f"mean accuracy, {len(names)} corruptions", summary["mean_all"], basis(names)))
         for group, value in summary.get("groups", {}).items():
-            rows.append((suite, f"{group} (group mean)", value))
+            members = CORRUPTION_GROUPS.get(group, ())
+            rows.append((suite, f"{group} group mean ({', '.join(members)})", value, basis(members)))
         for key, label in (("mce", "mCE"), ("relative_mce", "relative mCE")):
             if summary.get(key) is not None:
-                rows.append((suite, label, summary[key]))
+                rows.append((suite, f"{label}, {benchmark}", summary[key], basis(BENCHMARK_CORRUPTIONS)))
     return rows
 
 
-def eval_results_of(rows: list, dataset: str) -> list:
+def eval_results_of(rows: list, dataset: str, result: Optional[dict] = None) -> list:
     """The rows as huggingface_hub EvalResults (the card's ``model-index``): one per test set and metric, in percent
-    rounded to 4 decimals as timm's validate.py writes top-1."""
-    return [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=f"{dataset} ({suite})",
+    rounded to 4 decimals as timm's validate.py writes top-1; each test set's name says what it holds (images, noise,
+    corruptions and severities: ``suite_description``)."""
+    def name(suite: str) -> str:
+        return f"{dataset} ({suite}): {suite_description(result, suite)}" if result else f"{dataset} ({suite})"
+
+    return [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=name(suite),
                        dataset_config=suite, metric_type="mce" if "mCE" in metric else "accuracy",
-                       metric_name=metric, metric_value=round(value, 4)) for suite, metric, value in rows]
+                       metric_name=metric, metric_value=round(value, 4)) for suite, metric, value, _ in rows]
 
 
 def base_model(train_args: dict) -> tuple[Optional[str], str]:
@@ -171,13 +244,14 @@ def _introduction(repo_id: str, arch: str, method: str, origin: str) -> list:
             note, ""]
 
 
-def card_data(repo_id: str, train_args: dict, rows: list, license: str, base: Optional[str]) -> ModelCardData:
+def card_data(repo_id: str, train_args: dict, rows: list, license: str, base: Optional[str],
+              result: Optional[dict] = None) -> ModelCardData:
     dataset = str(train_args.get("dataset") or "").rstrip("/").split("/")[-1]
     return ModelCardData(
         library_name="timm", license=license, pipeline_tag="image-classification", base_model=base,
         tags=["image-classification", "timm", "timm-fcl", "feature-contrastive-learning", "robustness"],
         datasets=[dataset] if dataset else None, model_name=repo_id.split("/")[-1],
-        eval_results=eval_results_of(rows, dataset or "unknown") or None)
+        eval_results=eval_results_of(rows, dataset or "unknown", result) or None)
 
 
 def build_model_card(repo_id: str, config: dict, *, train_args: Optional[dict] = None,
@@ -187,7 +261,8 @@ def build_model_card(repo_id: str, config: dict, *, train_args: Optional[dict] =
     ``eval_results`` the results.json of timm_fcl.eval (the entry of ``run_name``, else the first)."""
     train_args, resolved = train_args or {}, resolved or {}
     fcl = fcl_params(train_args, resolved)
-    rows = evaluation_rows(published_result(eval_results or {}, run_name))
+    result = published_result(eval_results or {}, run_name)
+    rows = evaluation_rows(result)
     base, origin = base_model(train_args)
     lines = _introduction(repo_id, config.get("architecture", "unknown"), fcl.get("method") or "unknown", origin)
     lines += ["## Model", ""] + _table(("", ""), _model_rows(config), "")
@@ -196,11 +271,13 @@ def build_model_card(repo_id: str, config: dict, *, train_args: Optional[dict] =
     lines += ["", "## FCL hyper-parameters", ""]
     lines += _table(("parameter", "value"), list(fcl.items()), "Not recorded.")
     lines += ["", "## Evaluation", ""]
-    table = [(suite, metric, f"{value:.2f}") for suite, metric, value in rows]
-    lines += _table(("test set", "metric", "value (%)"), table,
+    table = [(suite, metric, f"{value:.2f}", basis) for suite, metric, value, basis in rows]
+    lines += _table(("test set", "metric", "value (%)", "measured on"), table,
                     "No evaluation results were published with this checkpoint.")
     if rows:
-        lines += ["", "Measured with `python -m timm_fcl.eval` (clean, UN / NUN noisy sets, corruption suites)."]
+        lines += ["", "Measured with `python -m timm_fcl.eval` (clean, UN / NUN noisy sets, corruption suites). "
+                  "The test sets:", ""]
+        lines += [f"- {suite}: {suite_description(result, suite)}" for suite in dict.fromkeys(r[0] for r in rows)]
     lines += ["", "## Citation", "", "```bibtex", CITATION, "```"]
-    data = card_data(repo_id, train_args, rows, license, base)
+    data = card_data(repo_id, train_args, rows, license, base, result)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))

@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from hfhub.model_card import build_model_card
+from hfhub.model_card import CITATION, build_model_card
 from hfhub.publish import PublishError, cli, find_export, main as publish_main, get_args_parser
 from timm_fcl import FCLConfig
+from timm_fcl.robustness.corruptions import CORRUPTION_GROUPS
 from train_helpers import ROOT, make_shards, run, train_cmd
 
 LOGITS = r"""
@@ -185,7 +186,8 @@ def test_published_card_parses_with_huggingface_hub_and_equals_the_run(trained, 
     summary = results["summaries"]["generated"]
     want |= {("generated", "mean accuracy, 19 corruptions", summary["mean_19"]),
              ("generated", "mean accuracy, 15 corruptions", summary["mean_15"])}
-    want |= {("generated", f"{g} (group mean)", v) for g, v in summary["groups"].items()}
+    want |= {("generated", f"{g} group mean ({', '.join(CORRUPTION_GROUPS[g])})", v)
+             for g, v in summary["groups"].items()}
     got = {(r.dataset_config, r.metric_name, r.metric_value) for r in card.data.eval_results}
     assert got == want and {r.dataset_type for r in card.data.eval_results} == {"toy"}
     resolved = yaml.safe_load((trained / "resolved.yaml").read_text())
@@ -208,6 +210,85 @@ def test_published_files_name_this_run_not_imagenet_nor_local_paths(trained, pub
     for path in published.iterdir():
         if path.suffix in (".json", ".md"):
             assert str(trained.parent) not in path.read_text(), path.name
+
+
+def evaluated(images: int, corruptions, severities, preset: str = "cifar") -> dict:
+    """timm_fcl.eval's results of one model: clean, UN and NUN on ``images`` images, and the generated suite's
+    ``corruptions`` x ``severities`` on ``images`` images each, summarized as the evaluation does."""
+    from timm_fcl.robustness.metrics import summarize_corruptions
+
+    def row(suite, corruption, severity, accuracy):
+        return {"suite": suite, "corruption": corruption, "severity": severity, "accuracy": accuracy,
+                "correct": round(accuracy * images / 100), "total": images}
+
+    rows = [row("clean", "clean", 0, 90.0), row("un", "uniform_noise", 0, 50.0), row("nun", "nonuniform_noise", 0, 49.0)]
+    accuracy = {(c, s): 60.0 + i + s for i, c in enumerate(corruptions) for s in severities}
+    rows += [row("generated", c, s, a) for (c, s), a in accuracy.items()]
+    summary = summarize_corruptions(accuracy)
+    return {"run": {"unit": "percent", "rows": rows, "summaries": {"generated": dict(summary, preset=preset)}}}
+
+
+def test_card_names_the_images_and_corruptions_behind_each_value_as_the_results_give_them():
+    from huggingface_hub import ModelCard
+
+    from timm_fcl.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTIONS
+
+    def card(results):
+        text = build_model_card("o/n", {"architecture": "resnet18"}, train_args={"dataset": "wds/cifar10"},
+                                eval_results=results)
+        index = {(r.dataset_config, r.metric_name): r for r in ModelCard(text).data.eval_results}
+        table = {(c[0].strip(), c[1].strip()): c[3].strip() for c in
+                 (line.strip("|").split("|") for line in text.split("## Evaluation\n")[1].splitlines()
+                  if line.startswith("| ") and "---" not in line)}
+        return text, index, table
+
+    text, index, table = card(evaluated(10000 // 5, CORRUPTIONS, range(1, 6)))
+    assert index[("un", "top-1 accuracy")].dataset_name == "cifar10 (un): uniform_noise on 2,000 images"
+    assert index[("clean", "top-1 accuracy")].dataset_name == "cifar10 (clean): 2,000 images"
+    generated = index[("generated", "mean accuracy, 19 corruptions")].dataset_name
+    assert generated.startswith("cifar10 (generated): 19 corruptions x 5 severities (1-5), 2,000 images each, "
+                                "generated from the clean images with the official generators' cifar parameters: "
+                                "gaussian_noise, shot_noise, ")
+    assert all(name in generated for name in CORRUPTIONS)
+    mean_15 = "mean accuracy, 15 corruptions (without speckle_noise, gaussian_blur, spatter, saturate)"
+    assert ("generated", mean_15) in index
+    assert ("generated", "noise group mean (gaussian_noise, shot_noise, impulse_noise)") in index
+    assert table[("un", "top-1 accuracy")] == "uniform_noise on 2,000 images"
+    assert table[("generated", mean_15)] == "15 corruptions x 5 severities (1-5), 2,000 images each"
+    assert table[("generated", "noise group mean (gaussian_noise, shot_noise, impulse_noise)")] == \
+        "3 corruptions x 5 severities (1-5), 2,000 images each"
+
+    # other data, another card: 500 images, the 15 benchmark corruptions at severities 1-3 only
+    text, index, table = card(evaluated(500, BENCHMARK_CORRUPTIONS, range(1, 4), preset="imagenet"))
+    assert index[("nun", "top-1 accuracy")].dataset_name == "cifar10 (nun): nonuniform_noise on 500 images"
+    assert ("generated", "mean accuracy, 19 corruptions") not in index
+    generated = index[("generated", "mean accuracy, 15 corruptions")].dataset_name
+    assert generated.startswith("cifar10 (generated): 15 corruptions x 3 severities (1-3), 500 images each, "
+                                "generated from the clean images with the official generators' imagenet "
+                                "parameters: ")
+    assert "speckle_noise" not in text and "2,000" not in text
+    assert table[("generated", "mean accuracy, 15 corruptions")] == "15 corruptions x 3 severities (1-3), 500 images each"
+
+
+def test_every_fcl_setting_a_card_lists_is_documented():
+    """The card lists every FCLConfig field; the README's hyper-parameter table explains each one."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| `FCLConfig` field |")[1].split("\n\n")[0]
+    documented = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
+    assert {f.name for f in dataclasses.fields(FCLConfig)} <= documented
+
+
+def test_card_cites_the_paper_as_its_text_gives_it():
+    text = build_model_card("o/n", {"architecture": "resnet18"})
+    citation = text.split("## Citation")[1]
+    paper = (ROOT.parent / "shared" / "paper" / "feature-contrastive-learning.txt")
+    title = "Balancing Robustness and Sensitivity using Feature Contrastive Learning"
+    if paper.is_file():  # the paper's first lines: its title, "Anonymous authors", its venue
+        head = paper.read_text().splitlines()[:6]
+        assert head[0].lower() == title.lower() and "Anonymous authors" in head and "Paper under double-blind review" in head
+    assert f"title = {{{title}}}" in citation and "Paper under double-blind review" in citation
+    assert "author" not in citation.split("note")[0]  # no invented author, not even "Anonymous"
+    assert CITATION in citation and CITATION in (ROOT / "README.md").read_text()  # the README cites it alike
 
 
 def test_base_model_of_fine_tunes():

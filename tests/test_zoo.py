@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from timm_fcl.robustness.corruptions import CORRUPTION_GROUPS
 from timm_fcl.run.atomic import file_sha256
 from train_helpers import ROOT, make_shards, run, train_cmd
 
@@ -147,10 +148,20 @@ def test_each_committed_zoo_card_is_the_card_publishing_writes_with_its_evaluati
     card = ModelCard.load(folder / "README.md")
     index = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
     plain = {r["suite"]: r["accuracy"] for r in result["rows"] if r["severity"] == 0}
+    plain_total = {r["suite"]: r["total"] for r in result["rows"] if r["severity"] == 0}
     assert {s: index[(s, "top-1 accuracy")] for s in plain} == {s: round(v, 4) for s, v in plain.items()}
     summary = result["summaries"]["generated"]
     assert index[("generated", "mean accuracy, 19 corruptions")] == round(summary["mean_19"], 4)
-    assert all(index[("generated", f"{g} (group mean)")] == round(v, 4) for g, v in summary["groups"].items())
+    assert all(index[("generated", f"{g} group mean ({', '.join(CORRUPTION_GROUPS[g])})")] == round(v, 4)
+               for g, v in summary["groups"].items())
+    # each test set's name says how many images and which corruptions, as its rows give them
+    names = {r.dataset_config: r.dataset_name for r in card.data.eval_results}
+    assert names["clean"] == f"cifar10 (clean): {plain_total['clean']:,} images"
+    assert names["un"] == f"cifar10 (un): uniform_noise on {plain_total['un']:,} images"
+    generated = {(r["corruption"], r["severity"], r["total"]) for r in result["rows"] if r["suite"] == "generated"}
+    assert len(generated) == 19 * 5 and len({t for *_, t in generated}) == 1
+    assert names["generated"].startswith(f"cifar10 (generated): 19 corruptions x 5 severities (1-5), "
+                                         f"{next(iter(generated))[2]:,} images each")
     assert f"| clean | top-1 accuracy | {plain['clean']:.2f} |" in card.content
 
 
