@@ -34,6 +34,13 @@ def record_settings(args: argparse.Namespace, run: Training) -> None:
     run_folder.write_settings(run.output, vars(args), run.settings)
 
 
+def schedule_has_state(scheduler) -> bool:
+    """Whether a scheduler holds state beyond its settings (timm's plateau scheduler: the metric history that decides
+    its next decay), so that it is restored on resume; the others are functions of the epoch and update count and of
+    their settings, the number of epochs among them."""
+    return type(scheduler).__name__ == "PlateauLRScheduler"
+
+
 def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Training, data: Data,
                     previous: tuple[Optional[Path], dict] = (None, {})) -> None:
     """Load the newest state of --resume (or of the run folder) if it was made with the same settings (what the run
@@ -46,6 +53,15 @@ def resume_or_start(args: argparse.Namespace, accelerator: Accelerator, run: Tra
     parts = run.state_parts(accelerator)
     if args.no_resume_opt:  # timm's: the weights and progress, a fresh optimizer (the scheduler follows the epoch)
         parts = {k: v for k, v in parts.items() if k not in ("optimizer", "scheduler")}
+    saved_epochs = previous[1].get("epochs") if previous[0] is not None else None
+    if saved_epochs is not None and saved_epochs != run.num_epochs and "scheduler" in parts \
+            and not schedule_has_state(run.scheduler):
+        # the saved scheduler carries the old length (a cosine would end at the old last epoch): the one built for
+        # the new length is the schedule a run of that length follows, from the resume point on
+        parts = {k: v for k, v in parts.items() if k != "scheduler"}
+        if accelerator.is_main_process:
+            _logger.info(f"--epochs grew from {saved_epochs} to {run.num_epochs}: the --sched {args.sched} schedule "
+                         f"is rebuilt for {run.num_epochs} epochs (the saved one is not loaded)")
     resume = load_training_state(accelerator, parts, output=run.output, resume=args.resume, rank_parts=run.rank_parts())
     if args.resume and resume is None:
         raise ConfigError(f"--resume {args.resume}: no saved state there")
