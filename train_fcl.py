@@ -213,7 +213,10 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accele
         totals += torch.cat([loss[None], topk_hits(logits, y, ks=(1, 5)).double(),
                              torch.tensor([len(y)], dtype=torch.float64, device=y.device)])
     totals = accelerator.reduce(totals, reduction="sum")
-    n = max(totals[3].item(), 1.0)
+    if totals[3].item() == 0:  # never a metric: a loss of 0 would become the best epoch
+        raise DataError(f"the validation split '{split}' gave no readable sample (can its shards or images be "
+                        f"read?): there is nothing to judge the epoch by")
+    n = totals[3].item()
     return {"loss": totals[0].item() / n, "top1": 100.0 * totals[1].item() / n, "top5": 100.0 * totals[2].item() / n,
             "samples": int(totals[3].item())}
 

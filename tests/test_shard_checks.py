@@ -105,6 +105,34 @@ def test_a_pattern_split_is_checked_against_its_total(toy):
         create_source("wds/toy", str(toy), f"{pattern}|200")
 
 
+def test_info_listing_a_shard_twice_is_refused(toy, tmp_path):
+    """An _info.json that lists shard 0 twice (and not shard 1) trained shard 0 twice an epoch and never read shard 1,
+    with no word: now it is refused before the run, naming the shard."""
+    from timm_fcl.data import DataError, create_source
+
+    def twice(info):
+        split = info["splits"]["train"]
+        split["filenames"][1] = split["filenames"][0]
+    shards = _edit_info(_copy(toy, tmp_path / "shards"), twice)
+    first = json.loads((shards / "_info.json").read_text())["splits"]["train"]["filenames"][0]
+    with pytest.raises(DataError, match=f"split 'train': lists shard {first} twice"):
+        create_source("wds/toy", str(shards), "train")
+
+
+def test_a_validation_split_with_no_readable_sample_is_an_error_not_the_best_epoch(toy, tmp_path):
+    """Validation shards that cannot be read validated on 0 samples with loss 0.0, which became the best epoch; now
+    the epoch stops with one error line and no best epoch is written."""
+    shards = _copy(toy, tmp_path / "shards")
+    for name in json.loads((shards / "_info.json").read_text())["splits"]["validation"]["filenames"]:
+        (shards / name).write_bytes(b"not a tar" * 100)
+    out = tmp_path / "run"
+    proc = run(train_cmd(*TOY, "--data-dir", str(shards), "--output", str(out)))
+    line = one_error_line("unreadable validation", proc.returncode, proc.stderr)
+    assert line == "train_fcl.py: error: the validation split 'validation' gave no readable sample (can its shards or " \
+        "images be read?): there is nothing to judge the epoch by", line
+    assert not (out / "best.json").exists() and not (out / "model_best").exists()
+
+
 # ------------------------------------------------------------------------------------------ (b) a malformed _info.json
 def test_malformed_info_json_is_one_line_of_its_own(toy, tmp_path):
     shards = _copy(toy, tmp_path / "shards")

@@ -201,6 +201,9 @@ def check_split_entry(where: str, entry) -> None:
     files, lengths, total = entry.get("filenames"), entry.get("shard_lengths", []), entry.get("num_samples")
     if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
         raise DataError(f"{where}: 'filenames' must be a non-empty list of shard names")
+    twice = next((f for i, f in enumerate(files) if f in files[:i]), None)
+    if twice is not None:  # its samples would be read twice an epoch and another shard's never
+        raise DataError(f"{where}: lists shard {twice} twice")
     if not isinstance(lengths, list) or not all(type(n) is int and n >= 0 for n in lengths):
         raise DataError(f"{where}: 'shard_lengths' must be non-negative integers, got {lengths!r}"[:300])
     if lengths and len(lengths) != len(files):
