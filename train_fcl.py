@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> dict:
     accelerator, output = setup(args)
     if dataset_note and accelerator.is_main_process:
         _logger.info(dataset_note)
-    with lock_output(accelerator, output), stops:
+    with lock_output(accelerator, output, args) as lock, stops:
         fresh = not list_states(output) and not (output / "tb").exists()
         try:
             return train_to_the_end(args, parser, accelerator, output, stops)
@@ -74,6 +74,8 @@ def main(args: argparse.Namespace) -> dict:
             if fresh and not list_states(output):  # a failed start leaves nothing behind (the lock removes the folder)
                 accelerator.end_training()
                 shutil.rmtree(output / "tb", ignore_errors=True)
+                if lock.claimed and {p.name for p in output.iterdir()} <= {run_folder.MARKER, run_folder.LOCK}:
+                    (output / run_folder.MARKER).unlink()
             raise
 
 
@@ -94,7 +96,8 @@ def train_to_the_end(args: argparse.Namespace, parser: argparse.ArgumentParser, 
         if accelerator.is_main_process:
             record_settings(args, run)
         save_state_atomic(accelerator, run.output, run.progress.step, args.state_hist,
-                          run.state_parts(accelerator), run.rank_parts())
+                          run.state_parts(accelerator), run.rank_parts(),
+                          files={run_folder.RESOLVED: run_folder.resolved_text(run.settings)})
         stops.saved()
 
     def stop(signum: int) -> Stopped:

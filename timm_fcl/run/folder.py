@@ -11,6 +11,8 @@
       resolved.yaml    what those flags resolved to (``Resolved``); a resume must resolve to the same
       summary.csv      one row per epoch (with the best epoch so far and its metric)
       best.json        the best epoch: metric, value, epoch, step, the split that chose it and the weights
+      run.json         the run's identity (run id, model, when it started), written before anything else: a folder
+                       holding it belongs to a train_fcl.py run, and train_fcl.py writes into no other non-empty folder
       .lock            held by the run writing the folder (host, pid, run id)
       holdout/         with --val-holdout N: the training shards carved into train and an N-image validation split
       eval/results.json  robustness results of the exported model (python -m timm_fcl.eval --output OUTPUT/eval)
@@ -22,6 +24,7 @@ A resume may change only the flags that change how a run goes, not what it compu
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -41,11 +44,34 @@ RESOLVED = "resolved.yaml"
 SUMMARY = "summary.csv"
 BEST = "best.json"
 LOCK = ".lock"
+MARKER = "run.json"
 HOLDOUT = "holdout"  # --val-holdout: the training shards carved into train + validation
 EVAL_RESULTS = os.path.join("eval", "results.json")
 _EXPORTS = (MODEL, MODEL_EMA, MODEL_BEST)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+
+
+def foreign_entries(folder: str | os.PathLike) -> list[str]:
+    """The names in ``folder`` that make it no run folder of this project's: everything when it holds no run.json
+    (its lock files aside), else nothing. A run folder written before run.json existed (args.yaml and resolved.yaml
+    beside checkpoints/ or the exports) counts as a run's."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / MARKER).exists():
+        return []
+    names = sorted(p.name for p in folder.iterdir() if p.name != LOCK and not p.name.startswith(LOCK + "."))
+    if {ARGS, RESOLVED} <= set(names) and (STATES in names or MODEL in names):
+        return []
+    return names
+
+
+def claim(folder: str | os.PathLike, identity: dict) -> bool:
+    """Write run.json (``identity``) into ``folder`` unless it holds one; True when written here."""
+    path = Path(folder) / MARKER
+    if path.exists():
+        return False
+    atomic_write_text(path, json.dumps(identity, indent=1) + "\n")
+    return True
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -135,10 +161,15 @@ class Resolved:
         return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
 
+def resolved_text(resolved: dict) -> str:
+    """resolved.yaml's text (``Resolved.as_yaml``)."""
+    return yaml.safe_dump(resolved, sort_keys=False)
+
+
 def write_settings(run: str | os.PathLike, args: dict, resolved: dict) -> None:
     """args.yaml (the flags as given) and resolved.yaml (``Resolved.as_yaml``)."""
     atomic_write_text(Path(run) / ARGS, yaml.safe_dump(args, sort_keys=False))
-    atomic_write_text(Path(run) / RESOLVED, yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(Path(run) / RESOLVED, resolved_text(resolved))
 
 
 def setting_changes(saved: dict, now: dict) -> list[str]:

@@ -99,15 +99,26 @@ def setup(args: argparse.Namespace) -> tuple[Accelerator, Path]:
     return accelerator, output
 
 
-def lock_output(accelerator: Accelerator, output: Path) -> RunLock:
-    """The main process locks the run folder for the whole run; it tells the other ranks, so every rank of a refused
-    run stops with the same line."""
+def lock_output(accelerator: Accelerator, output: Path, args: argparse.Namespace) -> RunLock:
+    """The main process locks the run folder for the whole run and makes sure it is a run's: a new or empty folder is
+    claimed (run.json, written before anything else), a folder holding run.json is this run's (a resume, or the
+    same run after its states were removed), anything else is refused in one line, nothing in it touched. Every
+    rank of a refused run stops with the same line. ``lock.claimed``: run.json was written by this start."""
     from accelerate.utils import broadcast_object_list
 
     lock, refusal = RunLock(output / run_folder.LOCK), [None]
+    lock.claimed = False
     if accelerator.is_main_process:
         try:
             lock.acquire()
+            foreign = run_folder.foreign_entries(output)
+            if foreign:
+                lock.release()
+                shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+                raise LockedError(f"--output {output} holds files that no train_fcl.py run wrote ({shown}): give a "
+                                  f"new or empty folder (nothing in it was changed)")
+            lock.claimed = run_folder.claim(output, {"run_id": lock.run_id, "model": args.model,
+                                                     "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
         except LockedError as exn:
             refusal[0] = str(exn)
     if accelerator.num_processes > 1:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 from ..run import folder as run_folder
 from .build import Data, Training
 from .flags import ConfigError
-from .states import list_states, load_training_state
+from .states import MANIFEST as STATE_MANIFEST, list_states, load_training_state
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -19,13 +19,30 @@ _logger = logging.getLogger("train_fcl")
 
 
 def previous_run(args: argparse.Namespace, output: Path) -> tuple[Optional[Path], dict]:
-    """The run folder a resume continues (--resume's, else --output when it holds states) and what its flags resolved
-    to; (None, {}) on a fresh start."""
-    source = Path(args.resume) if args.resume else output
-    folder = source.parent.parent if source.parent.name == run_folder.STATES else source
-    if not list_states(folder):
-        return None, {}
-    return folder, run_folder.read_resolved(folder)
+    """The run a start continues and what its flags resolved to, which the start must resolve to as well:
+    --resume's run (or its state folder, moved out of the run, with the resolved.yaml saved in it), else --output's
+    own run, also when its states are gone (resolved.yaml stays); (None, {}) for a new run. Resuming another run's
+    state into an --output that holds a run of its own is refused: the two runs' states would mix."""
+    if args.resume:
+        source = Path(args.resume)
+        folder = source.parent.parent if source.parent.name == run_folder.STATES else source
+        if folder.resolve() != Path(output).resolve() and _holds_a_run(output):
+            raise ConfigError(f"--resume {args.resume} is another run's state, but --output {output} holds a run of its "
+                              f"own: resume into a new --output (or resume {output} itself)")
+        if (source / STATE_MANIFEST).is_file() and source.parent.name != run_folder.STATES:
+            if not (source / run_folder.RESOLVED).is_file():
+                raise ConfigError(f"--resume {args.resume}: this state folder, outside its run's {run_folder.STATES}/, "
+                                  f"holds no {run_folder.RESOLVED} to check the settings against: resume it from its "
+                                  f"run folder")
+            return source, run_folder.read_resolved(source)
+        return (folder, run_folder.read_resolved(folder)) if list_states(folder) else (None, {})
+    if list_states(output) or (Path(output) / run_folder.RESOLVED).is_file():
+        return output, run_folder.read_resolved(output)
+    return None, {}
+
+
+def _holds_a_run(output: Path) -> bool:
+    return bool(list_states(output)) or (Path(output) / run_folder.RESOLVED).is_file()
 
 
 def record_settings(args: argparse.Namespace, run: Training) -> None:

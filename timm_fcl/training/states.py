@@ -90,10 +90,12 @@ def _give_up_save(accelerator, output, tmp: Path, step: int, problem: Optional[s
 
 
 def save_state_atomic(accelerator, output: str | os.PathLike, step: int, keep: int,
-                      parts: Mapping[str, Any], rank_parts: Optional[Mapping[str, Any]] = None) -> Path:
+                      parts: Mapping[str, Any], rank_parts: Optional[Mapping[str, Any]] = None,
+                      files: Optional[Mapping[str, str]] = None) -> Path:
     """Every part's state_dict (each an object with state_dict/load_state_dict; None for an absent one), each
-    process's random streams and its own ``rank_parts``, in a temporary folder renamed to checkpoints/step_N once all
-    of it is on the disk; keeps the newest `keep` states. Called on every process. A write that fails on any process
+    process's random streams and its own ``rank_parts``, and ``files`` (name: text, e.g. the run's resolved settings,
+    so a state moved out of its run can still be checked), in a temporary folder renamed to checkpoints/step_N once
+    all of it is on the disk; keeps the newest `keep` states. Called on every process. A write that fails on any process
     (a full disk) removes the unfinished folder on every process and raises :class:`SaveError`; the states saved
     before are untouched."""
     folder = Path(output) / STATE_DIR
@@ -116,6 +118,8 @@ def save_state_atomic(accelerator, output: str | os.PathLike, step: int, keep: i
             if accelerator.is_main_process:
                 for name, obj in parts.items():
                     write_part(tmp / _part_file(name), obj.state_dict())
+                for name, text in (files or {}).items():
+                    (tmp / name).write_text(text)
     except (OSError, SafetensorError) as exn:  # safetensors reports a full disk as its own error
         problem = first_line(exn)
     if not _all_ok(accelerator, problem):
