@@ -194,10 +194,12 @@ def stage(folder: Path, target: Path, *, repo_id: str, ema: bool = False, eval_j
 
 
 def stage_dry_run(folder: Path, target: Path, *, overwrite: bool = False, **kwargs) -> Path:
-    """Stage into ``target``: a non-empty one only with ``overwrite``, and never the run folder or one holding it.
+    """Stage into ``target``: a non-empty one only with ``overwrite``, and then only one that an earlier dry run
+    wrote (it holds nothing a staging does not write), never the run folder, one holding it, or any other folder.
     Staged beside it first, so a refused publish leaves it as it was."""
     target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    replace = target.exists() and (not target.is_dir() or any(target.iterdir()))
+    if replace:
         if not overwrite:
             raise PublishError(f"--dry-run folder {target} is not empty: choose another or add --overwrite")
         if not target.is_dir() or target.resolve() in (Path(folder).resolve(), *Path(folder).resolve().parents):
@@ -205,6 +207,12 @@ def stage_dry_run(folder: Path, target: Path, *, overwrite: bool = False, **kwar
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staged = stage(folder, Path(tmp) / "staged", **kwargs)
+        if replace:
+            other = sorted(p.name for p in target.iterdir() if not (staged / p.name).exists())
+            if other:  # --overwrite replaces an earlier dry run, never files it did not write
+                raise PublishError(f"--dry-run {target} holds files a dry run does not write ({', '.join(other[:4])}"
+                                   f"{' ...' if len(other) > 4 else ''}): --overwrite replaces only an earlier dry "
+                                   f"run's folder; choose another folder")
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(staged, target)
     return target

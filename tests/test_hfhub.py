@@ -374,16 +374,31 @@ def test_a_run_yaml_that_is_not_a_mapping_is_one_line(trained, tmp_path, capsys,
     assert f"{run_dir / name} {expected}" in err and not (tmp_path / "out").exists()
 
 
-def test_a_non_empty_dry_run_folder_needs_overwrite(trained, tmp_path, capsys):
+def test_a_non_empty_dry_run_folder_needs_overwrite_and_then_only_an_earlier_dry_runs(trained, tmp_path, capsys):
+    """`--dry-run RUN/checkpoints --overwrite` deleted every training state of the run: --overwrite now replaces only
+    a folder an earlier dry run wrote, and refuses, in one line and touching nothing, one holding anything else."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("kept unless --overwrite")
+    (out / "old.txt").write_text("kept")
     argv = [str(trained), "--repo-id", "a/b", "--dry-run", str(out)]
     assert "not empty" in one_line_refusal(argv, capsys)
-    assert (out / "old.txt").is_file()
-    assert cli(argv + ["--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "eval_results.json",
-                                                    "model.safetensors"]
+    assert "holds files a dry run does not write (old.txt)" in one_line_refusal(argv + ["--overwrite"], capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    (out / "old.txt").unlink()
+    assert cli(argv) == 0
+    staged = ["README.md", "config.json", "eval_results.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == staged
+    (out / "README.md").write_text("edited")
+    assert cli(argv + ["--overwrite"]) == 0  # an earlier dry run's folder is replaced whole
+    assert sorted(p.name for p in out.iterdir()) == staged and (out / "README.md").read_text() != "edited"
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    states = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    err = one_line_refusal([str(run_dir), "--repo-id", "a/b", "--dry-run", str(run_dir / "checkpoints"),
+                            "--overwrite"], capsys)
+    assert "holds files a dry run does not write" in err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == states and states
 
 
 def test_a_pickle_named_model_safetensors_is_one_line(trained, tmp_path):
