@@ -384,3 +384,22 @@ def test_a_full_disk_during_an_export_keeps_the_previous_export(tmp_path, monkey
         export.export_model(model, tmp_path / "model", data_config=config)
     assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
+
+
+def test_the_launch_configs_mixed_precision_is_part_of_what_a_resume_must_match(toy, tmp_path):
+    """A run started under the launch config's bf16 (ACCELERATE_MIXED_PRECISION, as `accelerate launch
+    --mixed_precision bf16` sets it) resumed in fp32 without a word: the effective precision is now recorded in
+    resolved.yaml and a resume under another one is refused in one line."""
+    import subprocess
+
+    from train_helpers import ROOT, env
+
+    flags = [*TOY, "--method", "xe", "--train-subset", "32", "--val-subset", "16", "--data-dir", str(toy)]
+    out = tmp_path / "run"
+    first = subprocess.run(train_cmd(*flags, "--epochs", "1", "--output", str(out)), capture_output=True, text=True,
+                           cwd=ROOT, env=dict(env(), ACCELERATE_MIXED_PRECISION="bf16"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "mixed_precision: bf16" in (out / "resolved.yaml").read_text()
+    proc = run(train_cmd(*flags, "--epochs", "2", "--output", str(out)))
+    line = one_error_line("fp32 resume of a bf16 run", proc.returncode, proc.stderr)
+    assert "mixed_precision bf16 -> no" in line, line

@@ -155,6 +155,7 @@ class Resolved:
     loader_streams: int        # the parts of each rank's training share, kept by a resume
     train_samples: int
     val_samples: int
+    mixed_precision: str = "no"  # the accelerator's: --mixed-precision / --amp, else the launch config's
 
     def as_yaml(self) -> dict:
         """The fields as YAML reads them back (tuples become lists), so that a saved and a new one compare equal."""

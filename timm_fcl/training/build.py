@@ -393,8 +393,10 @@ class Training:
         from .steps import LossMeter
         self.epoch_meter = LossMeter(self.finite.device)
 
-    def resolved(self, args: argparse.Namespace, settings: dict, data: Data, world: int) -> dict:
-        """What the run computes (resolved.yaml); ``settings``: the flags that shape it."""
+    def resolved(self, args: argparse.Namespace, settings: dict, data: Data, world: int,
+                 mixed_precision: str = "no") -> dict:
+        """What the run computes (resolved.yaml); ``settings``: the flags that shape it; ``mixed_precision``: the
+        accelerator's, from the flags or from the launch config."""
         epochs = {"start": self.fcl.start_step / self.updates_per_epoch,
                   "ramp": self.fcl.ramp_steps / self.updates_per_epoch}
         return run_folder.Resolved(
@@ -402,7 +404,7 @@ class Training:
             num_classes=data.num_classes, data_config=dict(data.data_config), world_size=world,
             global_batch=args.batch_size * world * args.grad_accum_steps, updates_per_epoch=self.updates_per_epoch,
             epochs=self.num_epochs, loader_streams=data.train.streams, train_samples=len(data.train.source),
-            val_samples=len(data.val.source)).as_yaml()
+            val_samples=len(data.val.source), mixed_precision=str(mixed_precision)).as_yaml()
 
     def state_parts(self, accelerator: Accelerator) -> dict:
         """What a saved training state holds, by name (timm_fcl.training.states saves and loads it without pickles)."""
@@ -555,5 +557,5 @@ def build_training(args: argparse.Namespace, accelerator: Accelerator, data: Dat
                    finite=torch.ones((), dtype=torch.bool, device=accelerator.device),
                    log_every=log_every(args, updates_per_epoch))
     run.new_epoch_meter()
-    run.settings = run.resolved(args, settings or {}, data, world)
+    run.settings = run.resolved(args, settings or {}, data, world, accelerator.mixed_precision)
     return run
