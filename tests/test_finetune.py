@@ -124,6 +124,34 @@ def test_a_malformed_export_config_is_one_line(export, tmp_path):
     with pytest.raises(ModelError, match="is a folder without model.safetensors and config.json"):
         built("--model", EXPORT_ARCH, "--pretrained-path", str(tmp_path / "empty"))
 
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda c: c.pop("architecture"), "its 'architecture' (the timm model name) is missing"),
+    (lambda c: c.update(pretrained_cfg=["not", "a", "mapping"]), "'pretrained_cfg' must be a mapping, got list"),
+])
+def test_an_export_config_timm_cannot_read_is_one_line_in_training_and_evaluation(export, tmp_path, damage,
+                                                                                   expected):
+    """A config.json without 'architecture', or whose pretrained_cfg is no mapping, was a KeyError / AttributeError
+    traceback from timm's loader, in --pretrained and in evaluation; now one line naming the file."""
+    from timm_fcl.run import model_io
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((export / "model.safetensors").read_bytes())
+    config = json.loads((export / "config.json").read_text())
+    damage(config)
+    (bad / "config.json").write_text(json.dumps(config))
+    message = f"{bad / 'config.json'} is not a timm config: {expected}"
+    with pytest.raises(ModelError) as why:
+        built("--model", f"local-dir:{bad}", "--pretrained")
+    assert str(why.value) == message
+    with pytest.raises(ModelError) as why:
+        built("--model", EXPORT_ARCH, "--pretrained-path", str(bad))
+    assert str(why.value) == message
+    with pytest.raises(ModelError) as why:  # evaluation's way in: the export used exactly as stored
+        model_io.create_model(f"local-dir:{bad}", exact=True)
+    assert str(why.value) == message
+
 COMMON = ["--model", "resnet18", "--img-size", "16", "--crop-pct", "1", "-b", "16", "--epochs", "1", "--sched", "step",
           "--warmup-epochs", "0", "--fcl-k", "64", "--no-progress", "--workers", "0"]
 

@@ -123,6 +123,12 @@ def read_export_config(folder: Path) -> dict:
         raise ModelError(f"{path} is not JSON ({first_line(exn)})") from None
     if not isinstance(config, dict):
         raise ModelError(f"{path} is not a timm config: expected a mapping, got {type(config).__name__}")
+    # what timm's loader takes for granted (its KeyError / AttributeError would be a traceback)
+    if not isinstance(config.get("architecture"), str) or not config["architecture"]:
+        raise ModelError(f"{path} is not a timm config: its 'architecture' (the timm model name) is missing")
+    if "pretrained_cfg" in config and not isinstance(config["pretrained_cfg"], dict):
+        raise ModelError(f"{path} is not a timm config: 'pretrained_cfg' must be a mapping, got "
+                         f"{type(config['pretrained_cfg']).__name__}")
     return config
 
 
