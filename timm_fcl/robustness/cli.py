@@ -15,6 +15,7 @@ same command run again continues from them (``journal.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -130,8 +131,39 @@ def read_earlier(paths: Sequence[str]) -> Dict[str, dict]:
     return earlier
 
 
+@contextlib.contextmanager
+def output_lock(output: Path):
+    """The evaluation's hold on its --output folder (the lock training uses): a second evaluation started on the same
+    folder stops with one line naming the holder."""
+    from ..training.lock import LockedError, RunLock
+
+    lock = RunLock(output / run_folder.LOCK)
+    try:
+        lock.acquire()
+    except LockedError as exn:
+        raise ValueError(str(exn)) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+# the counts a command line may set, and the least each may be
+COUNTS = {"max_samples": 1, "batch_size": 1, "std_samples": 1, "num_classes": 1, "threads": 1, "workers": 0,
+          "gen_workers": 0}
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """A count out of range is one line naming the flag (--max-samples -3 ended in numpy's 'Negative dimensions')."""
+    for name, least in COUNTS.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+
+
 def main(args: argparse.Namespace) -> Dict[str, dict]:
     start = time.time()
+    check_counts(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     earlier = read_earlier(args.compare)  # before the long part, so a wrong path fails at once
@@ -142,16 +174,18 @@ def main(args: argparse.Namespace) -> Dict[str, dict]:
     model_kwargs, set_kwargs, run_kwargs = evaluation_kwargs(args)
     show_source_on_stderr()  # a zoo tag says whether the Hub copy or the installed one was loaded
     models = load_models(**model_kwargs)
-    journal = Journal(Path(args.output) / PARTIAL, command_fingerprint(args))
-    if journal.done:
-        print(f"continuing: {len(journal.done)} finished set(s) read from {journal.path}")
-    sets, suite_presets = build_sets(data_config=models[0].data_config, num_classes=model_classes(models), **set_kwargs)
-    results = run(models=models, sets=sets, suite_presets=suite_presets, done=journal.done, on_row=journal.record,
-                  **run_kwargs)
-    results.update({k: v for k, v in earlier.items() if k not in results})
-    print(format_table(results))
-    paths = write_reports(results, args.output)
-    journal.finish()
+    with output_lock(Path(args.output)):  # one evaluation writes a folder at a time: their rows never mix
+        journal = Journal(Path(args.output) / PARTIAL, command_fingerprint(args))
+        if journal.done:
+            print(f"continuing: {len(journal.done)} finished set(s) read from {journal.path}")
+        sets, suite_presets = build_sets(data_config=models[0].data_config, num_classes=model_classes(models),
+                                         **set_kwargs)
+        results = run(models=models, sets=sets, suite_presets=suite_presets, done=journal.done, on_row=journal.record,
+                      **run_kwargs)
+        results.update({k: v for k, v in earlier.items() if k not in results})
+        print(format_table(results))
+        paths = write_reports(results, args.output)
+        journal.finish()
     print(f"wrote {', '.join(map(str, paths))} ({time.time() - start:.0f} s)")
     return results
 

@@ -82,6 +82,26 @@ def model_label(spec: str, checkpoint: Optional[str] = None) -> str:
     return run_folder.run_name(spec) if Path(spec).is_dir() else spec
 
 
+def unique_labels(specs: Sequence[str], checkpoints: Sequence[Optional[str]]) -> List[str]:
+    """Each model's label (``model_label``), made unique: a label two models share (model/ and model_best/ of one run,
+    two checkpoints both named model.safetensors) becomes the folder and the export or file name, and one still
+    shared (the same model named twice) is numbered. Results are keyed by label, so none may hide another."""
+    def detailed(spec: str, checkpoint: Optional[str]) -> str:
+        if checkpoint:
+            return f"{spec}:{Path(checkpoint).parent.name}/{Path(checkpoint).name}"
+        path = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).resolve()
+        return f"{path.parent.name}/{path.name}" if path.is_dir() else spec
+
+    labels = [model_label(s, c) for s, c in zip(specs, checkpoints)]
+    labels = [detailed(s, c) if labels.count(label) > 1 else label for s, c, label in zip(specs, checkpoints, labels)]
+    counts: Dict[str, int] = {}
+    numbered = []
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+        numbered.append(label if labels.count(label) == 1 else f"{label} ({counts[label]})")
+    return numbered
+
+
 def weights_source(spec: str, checkpoint: Optional[str], pretrained: bool) -> str:
     """Where a model's weights come from, for results.json; a bare timm name that would run with random weights
     is refused unless asked for with ``--checkpoint none`` (its numbers would look like any other model's)."""
@@ -160,7 +180,9 @@ def load_models(
     if data_overrides.get("std") is not None:
         check_std(data_overrides["std"], "--std")
     models = []
-    for spec, given in zip(specs, checkpoints or [None] * len(specs)):
+    given_all = list(checkpoints or [None] * len(specs))
+    labels = unique_labels(specs, [None if c in (None, "none") else c for c in given_all])
+    for spec, given, label in zip(specs, given_all, labels):
         weights = weights_source(spec, given, pretrained)  # before any model is built: refusals come at once
         checkpoint = None if given in (None, "none") else given
         model = model_io.create_model(spec, num_classes=num_classes, checkpoint=checkpoint, exact=True,
@@ -169,8 +191,7 @@ def load_models(
             model = model.to(memory_format=torch.channels_last)
         config = timm.data.resolve_model_data_config(model, args=data_overrides)
         check_std(config["std"], data_config_source(spec))
-        models.append(EvalModel(model_label(spec, checkpoint), spec, model, config, weights,
-                                local_weights_sha256(spec, checkpoint)))
+        models.append(EvalModel(label, spec, model, config, weights, local_weights_sha256(spec, checkpoint)))
     return models
 
 
@@ -392,16 +413,17 @@ def run(
 ) -> Dict[str, dict]:
     """Evaluate every model on every set; returns {label: {"spec", "weights", "rows", "summaries"}} (module doc).
 
-    ``done`` holds rows finished earlier (by ``row_key``): they are taken as they are, not recomputed. ``on_row`` is
-    called with every new row as soon as its set is finished (e.g. to append it to a file)."""
+    ``done`` holds rows finished earlier (by ``row_key``): they are taken as they are, not recomputed, if they were
+    measured on the same weights (their ``weights_sha256``). ``on_row`` is called with every new row, and the digest
+    of the weights it was measured on, as soon as its set is finished (e.g. to append it to a file)."""
     done = done or {}
     results = {}
     for m in models:
         rows = []
         for s in done_lines(sets, f"evaluating {m.label}", name=set_name):
-            key = (m.label, s.suite, s.corruption, s.severity)
-            if key in done:
-                rows.append(done[key])
+            prior = done.get((m.label, s.suite, s.corruption, s.severity))
+            if prior is not None and prior.get("weights_sha256") == m.weights_sha256:
+                rows.append({k: v for k, v in prior.items() if k != "weights_sha256"})
                 continue
             correct: List[Tensor] = []
             (top1, top5), total = evaluate_accuracy(
@@ -412,7 +434,7 @@ def run(
                          "correct_top5": top5, "total": total,
                          "hits": pack_hits(torch.cat(correct).numpy() if correct else [])})
             if on_row:
-                on_row(rows[-1])
+                on_row({**rows[-1], "weights_sha256": m.weights_sha256})
         results[m.label] = {"spec": m.spec, "weights": m.weights, "weights_sha256": m.weights_sha256, "rows": rows,
                             "summaries": summarize_rows(rows, suite_presets), "unit": UNIT}
     return results
