@@ -158,3 +158,49 @@ def test_a_count_out_of_range_is_one_line_naming_the_flag(flag, value, least, tm
                          str(tmp_path), "--output", str(tmp_path / "out"), flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"timm_fcl.eval: error: {flag} must be at least {least}, got {value}"]
+
+
+@needs_cifar
+def test_sigterm_during_a_two_worker_generation_leaves_no_process(tmp_path):
+    """SIGTERM to `timm_fcl.eval --gen-workers 2` left the two pool workers running (PPID 1, ~620 MB each): now the
+    command and every process it started are gone 10 s later."""
+    import signal
+    import sys
+
+    import psutil
+
+    from train_helpers import env
+
+    proc = subprocess.Popen([sys.executable, "-m", "timm_fcl.eval", "--model", str(ROOT / "zoo" /
+                             "resnet20_cifar.xe_cifar10"), "--data-dir", str(CIFAR), "--suites", "generated",
+                             "--max-samples", "500", "--gen-workers", "2", "--workers", "0", "--cache-dir",
+                             str(tmp_path / "cache"), "--output", str(tmp_path / "out")],
+                            env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, workers = time.time() + 120, []
+        while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+            workers = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.2)
+        assert len(workers) >= 2, f"no generation workers seen: {proc.stderr.read() if proc.poll() else ''}"
+        time.sleep(1.0)  # the workers are inside a corruption block
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"left running: {[p.pid for p in alive]}"
+        assert proc.returncode == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_generation_with_two_workers_writes_what_one_process_writes(tmp_path):
+    import numpy as np
+
+    from timm_fcl.robustness.datasets import generated_suite_dir
+
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(6) % 3
+    folders = [generated_suite_dir(images, labels, cache_dir=tmp_path / f"w{w}", corruptions=["fog", "glass_blur"],
+                                   workers=w) for w in (0, 2)]
+    for name in ("fog", "glass_blur", "labels"):
+        assert np.array_equal(np.load(folders[0] / f"{name}.npy"), np.load(folders[1] / f"{name}.npy"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import threading
 import json
 import os
 import time
@@ -190,7 +192,18 @@ def main(args: argparse.Namespace) -> Dict[str, dict]:
     return results
 
 
+def _stop(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the generation pool ends its workers, finished rows stay in the journal
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """Run main; bad paths, names or flags end with one error line (exit 2), not a traceback."""
-    return run_cli(PROG, lambda a: main(get_args_parser().parse_args(a)), argv,
-                   errors=(ValueError, FileNotFoundError, NotADirectoryError))
+    """Run main; bad paths, names or flags end with one error line (exit 2), not a traceback. SIGTERM stops it as
+    Ctrl-C does: what is finished is kept (rerun the command to continue) and no worker process is left behind."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
+    try:
+        return run_cli(PROG, lambda a: main(get_args_parser().parse_args(a)), argv,
+                       errors=(ValueError, FileNotFoundError, NotADirectoryError))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

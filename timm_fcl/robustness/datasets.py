@@ -12,8 +12,10 @@ in their official layouts, and corruption suites generated from any clean test s
 """
 import hashlib
 import json
+import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -292,14 +294,32 @@ def generated_suite_dir(
         (folder / "meta.json").write_text(json.dumps(
             {"preset": preset, "seed": seed, "num_images": len(images), "version": GENERATOR_VERSION}))
     todo = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
-    pool = ProcessPoolExecutor(workers) if workers > 0 else None
+    pool = multiprocessing.Pool(workers, initializer=_end_with_parent) if workers > 0 and todo else None
+    finished = False
     try:
         for name in done_lines(todo, "generating corruptions", leave=False):
             jobs = [(images, name, severity, preset, seed) for severity in SEVERITIES]
-            blocks = list(pool.map(_corrupt_block, *zip(*jobs)) if pool else (_corrupt_block(*j) for j in jobs))
+            blocks = pool.starmap(_corrupt_block, jobs) if pool else [_corrupt_block(*j) for j in jobs]
             np.save(folder / f"{name}.tmp.npy", np.concatenate(blocks))
             os.replace(folder / f"{name}.tmp.npy", folder / f"{name}.npy")  # atomic: a killed run leaves no half file
+        finished = True
     finally:
+        if pool and finished:
+            pool.close()
+        elif pool:  # stopped (SIGTERM, Ctrl-C, an error): the workers' blocks are of no use, end them now
+            pool.terminate()
         if pool:
-            pool.shutdown()
+            pool.join()
     return folder
+
+
+def _end_with_parent() -> None:
+    """A generation worker gets SIGTERM when the evaluation that started it dies, however it dies (Linux; elsewhere
+    the evaluation's own ending ends them)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
