@@ -119,13 +119,25 @@ def _within(value, top: float) -> bool:
 
 def without_local_paths(results: dict) -> dict:
     """The results with the ``spec`` of a model named by a folder (``local-dir:PATH`` or PATH) reduced to its run
-    name: the published file says which run, not where it lay on the disk."""
+    name, and the weights file of a ``checkpoint PATH`` source to its name: the published file says which run and
+    file, not where they lay on the disk."""
     def public(spec: str) -> str:
         path = spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec
         return run_folder.run_name(path) if spec.startswith("local-dir:") or Path(path).is_absolute() \
             or Path(path).exists() else spec
-    return {label: dict(result, **({"spec": public(str(result["spec"]))} if "spec" in result else {}))
-            for label, result in results.items()}
+
+    def public_weights(weights: str) -> str:
+        kind, _, path = weights.partition(" ")
+        return f"{kind} {Path(path).name}" if kind == "checkpoint" and path else weights
+
+    def public_result(result: dict) -> dict:
+        result = dict(result)
+        if "spec" in result:
+            result["spec"] = public(str(result["spec"]))
+        if isinstance(result.get("weights"), str):
+            result["weights"] = public_weights(result["weights"])
+        return result
+    return {label: public_result(result) for label, result in results.items()}
 
 
 def find_eval_json(export: Path, run: Path, eval_json: Optional[Path]) -> Optional[Path]:

@@ -199,6 +199,18 @@ def test_published_card_parses_with_huggingface_hub_and_equals_the_run(trained, 
     assert "@misc{" in card.content and "Feature Contrastive Learning" in card.content.split("## Citation")[1]
 
 
+def test_published_results_carry_no_local_path():
+    """The published eval_results.json carried the absolute path of the user's --checkpoint."""
+    from hfhub.publish import without_local_paths
+
+    results = {"resnet18:model": {"spec": "resnet18", "weights": "checkpoint /home/me/runs/a/model/model.safetensors"},
+               "run": {"spec": "local-dir:/home/me/runs/a/model", "weights": "own (hub / export folder)"}}
+    public = without_local_paths(results)
+    assert public["resnet18:model"]["weights"] == "checkpoint model.safetensors"
+    assert public["run"] == {"spec": "a", "weights": "own (hub / export folder)"}
+    assert "/home/me" not in json.dumps(public)
+
+
 def test_published_files_name_this_run_not_imagenet_nor_local_paths(trained, published):
     config = json.loads((published / "config.json").read_text())
     pcfg = config["pretrained_cfg"]
