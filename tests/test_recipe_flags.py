@@ -415,3 +415,22 @@ def test_wandb_flags_reach_init_trackers(tmp_path):
     assert calls[-1][0] == "timm-fcl"
     with pytest.raises(ConfigError, match="--wandb-resume-id needs --log-wandb"):
         check_timm_flags(_args("--wandb-resume-id", "X"))
+
+
+def test_an_image_folders_validation_classes_follow_the_training_numbering(tmp_path, fresh_accelerate, caplog):
+    """An image folder whose validation/ lacks one class shifted every later label (timm numbers each folder's own
+    classes): validation is now numbered as training, and the empty class is named."""
+    import logging
+    import shutil
+
+    from accelerate import Accelerator
+    from timm_fcl.training.build import open_sources
+    root = _image_folder(tmp_path / "images")
+    shutil.rmtree(root / "validation" / "a")
+    args = _args("--img-size", "16", "--workers", "0", "-b", "2", "--data-dir", str(root),
+                 "--output", str(tmp_path / "run"))
+    with caplog.at_level(logging.WARNING, logger="timm_fcl.training.build"):
+        sources = open_sources(args, Accelerator(cpu=True), tmp_path / "run")
+    assert _labels_by_class(sources.train) == {"a": {0}, "b": {1}, "c": {2}}
+    assert _labels_by_class(sources.val) == {"b": {1}, "c": {2}}  # not b -> 0, c -> 1
+    assert any("has no image of 1 class(es) of the training split: a" in r.getMessage() for r in caplog.records)

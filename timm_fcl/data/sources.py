@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -84,10 +84,13 @@ class WdsSource:
 class MapSource:
     """A map-style data set returning (PIL image, label): torchvision sets, timm's image-folder datasets."""
 
-    def __init__(self, dataset, *, image_mode: str = "RGB", class_names: Optional[Sequence[str]] = None):
+    def __init__(self, dataset, *, image_mode: str = "RGB", class_names: Optional[Sequence[str]] = None,
+                 class_to_idx: Optional[dict] = None, empty_classes: Sequence[str] = ()):
         self.dataset, self.image_mode = dataset, image_mode
         self.class_names = list(class_names) if class_names else None
         self.num_classes = len(class_names) if class_names else None
+        self.class_to_idx = class_to_idx  # an image folder's numbering of its class folders
+        self.empty_classes = list(empty_classes)  # classes of that numbering with no image in this split
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -104,9 +107,10 @@ class MapSource:
 
 
 def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, download: bool = False,
-                  class_map: str = ""):
+                  class_map: Union[str, dict] = ""):
     """A source for --dataset: 'wds/NAME' (shards), 'torch/NAME' (torchvision), '' or 'folder' (image folders, their
-    class names numbered by ``class_map``'s file when given, timm's format)."""
+    class names numbered by ``class_map``: timm's file format, or a {class name: index} mapping, e.g. the training
+    split's, so that a validation folder lacking a class keeps the training numbering)."""
     image_mode = "RGB" if in_chans == 3 else "L"
     if dataset.startswith("wds/"):
         urls, lengths, info, per_shard = _wds_split(root, split)
@@ -131,11 +135,16 @@ def create_source(dataset: str, root: str, split: str, *, in_chans: int = 3, dow
         if not class_map:
             raise
         raise DataError(f"--class-map {class_map}: {exn}") from None
+    class_to_idx, empty = None, []
     if dataset.startswith("torch/"):
         names = getattr(ds, "classes", None)
     else:
-        class_to_idx = getattr(ds.reader, "class_to_idx", {})
+        class_to_idx = dict(getattr(ds.reader, "class_to_idx", {})) or None
         names = sorted(class_to_idx, key=class_to_idx.get) if class_to_idx else None
+        samples = getattr(ds.reader, "samples", None)
+        if class_to_idx and samples is not None:
+            present = {int(target) for _, target in samples}
+            empty = [name for name in names if class_to_idx[name] not in present]
     if len(ds) == 0:
         raise DataError(f"split '{split}' of {root} is empty")
-    return MapSource(ds, image_mode=image_mode, class_names=names)
+    return MapSource(ds, image_mode=image_mode, class_names=names, class_to_idx=class_to_idx, empty_classes=empty)

@@ -304,12 +304,16 @@ def check_size(source, expected: Optional[int], flag: str):
 def open_sources(args: argparse.Namespace, accelerator: Accelerator, output: Optional[Path] = None) -> Sources:
     """The training and validation sources of the flags (or of --val-holdout's carve in ``output``), their sizes
     checked. A validation split missing from the shards is an error that says how to choose one, never a quiet switch
-    to the test split."""
+    to the test split. An image folder's validation classes are numbered as its training classes (timm numbers each
+    folder's own: a validation/ lacking one class would shift every later label), and a class with no validation
+    image is named in a warning."""
     channels = in_chans(args) or default_in_chans(args.model)
     data_dir, train_split, val_split = holdout_data(args, accelerator, output)
     source = functools.partial(create_source, args.dataset or "", data_dir, in_chans=channels, download=args.dataset_download,
                                class_map=args.class_map)
     train_src = check_size(source(train_split), args.train_num_samples, "--train-num-samples")
+    if getattr(train_src, "class_to_idx", None):
+        source = functools.partial(source, class_map=train_src.class_to_idx)
     try:
         val_src = check_size(source(val_split), args.val_num_samples, "--val-num-samples")
     except MissingSplit as exn:
@@ -317,6 +321,11 @@ def open_sources(args: argparse.Namespace, accelerator: Accelerator, output: Opt
             raise
         raise DataError(f"{exn}: the best epoch is never chosen on the test split unasked; say --val-split test to "
                         "do so knowingly, or --val-holdout N to hold N training images out as validation") from None
+    empty = getattr(val_src, "empty_classes", [])
+    if empty and accelerator.is_main_process:
+        _logger.warning(f"the validation split '{val_split}' has no image of {len(empty)} class(es) of the training "
+                        f"split: {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} (the labels follow the "
+                        f"training split's numbering)")
     return Sources(train=train_src, val=val_src, val_split=f"{val_split} (held out of {args.train_split})"
                    if args.val_holdout else val_split)
 
