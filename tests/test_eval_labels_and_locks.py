@@ -204,3 +204,14 @@ def test_generation_with_two_workers_writes_what_one_process_writes(tmp_path):
                                    workers=w) for w in (0, 2)]
     for name in ("fog", "glass_blur", "labels"):
         assert np.array_equal(np.load(folders[0] / f"{name}.npy"), np.load(folders[1] / f"{name}.npy"))
+
+
+def test_a_journal_cut_in_its_first_line_names_its_file(tmp_path):
+    from timm_fcl.robustness.journal import Journal
+
+    path = tmp_path / "results.partial.jsonl"
+    path.write_text('{"command": {"mod')
+    with pytest.raises(ValueError) as why:
+        Journal(path, {"model": ["x"]})
+    assert str(why.value) == f"{path} does not start with the command it continues (cut short?): delete it to " \
+        "start this evaluation afresh"

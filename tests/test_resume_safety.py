@@ -353,7 +353,8 @@ def test_a_full_disk_during_a_save_is_one_line_keeps_the_newest_state_and_the_ru
     line = one_error_line("full disk", full.returncode, full.stderr)
     assert line == (f"train_fcl.py: error: cannot save the training state of step 6: Error while serializing: I/O "
                     f"error: No space left on device (os error 28); the newest complete state "
-                    f"({_state(out, 3)}) is kept: free space and run the same command to resume"), line
+                    f"({_state(out, 3)}) is kept: free space (or make the folder writable) and run the same command to "
+                    f"resume"), line
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000000003"]  # no half-written folder
     assert not (out / ".lock").exists()
     again = run(train_cmd(*argv))  # space is back
@@ -403,3 +404,16 @@ def test_the_launch_configs_mixed_precision_is_part_of_what_a_resume_must_match(
     proc = run(train_cmd(*flags, "--epochs", "2", "--output", str(out)))
     line = one_error_line("fp32 resume of a bf16 run", proc.returncode, proc.stderr)
     assert "mixed_precision bf16 -> no" in line, line
+
+
+def test_a_checkpoints_file_in_place_of_the_folder_is_named_not_taken_for_a_full_disk(toy, tmp_path):
+    """`checkpoints` being a file said "free space", which cannot help."""
+    out = trained_run(tmp_path / "run", toy, [*TOY, "--epochs", "1", "--method", "xe", "--train-subset", "32"])
+    shutil.rmtree(out / "checkpoints")
+    (out / "checkpoints").write_text("not a folder")
+    proc = run(train_cmd(*TOY, "--epochs", "1", "--method", "xe", "--train-subset", "32", "--data-dir", str(toy),
+                         "--output", str(out)))
+    line = one_error_line("checkpoints is a file", proc.returncode, proc.stderr)
+    assert line.endswith(f"{out / 'checkpoints'} is a file, not a folder: move it away and run the same command to "
+                         f"resume"), line
+    assert (out / "checkpoints").read_text() == "not a folder"

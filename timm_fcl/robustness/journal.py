@@ -35,7 +35,11 @@ class Journal:
         text = self.path.read_text()
         self._torn = not text.endswith("\n")
         lines = text.splitlines()
-        header = json.loads(lines[0]).get("command") if lines else None
+        try:
+            header = json.loads(lines[0]).get("command") if lines else None
+        except (json.JSONDecodeError, AttributeError):
+            raise ValueError(f"{self.path} does not start with the command it continues (cut short?): delete it to "
+                             f"start this evaluation afresh") from None
         if header != self.command:
             changed = sorted(k for k in set(header or {}) | set(self.command)
                              if (header or {}).get(k) != self.command.get(k))

@@ -85,8 +85,13 @@ def _give_up_save(accelerator, output, tmp: Path, step: int, problem: Optional[s
     accelerator.wait_for_everyone()
     newest = list_states(output)
     kept = f"the newest complete state ({newest[-1]}) is kept" if newest else "no earlier state exists"
+    folder = Path(output) / STATE_DIR
+    if folder.exists() and not folder.is_dir():  # not a disk problem: no space to free would help
+        remedy = f"{folder} is a file, not a folder: move it away and run the same command to resume"
+    else:
+        remedy = "free space (or make the folder writable) and run the same command to resume"
     return SaveError(f"cannot save the training state of step {step}: {problem or 'another process could not write'}"
-                     f"; {kept}: free space and run the same command to resume")
+                     f"; {kept}: {remedy}")
 
 
 def save_state_atomic(accelerator, output: str | os.PathLike, step: int, keep: int,
