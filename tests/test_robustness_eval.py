@@ -180,6 +180,7 @@ def test_eval_command_on_planted_benchmarks(tmp_path):
     assert [(float(r["accuracy"]), float(r["top5"])) for r in csv_rows] == [(r["accuracy"], r["top5"]) for r in rows]
     assert not (tmp_path / "out" / "results.partial.jsonl").exists()  # a finished evaluation leaves none
     assert (tmp_path / "out" / "corruptions.png").stat().st_size > 10_000
+    assert not (tmp_path / "out" / "clean_and_noisy.png").exists()
 
 
 def test_eval_command_clear_errors(tmp_path):
@@ -573,3 +574,23 @@ def test_each_row_keeps_which_images_were_right_in_the_sets_order():
     assert np.array_equal(unpack_counts(pack_counts(counts)), counts)
     with pytest.raises(ValueError, match="0, 255"):
         pack_counts([256])
+
+
+def test_a_plot_of_clean_and_noisy_sets_only_is_named_for_them_and_labels_its_bars(tmp_path, monkeypatch):
+    """The plot was corruptions.png, without values or sample counts, even when it showed only clean / UN / NUN."""
+    import matplotlib.axes
+
+    from timm_fcl.robustness.reports import write_reports
+
+    rows = [{"model": "m", "suite": s, "corruption": s, "severity": 0, "accuracy": a, "top5": 100.0, "correct": 0,
+             "correct_top5": 0, "total": 500} for s, a in (("clean", 90.25), ("un", 40.5))]
+    labels, titles = [], []
+    real_bar_label, real_title = matplotlib.axes.Axes.bar_label, matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", lambda ax, bars, **kw: labels.append(
+        [b.get_height() for b in bars]) or real_bar_label(ax, bars, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **kw: titles.append(text)
+                        or real_title(ax, text, *a, **kw))
+    paths = write_reports({"m": {"rows": rows, "summaries": {}}}, tmp_path)
+    assert [p.name for p in paths] == ["results.json", "results.csv", "clean_and_noisy.png"]
+    assert paths[2].stat().st_size > 5_000 and not (tmp_path / "corruptions.png").exists()
+    assert labels == [[90.25, 40.5]] and titles == ["clean and noisy test sets (500 images each)"]

@@ -9,7 +9,8 @@ Repeat ``--model`` (and ``--checkpoint``) to compare models.
 Suites: ``clean``, ``un`` / ``nun`` (the noisy test sets of sections 4.1 / 4.2.1), ``cifar-c`` (a CIFAR-10-C or
 CIFAR-100-C folder), ``imagenet-c`` (an ImageNet-C tree), ``generated`` (the 19 corruptions applied to the clean test
 set, cached). Writes ``results.json``, ``results.csv`` (one row per model x set, top-1 and top-5) and
-``corruptions.png`` into ``--output``; while it runs, ``results.partial.jsonl`` there holds the finished sets, and the
+a plot into ``--output`` (``corruptions.png`` with a corruption suite, else ``clean_and_noisy.png``: the values on
+the bars, the images behind each panel); while it runs, ``results.partial.jsonl`` there holds the finished sets, and the
 same command run again continues from them (``journal.py``).
 """
 from __future__ import annotations
@@ -81,7 +82,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--compare", nargs="+", default=[], help="results.json files of earlier runs to add to the plot")
-    p.add_argument("--output", default="output/eval", help="folder for results.json, results.csv, corruptions.png")
+    p.add_argument("--output", default="output/eval", help="folder for results.json, results.csv and the plot")
     return p
 
 

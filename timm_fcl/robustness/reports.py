@@ -58,8 +58,14 @@ def write_csv(results: Dict[str, dict], path: Path) -> None:
             writer.writerows(result["rows"])
 
 
+def plot_name(results: Dict[str, dict]) -> str:
+    """The plot's file name, for what it shows: corruptions.png with a corruption suite, else clean_and_noisy.png."""
+    return "corruptions.png" if any(res["summaries"] for res in results.values()) else "clean_and_noisy.png"
+
+
 def plot_comparison(results: Dict[str, dict], path: Path) -> None:
-    """Bars per corruption (mean over severities), one colour per model, one panel per suite (plus the test sets)."""
+    """Bars per corruption (mean over severities), one colour per model, one panel per suite (plus the test sets),
+    each bar labelled with its value and each panel with the images behind it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,12 +89,18 @@ def plot_comparison(results: Dict[str, dict], path: Path) -> None:
                       if panel in res["summaries"] else {} for label, res in results.items()}
             names.append("mean")
         for i, label in enumerate(results):
-            ax.bar(np.arange(len(names)) + i * width, [values[label].get(n, np.nan) for n in names], width, label=label)
+            bars = ax.bar(np.arange(len(names)) + i * width, [values[label].get(n, np.nan) for n in names], width,
+                          label=label)
+            ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
         ax.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2)
         ax.set_xticklabels(names, rotation=35, ha="right")
         ax.set_ylim(0, 100)
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title("clean and noisy test sets" if panel == "plain" else f"{panel}: mean accuracy over severities 1-5")
+        suites = ("clean", "un", "nun") if panel == "plain" else (panel,)
+        counts = sorted({r["total"] for res in results.values() for r in res["rows"] if r["suite"] in suites})
+        images = "/".join(f"{n:,}" for n in counts)
+        ax.set_title(f"clean and noisy test sets ({images} images each)" if panel == "plain" else
+                     f"{panel}: mean accuracy over severities 1-5 ({images} images per corruption and severity)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -96,10 +108,10 @@ def plot_comparison(results: Dict[str, dict], path: Path) -> None:
 
 
 def write_reports(results: Dict[str, dict], output: str | Path) -> List[Path]:
-    """results.json, results.csv and corruptions.png in ``output``; returns their paths."""
+    """results.json, results.csv and the plot (``plot_name``) in ``output``; returns their paths."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "results.csv", out / "corruptions.png"]
+    paths = [out / "results.json", out / "results.csv", out / plot_name(results)]
     paths[0].write_text(json.dumps(results, indent=1))
     write_csv(results, paths[1])
     plot_comparison(results, paths[2])
