@@ -72,11 +72,22 @@ def publish_zoo(zoo: Path, *, dry_run: Optional[Path] = None, quiet: bool = Fals
     return done
 
 
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same files with the same bytes (by SHA-256)."""
+    from timm_fcl.run.atomic import file_sha256
+
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    if names != sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()):
+        return False
+    return all(file_sha256(a / name) == file_sha256(b / name) for name in names)
+
+
 def fill_cache(zoo: Path, cache: Path) -> list[str]:
     """Install every zoo entry into the Hugging Face hub cache ``cache`` exactly as a download would leave it (the
     folder ``hfhub.publish --dry-run`` stages, as the snapshot ``refs/main`` points to), so that
     ``timm.create_model("ARCH.TAG", pretrained=True)`` loads it with ``HF_HUB_OFFLINE=1``. The snapshot is named by a
-    hash of its files, so a changed entry gets a new snapshot and an unchanged one is left alone."""
+    hash of its files, so a changed entry gets a new snapshot and an unchanged one is left alone; an installed snapshot
+whose files were changed since (a swapped weights file) is installed again."""
     import hashlib
     import shutil
     import tempfile
@@ -91,6 +102,9 @@ def fill_cache(zoo: Path, cache: Path) -> list[str]:
                 digest.update(str(path.relative_to(staged)).encode() + b"\0" + path.read_bytes())
             repo = cache / ("models--" + repo_id.replace("/", "--"))
             snapshot = repo / "snapshots" / digest.hexdigest()
+            if snapshot.is_dir() and not _same_files(staged, snapshot):  # changed since it was installed: repaired
+                print(f"{snapshot} differs from {staged.name} in the zoo: installed again")
+                shutil.rmtree(snapshot)
             if not snapshot.is_dir():
                 shutil.copytree(staged, snapshot.with_name(snapshot.name + ".tmp"), dirs_exist_ok=True)
                 snapshot.with_name(snapshot.name + ".tmp").replace(snapshot)

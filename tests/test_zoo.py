@@ -205,3 +205,29 @@ def test_every_committed_zoo_entry_loads_offline_by_its_pretrained_tag_with_its_
         model.load_state_dict(load_file(zoo / tag / "model.safetensors"))
         with torch.no_grad():
             assert torch.equal(torch.tensor(got[tag]), model(x)), tag
+
+
+def test_fill_cache_repairs_swapped_weights_and_evaluation_records_the_digest_it_loaded(tmp_path):
+    """A filled cache whose weights were swapped was not repaired by --fill-cache, and the swapped weights were
+    evaluated without a digest. Now --fill-cache installs the entry again, and an evaluation of a tag records the
+    SHA-256 of the file it loaded, from the cache as from a local folder."""
+    cache = tmp_path / "hub"
+    tag, repo_id = "resnet20_cifar.xe_cifar10", "timm-fcl/resnet20_cifar.xe_cifar10"
+    zoo_file = ROOT / "zoo" / tag / "model.safetensors"
+    want = file_sha256(zoo_file)
+    assert zoo_cmd("--fill-cache", str(cache)).returncode == 0
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    cached = repo / "snapshots" / (repo / "refs" / "main").read_text() / "model.safetensors"
+    other = ROOT / "zoo" / "resnet20_cifar.fcl_cifar10" / "model.safetensors"
+    cached.write_bytes(other.read_bytes())  # swapped
+    proc = zoo_cmd("--fill-cache", str(cache))
+    assert proc.returncode == 0 and "differs from" in proc.stdout, proc.stdout + proc.stderr
+    assert file_sha256(cached) == want == file_sha256(zoo_file)  # repaired, and the zoo itself untouched
+
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    code = ("from timm_fcl.robustness.evaluation import load_models\n"
+            f"print(load_models([{tag!r}], pretrained=True)[0].weights_sha256)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == want

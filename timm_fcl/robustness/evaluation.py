@@ -145,6 +145,28 @@ def local_weights_sha256(spec: str, checkpoint: Optional[str]) -> Optional[str]:
     return None
 
 
+def loaded_weights_sha256(spec: str, checkpoint: Optional[str], model: torch.nn.Module,
+                          pretrained: bool) -> Optional[str]:
+    """The SHA-256 of the weights a model was evaluated with, wherever they lay: a local file
+    (``local_weights_sha256``), else, for pretrained weights, the file its pretrained cfg names (a zoo tag's, installed
+    or from the Hugging Face cache) or the Hub repository's file in the Hugging Face cache; None when it cannot be
+    told (random weights, a URL download)."""
+    local = local_weights_sha256(spec, checkpoint)
+    if local is not None or checkpoint is not None:
+        return local
+    if not (pretrained or spec.startswith("hf-hub:")):
+        return None
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    path = cfg.get("file")
+    if not path and cfg.get("hf_hub_id"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = str(cfg["hf_hub_id"]).split("@")[0]
+        path = next((found for name in ("model.safetensors", "pytorch_model.bin")
+                     if isinstance(found := try_to_load_from_cache(repo_id, name), str)), None)
+    return file_sha256(path) if path and os.path.isfile(path) else None
+
+
 def check_std(std: Sequence[float], where: str) -> None:
     """Refuse a normalization std that is not positive: dividing by it makes every input infinite or NaN."""
     if not all(float(s) > 0 for s in std):  # "not >" also catches NaN
@@ -191,7 +213,8 @@ def load_models(
             model = model.to(memory_format=torch.channels_last)
         config = timm.data.resolve_model_data_config(model, args=data_overrides)
         check_std(config["std"], data_config_source(spec))
-        models.append(EvalModel(label, spec, model, config, weights, local_weights_sha256(spec, checkpoint)))
+        models.append(EvalModel(label, spec, model, config, weights,
+                                loaded_weights_sha256(spec, checkpoint, model, pretrained and weights.startswith("timm"))))
     return models
 
 
