@@ -594,3 +594,25 @@ def test_a_plot_of_clean_and_noisy_sets_only_is_named_for_them_and_labels_its_ba
     assert [p.name for p in paths] == ["results.json", "results.csv", "clean_and_noisy.png"]
     assert paths[2].stat().st_size > 5_000 and not (tmp_path / "corruptions.png").exists()
     assert labels == [[90.25, 40.5]] and titles == ["clean and noisy test sets (500 images each)"]
+
+
+def test_undecodable_images_are_left_out_and_counted_never_replaced(tmp_path, capsys):
+    """67 of 200 truncated test PNGs were replaced by their neighbours (timm's dataset) while the log said 200
+    samples: now they are left out, counted in the row (and the log), and the accuracy is over the readable ones."""
+    for label in range(2):
+        folder = tmp_path / "clean" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(5):
+            image = np.full((32, 32, 3), 128, np.uint8)
+            image[0, 0, 0] = plant(label)
+            Image.fromarray(image).save(folder / f"{i}.png")
+    for victim in ("class0/1.png", "class1/3.png", "class1/4.png"):
+        path = tmp_path / "clean" / victim
+        path.write_bytes(path.read_bytes()[:40])  # truncated inside the image data
+    argv = [*PLANTED, "--suites", "clean", "--data-dir", str(tmp_path / "clean"), "--split", "", "--img-size", "32",
+            "--output", str(tmp_path / "out")]
+    capsys.readouterr()
+    row = main(get_args_parser().parse_args(argv))["planted_label_reader"]["rows"][0]
+    assert (row["total"], row["correct"], row["unreadable"]) == (7, 7, 3)
+    err = capsys.readouterr().err
+    assert "3 image(s) cannot be decoded and are left out, e.g." in err and "class0/1.png" in err

@@ -81,8 +81,12 @@ def iter_clean_images(
         crop_pct: float = 0.875,
         interpolation: str = "bilinear",
         class_map: Optional[Dict[str, int]] = None,
+        unreadable: Optional[List[str]] = None,
 ) -> Iterator[Tuple[np.ndarray, int]]:
     """Stream a clean set with timm's readers as (uint8 HxWx3 image, label).
+
+    An image file that cannot be decoded is left out, never replaced (timm's dataset would quietly give its neighbour
+    instead): its name goes to ``unreadable`` and the count to the closing line.
 
     ``dataset`` and ``split`` are timm's (``"wds/cifar10"``, ``""`` for an image folder, ...). ``max_samples`` keeps a
     seeded random subset, in data set order (test sets are often ordered by class). Images larger than ``size`` are
@@ -107,16 +111,39 @@ def iter_clean_images(
     keep = None
     if max_samples is not None and max_samples < len(data):
         keep = set(np.random.RandomState(seed).choice(len(data), max_samples, replace=False).tolist())
-    desc, kept = f"reading {dataset or root} {split}", 0
-    for index, (image, label) in enumerate(progress_bar(data, desc=desc, leave=False)):
-        if keep is not None and index not in keep:
+    desc, kept, left_out = f"reading {dataset or root} {split}", 0, []
+    for index, (image, label) in enumerate(progress_bar(_decoded(data, left_out), desc=desc, leave=False)):
+        if keep is not None and index not in keep or image is None:
             continue
         image = image.convert("RGB")
         if size is not None:
             image = fit_to_size(image, size=size, crop_pct=crop_pct, interpolation=interpolation)
         kept += 1
         yield np.asarray(image), int(label)
-    note_done(f"{desc}: {kept} images done")
+    if left_out:
+        print(f"{desc}: {len(left_out)} image(s) cannot be decoded and are left out, e.g. {left_out[0]}",
+              file=sys.stderr)
+    if unreadable is not None:
+        unreadable.extend(left_out)
+    note_done(f"{desc}: {kept} images done" + (f", {len(left_out)} undecodable left out" if left_out else ""))
+
+
+def _decoded(data, left_out: List[str]) -> Iterator[tuple]:
+    """(PIL image, label) of each item of a timm dataset in order; for a map-style image dataset (an image folder)
+    each file is decoded here, and one that fails gives (None, label) with its name in ``left_out``."""
+    reader = getattr(data, "reader", None)
+    if isinstance(data, torch.utils.data.IterableDataset) or reader is None or not hasattr(reader, "filename"):
+        yield from data
+        return
+    for index in range(len(data)):
+        item, label, *_ = reader[index]
+        try:
+            image = Image.open(item)
+            image.load()
+        except (OSError, ValueError, SyntaxError):  # PIL's errors for truncated and corrupt files
+            left_out.append(str(reader.filename(index)))
+            image = None
+        yield image, (-1 if label is None else label)
 
 
 def folder_classes(folder: Union[str, Path]) -> List[str]:

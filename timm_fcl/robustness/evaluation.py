@@ -71,6 +71,7 @@ class EvalSet:
     corruption: str  # the suite's own name for the clean / UN / NUN sets
     severity: int  # 0 for the sets without severities
     data: Dataset
+    unreadable: int = 0  # images of the source that could not be decoded and are left out of ``data``
 
 
 def model_label(spec: str, checkpoint: Optional[str] = None) -> str:
@@ -325,11 +326,13 @@ def clean_derived_sets(source: CleanSource, *, suites: Sequence[str], data_confi
         raise ValueError("the clean / un / nun / generated suites need --data-dir (and --dataset)")
     size, crop_pct = data_config["input_size"][-1], data_config["crop_pct"]
     read = dict(dataset=source.dataset, root=source.data_dir, seed=source.seed, size=size, crop_pct=crop_pct)
+    unreadable: List[str] = []
     images, labels = load_clean_images(split=source.split, max_samples=source.max_samples, class_map=class_map,
-                                       **read)
+                                       unreadable=unreadable, **read)
     check_labels(labels, num_classes, f"{source.data_dir} ({source.dataset or 'image folder'}, {source.split} split)")
-    print(f"clean set: {len(images)} images of {images.shape[1]}x{images.shape[2]} from {source.data_dir}")
-    sets = [EvalSet("clean", "clean", 0, ArrayDataset(images, labels))] if "clean" in suites else []
+    print(f"clean set: {len(images)} images of {images.shape[1]}x{images.shape[2]} from {source.data_dir}"
+          + (f" ({len(unreadable)} that cannot be decoded left out)" if unreadable else ""))
+    sets = [EvalSet("clean", "clean", 0, ArrayDataset(images, labels), len(unreadable))] if "clean" in suites else []
     if "un" in suites or "nun" in suites:
         pixel_std = (train_pixel_std(split=source.train_split, max_samples=source.std_samples, **read)
                      if "nun" in suites else None)
@@ -455,7 +458,8 @@ def run(
             rows.append({"model": m.label, "suite": s.suite, "corruption": s.corruption, "severity": s.severity,
                          "accuracy": 100.0 * top1 / total, "top5": 100.0 * top5 / total, "correct": top1,
                          "correct_top5": top5, "total": total,
-                         "hits": pack_hits(torch.cat(correct).numpy() if correct else [])})
+                         "hits": pack_hits(torch.cat(correct).numpy() if correct else []),
+                         **({"unreadable": s.unreadable} if s.unreadable else {})})
             if on_row:
                 on_row({**rows[-1], "weights_sha256": m.weights_sha256})
         results[m.label] = {"spec": m.spec, "weights": m.weights, "weights_sha256": m.weights_sha256, "rows": rows,
