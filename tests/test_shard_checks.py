@@ -291,6 +291,25 @@ def test_a_truncated_gzip_shard_keeps_its_listed_length_and_a_warning(toy, tmp_p
 
 
 @pytest.mark.skipif(not (CIFAR_WDS / "_info.json").exists(), reason=f"CIFAR-10 shards not found at {CIFAR_WDS}")
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.8])
+def test_a_gzip_shard_corrupt_mid_stream_is_a_shard_that_cannot_be_read_not_a_wrong_info(toy, tmp_path, caplog, where):
+    """A gzip shard corrupt in the middle blamed _info.json ("lists 600, its shards hold 451") where the docs promise
+    that a corrupt shard is skipped with a warning: it now counts as a shard that cannot be read to its end."""
+    from timm_fcl.data import create_source
+
+    shards = _copy(toy, tmp_path / "shards")
+    victim = shards / MISSING_SHARD
+    packed = bytearray(gzip.compress(victim.read_bytes()))
+    at = int(len(packed) * where)
+    packed[at:at + 16] = bytes(b ^ 0x5A for b in packed[at:at + 16])
+    victim.write_bytes(bytes(packed))
+    with caplog.at_level("WARNING", logger="timm_fcl.data.shard_info"):
+        source = create_source("wds/toy", str(shards), "train")
+    assert source.lengths == [48, 48, 48, 48] and source.counted == [True, False, True, True]
+    assert any("cannot be read to its end" in r.getMessage() and MISSING_SHARD in r.getMessage()
+               for r in caplog.records)
+
+
 def test_cifar10_train_shards_count_as_listed_from_the_headers_alone(monkeypatch):
     # the count reads tar headers only: no member's data is extracted and no image decoded
     import tarfile

@@ -50,9 +50,28 @@ def _members(path: str | os.PathLike) -> Iterator[tuple[Optional[str], bool]]:
         except (tarfile.TarError, EOFError, OSError, zlib.error):  # a compressed stream cut short
             yield None, False
             return
-        # tarfile ends quietly where a plain tar is cut short: its next header (or the end-of-archive blocks) must be
-        # within the file
-        yield None, not plain or tar.offset + 2 * _BLOCK <= size
+        # tarfile ends quietly where a plain tar is cut short and where a header is damaged (a corrupt compressed
+        # stream inflates to such garbage): what follows its last member must be the end-of-archive blocks, zeros
+        # to the end of the (inflated) stream
+        yield None, _zeros_to_the_end(tar, size if plain else None)
+
+
+def _zeros_to_the_end(tar: tarfile.TarFile, size: Optional[int]) -> bool:
+    """Whether the archive holds only zeros from tar.offset (where tarfile stopped) to its end, at least the two
+    end-of-archive blocks; for a compressed one (``size`` None) also that the stream inflates cleanly to its end."""
+    stream = tar.fileobj
+    if size is not None and tar.offset + 2 * _BLOCK > size:
+        return False
+    try:
+        stream.seek(tar.offset)
+        seen = 0
+        while chunk := stream.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                return False
+            seen += len(chunk)
+    except (OSError, EOFError, zlib.error):  # a CRC or inflate error before the end
+        return False
+    return seen >= 2 * _BLOCK
 
 
 # ------------------------------------------------------------------------------------------------------ counting
