@@ -616,3 +616,21 @@ def test_undecodable_images_are_left_out_and_counted_never_replaced(tmp_path, ca
     assert (row["total"], row["correct"], row["unreadable"]) == (7, 7, 3)
     err = capsys.readouterr().err
     assert "3 image(s) cannot be decoded and are left out, e.g." in err and "class0/1.png" in err
+
+
+def test_an_image_folder_is_labelled_by_the_exports_label_names(tmp_path):
+    """timm_fcl.eval numbered an image folder's classes by their sorted names, ignoring the label_names an export
+    stores: with label_names c, a, b the images of a were scored as class 0, c's class."""
+    from timm_fcl.robustness.evaluation import CleanSource
+
+    for name in ("a", "b", "c"):
+        (tmp_path / "clean" / name).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(tmp_path / "clean" / name / "0.png")
+    clean = CleanSource(data_dir=str(tmp_path / "clean"), dataset="", split="")
+    sets, _ = build_sets(suites=["clean"], data_config={"input_size": (3, 32, 32), "crop_pct": 1.0}, clean=clean,
+                         label_names=["c", "a", "b"])
+    by_class = {Path(p).parent.name: int(label) for p, label in zip(sorted(
+        str(p) for p in (tmp_path / "clean").rglob("*.png")), sets[0].data.labels)}
+    assert by_class == {"a": 1, "b": 2, "c": 0}
+    unnamed, _ = build_sets(suites=["clean"], data_config={"input_size": (3, 32, 32), "crop_pct": 1.0}, clean=clean)
+    assert list(unnamed[0].data.labels) == [0, 1, 2]  # sorted folder names without label_names

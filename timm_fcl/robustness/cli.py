@@ -33,7 +33,7 @@ from ..run.cli import OneLineParser, run_cli
 from .corruptions import CORRUPTIONS, PRESETS
 from ..run import folder as run_folder
 from .evaluation import (AMP_DTYPES, DEFAULT_CACHE_DIR, SUITES, CleanSource, build_sets, default_workers,
-                         load_models, model_classes, run)
+                         load_models, model_classes, model_label_names, run)
 from .journal import PARTIAL, Journal
 from .reports import format_table, write_reports
 from .units import UNIT, check_unit
@@ -182,7 +182,7 @@ def main(args: argparse.Namespace) -> Dict[str, dict]:
         if journal.done:
             print(f"continuing: {len(journal.done)} finished set(s) read from {journal.path}")
         sets, suite_presets = build_sets(data_config=models[0].data_config, num_classes=model_classes(models),
-                                         **set_kwargs)
+                                         label_names=model_label_names(models), **set_kwargs)
         results = run(models=models, sets=sets, suite_presets=suite_presets, done=journal.done, on_row=journal.record,
                       **run_kwargs)
         results.update({k: v for k, v in earlier.items() if k not in results})

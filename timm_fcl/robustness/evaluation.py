@@ -174,6 +174,20 @@ def check_std(std: Sequence[float], where: str) -> None:
         raise ValueError(f"{where}: std {list(std)} must be positive (each value above 0)")
 
 
+def model_label_names(models: Sequence[EvalModel]) -> Optional[List[str]]:
+    """The class names the models' outputs stand for (an export's ``label_names``), when every model that names
+    them names the same; None when none does. Models that disagree are refused: one test set cannot be labelled for
+    both."""
+    named = [list(names) for m in models if (names := (getattr(m.model, "pretrained_cfg", None) or {}).get(
+        "label_names"))]
+    if not named:
+        return None
+    if any(names != named[0] for names in named[1:]):
+        raise ValueError("the models name their classes differently (label_names of their configs): evaluate them "
+                         "apart, or give --class-map")
+    return named[0]
+
+
 def model_classes(models: Sequence[EvalModel]) -> Optional[int]:
     """The fewest classes of the models (None when none says): every label of a test set must be below it."""
     counts = [getattr(m.model, "num_classes", None) for m in models]
@@ -357,6 +371,7 @@ def build_sets(
         class_map: Optional[str] = None,
         corruptions: Optional[Sequence[str]] = None,
         num_classes: Optional[int] = None,
+        label_names: Optional[Sequence[str]] = None,
 ) -> Tuple[List[EvalSet], Dict[str, str]]:
     """Every requested test set, and the parameter preset of each corruption suite.
 
@@ -365,11 +380,15 @@ def build_sets(
     ``class_map`` (a file for ``read_class_map``: class name -> index) labels the clean set and the ImageNet-C sets
     alike, so that the clean accuracy of relative mCE counts the same classes. With ``num_classes`` (the models'), a
     label outside [0, num_classes) is refused, naming the file or folder it comes from, before any set is generated.
+    ``label_names`` (the models', as an export stores them): without ``class_map``, an image folder's class folders are
+    numbered by them, not by their sorted names, so the labels mean what the models' outputs mean.
     """
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
     class_map = read_class_map(class_map) if class_map else None
+    if class_map is None and label_names and clean is not None and clean.dataset in ("", "folder"):
+        class_map = {name: index for index, name in enumerate(label_names)}
     sets: List[EvalSet] = []
     presets: Dict[str, str] = {}
     if set(CLEAN_DERIVED_SUITES) & set(suites):
