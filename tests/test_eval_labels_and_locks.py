@@ -109,7 +109,7 @@ def test_a_journal_row_is_reused_only_for_the_weights_it_was_measured_on(monkeyp
     import timm_fcl.robustness.evaluation as evaluation
 
     class Set:
-        suite, corruption, severity, data = "clean", "clean", 0, None
+        suite, corruption, severity, data, unreadable = "clean", "clean", 0, None, 0
 
     def all_right(*args, per_image, **kwargs):  # 2 of 2 right, whatever the model
         per_image.append(torch.ones(2, dtype=torch.bool))
