@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "timm_fcl"
 ALGORITHM = ("__init__", "_compat", "batchnorm", "config", "heads", "losses", "patch_gaussian", "perturbations",
-             "regularizer", "schedule", "sensitivity", "utility")
+             "regularizer", "schedule", "sensitivity", "task", "utility")
 COMMANDS = ("eval", "shards")  # thin modules at the python -m paths of the package's commands
 OUTSIDE = ("timm_fcl.training", "timm_fcl.data", "timm_fcl.run", "timm_fcl.robustness", "hfhub", "train_fcl")
 

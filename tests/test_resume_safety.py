@@ -250,6 +250,7 @@ def test_planted_pickles_never_run_on_resume(uninterrupted, toy, tmp_path):
 
     only_planted = tmp_path / "planted"
     shutil.copytree(_state(tmp_path / "run", 3), _state(only_planted, 3))
+    shutil.copy(tmp_path / "run" / "run.json", only_planted / "run.json")  # a run's folder, whose state is planted
     for path in _state(only_planted, 3).iterdir():
         path.write_bytes(payload)
     refusals = {"--resume STATE": ["--resume", str(_state(only_planted, 3)), "--output", str(tmp_path / "a")],

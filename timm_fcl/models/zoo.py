@@ -12,8 +12,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from ..run.cli import UsageError
-
 _logger = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"  # as timm_fcl.run.folder names an export's weights (not imported: no cycle)
@@ -21,8 +19,10 @@ PACKAGED = Path(__file__).resolve().parents[1] / "zoo"  # a wheel install: timm_
 CHECKOUT = Path(__file__).resolve().parents[2] / "zoo"  # a checkout or an editable install: the repository's zoo/
 
 
-class ZooWeightsError(UsageError):
-    """A zoo tag whose weights neither the Hub nor the installed zoo can give: reported as one line by the commands."""
+class ZooWeightsError(ValueError):
+    """A zoo tag whose weights neither the Hub nor the installed zoo can give: reported as one line by the commands
+    (``one_line``; the model registry imports nothing of the commands' modules, ``timm_fcl.run.cli`` included)."""
+    one_line = True
 
 
 def installed_zoo() -> Optional[Path]:

@@ -52,12 +52,15 @@ def this_process_only(exn: BaseException) -> BaseException:
 
 def run_cli(prog: str, main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None,
             errors: tuple = ()) -> int:
-    """``main(argv)``; a :class:`UsageError` (or one of ``errors``) ends as one line on stderr and exit status 2. Under
-    a multi-process launch only the main process prints it (every process raises it alike; the others exit with the
-    same status quietly), except an error marked :func:`this_process_only`."""
+    """``main(argv)``; a :class:`UsageError` (or one of ``errors``, or an error whose class says ``one_line = True``:
+    those of modules that import nothing of this package's commands, e.g. the zoo's) ends as one line on stderr and
+    exit status 2. Under a multi-process launch only the main process prints it (every process raises it alike; the
+    others exit with the same status quietly), except an error marked :func:`this_process_only`."""
     try:
         main(argv)
-    except (UsageError, *errors) as exn:
+    except Exception as exn:  # noqa: BLE001  (anything else is raised again, as it came)
+        if not isinstance(exn, (UsageError, *errors)) and not getattr(exn, "one_line", False):
+            raise
         if is_main_process():
             print(f"{prog}: error: {first_line(exn)}", file=sys.stderr)
         elif getattr(exn, "this_process_only", False):
