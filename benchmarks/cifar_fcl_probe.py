@@ -151,7 +151,8 @@ def probe_model(folder: str, images: torch.Tensor, labels: torch.Tensor, args) -
         for key, value in part["maps"].items():
             maps[key] = maps.get(key, 0.0) + value
     n = len(labels)
-    measures = {k: v / n for k, v in sums.items()}
+    # top-1 accuracies in percent (timm's unit, as every results file of the project); distances and shares as they are
+    measures = {k: (100.0 if k.startswith("acc_") else 1.0) * v / n for k, v in sums.items()}
     for tau in args.taus:  # on one batch of the training size: the first images
         first = slice(0, args.contrast_batch)
         stats = contrast(m.model, images[first], labels[first], normalize, args, tau, generator)
@@ -196,19 +197,19 @@ def format_tables(results: dict, args) -> str:
     """Two markdown tables: the k-element perturbations at each sigma, then utility, UN and all-pixel Gaussian."""
     lines = [f"k = {args.k} of 3,072 elements; {args.images} validation images", "",
              "| model | sigma | dist x+ (BOTTOM_k) | dist x- (TOP_k) | x- / x+ | dist random k | "
-             "top-1 x+ / x- / random k |", "|" + " --- |" * 7]
+             "top-1 % x+ / x- / random k |", "|" + " --- |" * 7]
     for label, r in results.items():
         for sigma in args.sigmas:
             low, high, rand = (r[f"dist_{p}@{sigma}"] for p in ("low", "high", "random"))
-            accs = " / ".join(f"{r[f'acc_{p}@{sigma}']:.3f}" for p in ("low", "high", "random"))
+            accs = " / ".join(f"{r[f'acc_{p}@{sigma}']:.1f}" for p in ("low", "high", "random"))
             lines.append(f"| {label} | {sigma:g} | {low:.4f} | {high:.4f} | {high / low:.2f} | {rand:.4f} | {accs} |")
     lines += ["", f"| model | utility share in TOP_k / BOTTOM_k | UN's elements in BOTTOM_k / TOP_k (chance "
-              f"{args.k / 3072:.3f}) | dist Gaussian {args.gauss_sigma:g} | dist UN | top-1 clean / Gaussian / UN |",
+              f"{args.k / 3072:.3f}) | dist Gaussian {args.gauss_sigma:g} | dist UN | top-1 % clean / Gaussian / UN |",
               "|" + " --- |" * 6]
     for label, r in results.items():
         lines.append(f"| {label} | {r['utility_share_top']:.3f} / {r['utility_share_bottom']:.4f} | "
                      f"{r['un_in_bottom']:.3f} / {r['un_in_top']:.3f} | {r['dist_gaussian']:.4f} | {r['dist_un']:.4f} "
-                     f"| {r['acc_clean']:.3f} / {r['acc_gaussian']:.3f} / {r['acc_un']:.3f} |")
+                     f"| {r['acc_clean']:.1f} / {r['acc_gaussian']:.1f} / {r['acc_un']:.1f} |")
     lines += ["", f"| model | tau | FCL term (floor) | softmax mass on x+ / x- | median pull of lambda "
               f"{args.weight:g} x the sum over {args.contrast_batch} vs the mean CE |", "|" + " --- |" * 5]
     for label, r in results.items():
@@ -254,8 +255,8 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if k not in ("output", "threads")}
-    (out / "probe.json").write_text(json.dumps({"config": config, "weights_sha256": weights, "results": results},
-                                                 indent=1) + "\n")
+    (out / "probe.json").write_text(json.dumps({"config": config, "weights_sha256": weights, "results": results,
+                                                "unit": "percent"}, indent=1) + "\n")
     plot_maps({label: {k: torch.tensor(v) for k, v in m.items()} for label, m in maps.items()}, out / "maps.png",
               args.k)
     table = format_tables(results, args)
