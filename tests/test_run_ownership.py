@@ -11,7 +11,7 @@ FLAGS = [*TOY_RUN, "-b", "16", "--workers", "0", "--method", "xe", "--epochs", "
          "--val-subset", "16", "--checkpoint-interval", "1", "--state-hist", "5", "--checkpoint-hist", "1"]
 
 
-def _train(toy, out, *extra):
+def _start(toy, out, *extra):
     return run(train_cmd(*FLAGS, *extra, "--data-dir", str(toy), "--output", str(out)))
 
 
@@ -28,7 +28,7 @@ def test_output_onto_a_folder_of_the_users_own_files_is_refused_and_keeps_every_
     (mine / "best.json").write_text('{"mine": true}\n')
     (mine / "summary.csv").write_text("epoch,mine\n0,1\n")
     before = tree_digest(mine)
-    proc = _train(toy, mine)
+    proc = _start(toy, mine)
     line = one_error_line("own files", proc.returncode, proc.stderr)
     assert "holds files that no train_fcl.py run wrote (best, best.json, model, notes.txt and 1 more)" in line, line
     assert tree_digest(mine) == before and sorted(p.name for p in mine.iterdir()) == \
@@ -42,7 +42,7 @@ def test_a_new_run_claims_its_folder_first_and_a_failed_start_leaves_nothing(toy
     assert marker["model"] == "resnet18" and len(marker["run_id"]) == 32
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = _train(toy, empty, "--model", "resnet181")  # refused after the folder was claimed? never: nothing is left
+    proc = _start(toy, empty, "--model", "resnet181")  # refused after the folder was claimed? never: nothing is left
     one_error_line("unknown model", proc.returncode, proc.stderr)
     assert list(empty.iterdir()) == []
 
@@ -54,11 +54,11 @@ def test_a_run_whose_states_were_removed_is_still_checked_against_its_settings(t
     out = trained_run(tmp_path / "run", toy, FLAGS)
     shutil.rmtree(out / "checkpoints")
     before = tree_digest(out)
-    proc = _train(toy, out, "--method", "fcl")
+    proc = _start(toy, out, "--method", "fcl")
     line = one_error_line("other method", proc.returncode, proc.stderr)
     assert "other settings" in line and "method xe -> fcl" in line, line
     assert tree_digest(out) == before
-    proc = _train(toy, out)
+    proc = _start(toy, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "checkpoints").is_dir()
 
@@ -70,11 +70,11 @@ def test_resuming_another_runs_state_into_an_existing_run_is_refused(toy, tmp_pa
     b = trained_run(tmp_path / "b", toy, [*FLAGS, "--seed", "7"])
     state = sorted((a / "checkpoints").iterdir())[0]
     before = tree_digest(b)
-    proc = _train(toy, b, "--resume", str(state))
+    proc = _start(toy, b, "--resume", str(state))
     line = one_error_line("resume into another run", proc.returncode, proc.stderr)
     assert "is another run's state, but --output" in line and "holds a run of its own" in line, line
     assert tree_digest(b) == before
-    proc = _train(toy, tmp_path / "c", "--resume", str(state))
+    proc = _start(toy, tmp_path / "c", "--resume", str(state))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -85,10 +85,10 @@ def test_a_state_moved_out_of_its_run_is_checked_against_the_settings_saved_with
     moved = tmp_path / "moved_state"
     shutil.copytree(sorted((a / "checkpoints").iterdir())[0], moved)
     assert (moved / "resolved.yaml").is_file()
-    proc = _train(toy, tmp_path / "c", "--resume", str(moved), "--method", "fcl")
+    proc = _start(toy, tmp_path / "c", "--resume", str(moved), "--method", "fcl")
     line = one_error_line("moved state, other method", proc.returncode, proc.stderr)
     assert "method xe -> fcl" in line, line
     (moved / "resolved.yaml").unlink()
-    proc = _train(toy, tmp_path / "d", "--resume", str(moved))
+    proc = _start(toy, tmp_path / "d", "--resume", str(moved))
     assert "holds no resolved.yaml to check the settings against" in one_error_line("no settings", proc.returncode,
                                                                                       proc.stderr)
