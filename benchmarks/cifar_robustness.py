@@ -340,13 +340,15 @@ def validate(b: Part, settings: list[tuple[str, dict]]) -> None:
     """Seed-0 continuations of (method, settings), trained if need be and scored on the held-out validation split as
     soon as each is trained; each score is kept as a sweep result."""
     def score(name: str, hp: dict, seed: int, run: Path) -> None:
+        began = time.time()
         results = evaluate(b, [run], suites=list(SUITES), split="validation", data_dir=b.holdout,
                            out=b.work / "eval" / "sweep" / f"{run.name}-{int(time.time())}")
+        eval_seconds = time.time() - began
         wall = read_json(run / "bench_wall.json") or {}
         write_json(sweep_result(b, name, hp), {"method": name, "hp": hp, "seed": seed, **condense(results[run.name]),
                                                **protocol_fields(b), "commit": code_commit(),
                                                "train_pull": last_epoch(run).get("train_pull"),
-                                               "train_seconds": wall.get("seconds")})
+                                               "train_seconds": wall.get("seconds"), "eval_seconds": eval_seconds})
 
     todo = [(name, hp, SWEEP_SEED) for name, hp in settings if not sweep_result(b, name, hp).is_file()]
     train_all(b, todo, after=score)
