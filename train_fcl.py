@@ -225,7 +225,7 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, accele
 
 
 def end_of_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Training, data: Data, train: dict,
-                 skipped_before: tuple[int, int]) -> dict:
+                 skipped_before: tuple[int, int, int]) -> dict:
     """Validate (and the EMA, whose metrics then are the eval metrics, as in timm), step the scheduler on the
     --eval-metric, log, write the summary row, export the model(s) and the best epochs, and save the state of the
     finished epoch."""
@@ -234,19 +234,27 @@ def end_of_epoch(args: argparse.Namespace, accelerator: Accelerator, run: Traini
                                         num_classes=data.num_classes, split=args.val_split,
                                         channels_last=args.channels_last,
                                         progress=not args.no_progress and accelerator.is_main_process)
+    val_undecodable_before = data.val.skipped()[2]
     val = evaluate_on_val(run.bare)
+    val_undecodable = data.val.skipped()[2] - val_undecodable_before  # counted once, not again for the EMA
     ema = evaluate_on_val(run.ema.module) if run.ema is not None else None
     judged = ema if ema is not None else val  # timm: under --model-ema the EMA's metrics are the eval metrics
     lrs = [group["lr"] for group in run.optimizer.param_groups]
     lr = sum(lrs) / len(lrs)  # the epoch's own lr, as timm's summary has it (the mean over parameter groups)
     # the next epoch's lr, from the validation metric (the plateau scheduler needs it; the others ignore it)
     run.scheduler.step(p.epoch + 1, metric=judged[args.eval_metric])
-    skipped = accelerator.reduce(torch.tensor([a - b for a, b in zip(data.train.skipped(), skipped_before)],
-                                              device=accelerator.device), reduction="sum").tolist()
+    counts = [a - b for a, b in zip(data.train.skipped(), skipped_before)] + [val_undecodable]
+    skipped = accelerator.reduce(torch.tensor(counts, device=accelerator.device), reduction="sum").tolist()
     row = epoch_row(p, lr, train, val, skipped, ema)
     if skipped[0] or skipped[1]:
         _logger.warning(f"epoch {p.epoch}: {skipped[0]} unreadable shard(s) skipped, {skipped[1]} sample(s) "
                         f"repeated to keep the ranks in step")
+    if skipped[2]:
+        _logger.warning(f"epoch {p.epoch}: {skipped[2]} undecodable training image(s) replaced by a neighbour in "
+                        f"their batch")
+    if skipped[3]:
+        _logger.warning(f"epoch {p.epoch}: {skipped[3]} undecodable validation image(s) left out, validated on "
+                        f"{val['samples']}")
     if accelerator.is_main_process:
         for name, metrics in (("", val), (" (EMA)", ema)) if ema is not None else (("", val),):
             _logger.info(f"epoch {p.epoch} validation{name}: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "

@@ -205,7 +205,7 @@ def test_a_sample_without_a_label_is_left_out_alone_and_the_epoch_is_one_shorter
         seen, stream = _one_epoch(source)
     assert len(seen) == 191  # every image of the epoch, read once: one fewer than the 192 listed
     assert sorted(seen) == sorted(h for k, h in everything.items() if k != MISSING_KEY)  # the rest of its shard too
-    assert stream.skipped() == (0, 0)  # no shard skipped, nothing repeated
+    assert stream.skipped() == (0, 0, 0)  # no shard skipped, nothing repeated, every image decoded
     assert stream.incomplete_per_epoch() == 1
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"epoch 0: 1 sample(s) of split 'train' without a label (.cls) or an image left out, 191 remain "
@@ -222,7 +222,7 @@ def test_an_uncounted_shard_skips_the_sample_when_read_and_refills_the_quota(unl
     everything = _all_samples(unlabelled)
     assert len(seen) == 192 and len(set(seen)) == 191
     assert set(seen) == {h for k, h in everything.items() if k != MISSING_KEY}
-    assert stream.skipped() == (0, 1) and stream.incomplete_read() == 1
+    assert stream.skipped() == (0, 1, 0) and stream.incomplete_read() == 1
 
 
 def test_training_on_shards_with_a_sample_without_a_label(unlabelled, tmp_path):
@@ -233,7 +233,7 @@ def test_training_on_shards_with_a_sample_without_a_label(unlabelled, tmp_path):
             f"(e.g. {MISSING_KEY} in {MISSING_SHARD})") in proc.stderr
     assert "skipping unreadable shard" not in proc.stderr
     row = summary_rows(out)[-1]
-    assert (row["bad_shards"], row["repeated_samples"]) == ("0", "0")
+    assert (row["bad_shards"], row["repeated_samples"], row["replaced_undecodable"]) == ("0", "0", "0")
     assert int(row["step"]) == 12  # ceil(191 / 16)
 
 

@@ -1,5 +1,6 @@
-"""An undecodable sample keeps its batch's size: it is filled in by the nearest decodable sample of the batch; a batch
-with none is an error."""
+"""An undecodable training sample keeps its batch's size: it is filled in by the nearest decodable sample of the batch
+(a batch with none is an error). An undecodable validation sample is left out, never judged twice. Both are counted
+apart from the repeats that refill a quota."""
 import numpy as np
 import pytest
 import torch
@@ -35,7 +36,19 @@ def test_undecodable_samples_keep_the_quota(bad_rank):
     got = [int(v) for xs, _ in stream for v in xs]
     assert len(got) == len(order) == n
     assert not set(bad) & set(got)
-    assert stream.repeated.value == 2
+    assert stream.skipped() == (0, 0, 2)  # replaced, counted as undecodable, not as repeats
+    assert len(set(got)) == n - 2  # two decodable images of those batches stand in for the bad ones
+
+
+def test_undecodable_validation_samples_are_left_out_and_counted():
+    """Validation judges each decodable image once and no other: a batch with bad images is shorter, and a batch of
+    which nothing decodes is dropped (the pass as a whole is judged by its sample count)."""
+    n, bad = 14, [0, 4, 5, 6, 7, 13]  # batches of 4 in order: 0-3 lose one, 4-7 lose all, 12-13 lose one
+    stream = EpochStream(MapSource(FlakyImages(n, bad)), transform=lambda im: torch.tensor(np.asarray(im))[0, 0, 0],
+                         is_training=False, seed=0, batch_size=4, num_workers=1)
+    batches = [[int(v) for v in xs] for xs, _ in stream]
+    assert batches == [[1, 2, 3], [8, 9, 10, 11], [12]]
+    assert stream.skipped() == (0, 0, len(bad))
 
 
 def test_a_batch_without_a_decodable_sample_is_an_error():

@@ -240,11 +240,32 @@ def test_bad_inputs_give_one_error_line_and_keep_what_was_saved(toy, tmp_path):
         assert tree_digest(copies[name]) == before, name  # nothing already saved was lost or changed
 
 
-def test_truncated_shard_is_skipped_counted_and_the_run_goes_on(toy, tmp_path):
+def _spoil_images(shard: Path, count: int) -> None:
+    """The shard with its first ``count`` images' bytes made undecodable (the tar itself stays readable)."""
+    import tarfile
+    members = []
+    with tarfile.open(shard) as tar:
+        for m in tar.getmembers():
+            members.append((m, tar.extractfile(m).read()))
+    spoiled = 0
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            if m.name.endswith(".png") and spoiled < count:
+                data, spoiled = b"not an image", spoiled + 1
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    assert spoiled == count
+
+
+def test_truncated_shard_and_undecodable_images_are_skipped_counted_and_the_run_goes_on(toy, tmp_path):
+    """A shard cut in half is skipped and its quota refilled by repeats; 3 undecodable training images are replaced
+    by neighbours, 2 undecodable validation images are left out: each counted in its own summary.csv column."""
     shards = tmp_path / "shards"
     shutil.copytree(toy, shards)
     victim = shards / "toy-train-000001.tar"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    _spoil_images(shards / "toy-train-000002.tar", 3)
+    _spoil_images(shards / "toy-validation-000000.tar", 2)
     out = tmp_path / "run"
     proc = run(train_cmd(*TOY, "--data-dir", str(shards), "--epochs", "1", "--workers", "0", "--output", str(out)))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -253,6 +274,11 @@ def test_truncated_shard_is_skipped_counted_and_the_run_goes_on(toy, tmp_path):
     assert int(row["bad_shards"]) == 1
     assert 0 < int(row["repeated_samples"]) <= 48  # the lost half shard, refilled to keep the step count
     assert int(row["step"]) == 12
+    replaced = int(row["replaced_undecodable"])  # a bad image may come again among the refill's repeats
+    assert 3 <= replaced <= 3 + int(row["repeated_samples"]) and row["val_undecodable_left_out"] == "2"
+    assert f"epoch 0: {replaced} undecodable training image(s) replaced by a neighbour in their batch" in proc.stderr
+    assert "epoch 0: 2 undecodable validation image(s) left out, validated on 62" in proc.stderr
+    assert re.search(r"validation: top1 [0-9.]+ top5 [0-9.]+ loss [0-9.]+ on 62 samples", proc.stderr)
 
 
 def test_cheaper_mode_and_compile_flags_reach_the_regularizer():

@@ -17,8 +17,9 @@ loader. What this module adds over timm's `ReaderWds` is what exact, resumable m
   `set_epoch(epoch, skip_batches)` sees the same images in the same order with the same crops, without decoding
   the skipped ones, whatever the number of loader workers.
 - A corrupt or truncated shard is skipped with a warning and counted; the stream refills its quota by repeating
-  samples it already read, so the ranks stay in step and the run goes on. An undecodable image is replaced by another
-  sample of its batch; a batch with no decodable sample stops the run.
+  samples it already read, so the ranks stay in step and the run goes on. An undecodable training image is replaced by
+  another sample of its batch (a training batch with no decodable sample stops the run); an undecodable validation
+  image is left out, never replaced. Both are counted apart from the repeats.
 - Before a run, local shards are counted from their tar headers (``tarindex``, no image decoded): a split
   whose shards hold other counts than ``_info.json`` lists is refused, and a sample without a label (.cls) or an image
   is left out of the epoch's numbering (the epoch has that many samples fewer) and logged every epoch.
@@ -69,6 +70,7 @@ class EpochStream(IterableDataset):
         # shared with the loader's worker processes, which inherit them
         self.bad_shards = mp.Value("i", 0)
         self.repeated = mp.Value("i", 0)
+        self.undecodable = mp.Value("i", 0)  # images that failed to decode: replaced (training) or left out
         self._incomplete_read = mp.Value("i", 0)  # samples without an image or a label met in uncounted shards
         if len(self.selected) < self.world_size * self.streams:
             raise DataError(f"{len(self.selected)} samples cannot feed {self.world_size} processes x "
@@ -76,9 +78,10 @@ class EpochStream(IterableDataset):
         if not is_training:
             self._log_incomplete("validation")
 
-    def skipped(self) -> tuple[int, int]:
-        """(unreadable shards skipped, samples repeated to keep the quota) so far, on this rank."""
-        return self.bad_shards.value, self.repeated.value
+    def skipped(self) -> tuple[int, int, int]:
+        """(unreadable shards skipped, samples repeated to keep the quota, undecodable images replaced by a neighbour
+        in training or left out in validation) so far, on this rank."""
+        return self.bad_shards.value, self.repeated.value, self.undecodable.value
 
     def incomplete_per_epoch(self) -> int:
         """Samples without an image or a label (.cls) that every epoch leaves out (found by counting the shards)."""
@@ -136,9 +139,10 @@ class EpochStream(IterableDataset):
         while batch := list(islice(numbered, self.batch_size)):
             yield batch
 
-    def _decode(self, stream: int, batch: list) -> tuple:
-        """An undecodable sample is replaced by the nearest decodable one of its batch, so the batch keeps its size
-        (the ranks stay in step) whichever worker decodes it."""
+    def _decode(self, stream: int, batch: list) -> Optional[tuple]:
+        """A training batch keeps its size (the ranks stay in step) whichever worker decodes it: an undecodable
+        sample is replaced by the nearest decodable one of its batch. A validation batch leaves it out (None when
+        nothing of the batch decodes), so no image is judged twice."""
         decoded = []
         for i, item in batch:
             with seeded(hash((self.seed, self.epoch, stream, i)) & 0x7FFFFFFF):
@@ -146,14 +150,17 @@ class EpochStream(IterableDataset):
                     img, label = self.source.load(item)
                     decoded.append((self.transform(img), label))
                 except Exception as exn:
-                    _logger.warning(f"skipping an undecodable sample ({type(exn).__name__}: {exn})")
+                    what = "replacing" if self.is_training else "leaving out"
+                    _logger.warning(f"{what} an undecodable sample ({type(exn).__name__}: {exn})")
                     decoded.append(None)
         good = [k for k, d in enumerate(decoded) if d is not None]
+        with self.undecodable.get_lock():
+            self.undecodable.value += len(batch) - len(good)
+        if not self.is_training:
+            return default_collate([decoded[k] for k in good]) if good else None
         if not good:
             raise DataError(f"none of the {len(batch)} samples of a batch decodes (epoch {self.epoch}, see the "
                             f"warnings above): check the images of the data")
-        with self.repeated.get_lock():
-            self.repeated.value += len(batch) - len(good)
         filled = [d if d is not None else decoded[min(good, key=lambda g: (abs(g - k), g))]
                   for k, d in enumerate(decoded)]
         return default_collate(filled)  # as the DataLoader would: AugMix's views stay a tuple of batches
@@ -164,7 +171,8 @@ class EpochStream(IterableDataset):
         first = self.rank * self.streams
         if not self.is_training:  # each worker its own part, in order
             for batch in self._raw_batches(first + worker):
-                yield self._decode(first + worker, batch)
+                if (decoded := self._decode(first + worker, batch)) is not None:
+                    yield decoded
             return
         # a resumed loader starts at worker 0 with the batch due next; worker w is dealt every num_workers-th batch
         readers, read = {}, {}

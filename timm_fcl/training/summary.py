@@ -21,11 +21,13 @@ def _rounded(prefix: str, values: dict) -> dict:
 def epoch_row(progress: Progress, lr: float, train: dict, val: dict, skipped: list[int],
               ema: Optional[dict] = None) -> dict:
     """The summary row of a finished epoch: train_* means, eval_* validation metrics of the weights that are judged,
-    and the unreadable shards skipped and samples repeated to keep the ranks in step. With an EMA (``ema``), eval_*
-    are the EMA's, as in timm's summary, and the trained weights' own are raw_eval_*."""
+    and ``skipped``: the unreadable shards skipped, the samples repeated to keep the ranks in step, the undecodable
+    training images replaced and the undecodable validation images left out. With an EMA (``ema``), eval_* are the
+    EMA's, as in timm's summary, and the trained weights' own are raw_eval_*."""
     evals = {**_rounded("eval", ema), **_rounded("raw_eval", val)} if ema is not None else _rounded("eval", val)
     return {EPOCH: progress.epoch, STEP: progress.step, "lr": lr, **_rounded("train", train), **evals,
-            "bad_shards": skipped[0], "repeated_samples": skipped[1]}
+            "bad_shards": skipped[0], "repeated_samples": skipped[1], "replaced_undecodable": skipped[2],
+            "val_undecodable_left_out": skipped[3]}
 
 
 def read_summary(path: Path) -> list[dict]:
