@@ -76,6 +76,7 @@ def test_resuming_another_runs_state_into_an_existing_run_is_refused(toy, tmp_pa
     assert tree_digest(b) == before
     proc = _start(toy, tmp_path / "c", "--resume", str(state))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {state}: epoch 0, batch 1, step 1" in proc.stderr  # A's first state, continued in c
 
 
 def test_a_state_moved_out_of_its_run_is_checked_against_the_settings_saved_with_it(toy, tmp_path):

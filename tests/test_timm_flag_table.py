@@ -1,7 +1,8 @@
 """docs/timm-compat.md's table of timm train.py's flags is this package's, and every flag it marks supported (or
 differing) reaches what it names: a run is built in-process with the flag set away from its default, and the value is
 found where timm's train.py hands it (timm.create_model, the data config, create_transform, the optimizer and scheduler
-factories, Mixup, the loss, the streams, the model), or a named test checks it by its effect on a run."""
+factories, Mixup, the loss, the streams, the model), or a named test passes the flag (in its own source, or a
+constant or fixture of its module that it names) and checks its effect on a run."""
 from __future__ import annotations
 
 import ast
@@ -21,13 +22,11 @@ TESTS = Path(__file__).parent
 BY_TEST = {
     "config": "test_timm_flag_table.py::test_timms_args_yaml_is_a_config",
     "data_dir": "test_validation_split.py::test_val_holdout_carves_a_fixed_validation_split_disjoint_from_training",
-    "dataset": "test_train_fcl.py::test_every_training_sample_is_read_once_per_epoch_across_ranks",
-    "train_split": "test_validation_split.py::test_the_test_split_named_is_used_and_the_run_folder_says_so",
     "val_split": "test_validation_split.py::test_the_test_split_named_is_used_and_the_run_folder_says_so",
     "pretrained": "test_finetune.py::test_matching_classes_keep_the_exports_classifier_and_logits",
     "pretrained_path": "test_finetune.py::test_the_exports_data_config_is_the_runs_unless_flags_override_it",
     "initial_checkpoint": "test_train_fcl.py::test_bad_inputs_give_one_error_line_and_keep_what_was_saved",
-    "resume": "test_run_guards.py::test_resume_mid_epoch_with_other_workers_ends_with_the_weights_of_the_straight_run",
+    "resume": "test_run_ownership.py::test_resuming_another_runs_state_into_an_existing_run_is_refused",
     "torchcompile": "test_train_fcl.py::test_cheaper_mode_and_compile_flags_reach_the_regularizer",
     "amp": "test_timm_flags.py::test_amp_is_bf16_autocast_on_cpu_and_clip_modes_clip",
     "clip_grad": "test_timm_flags.py::test_amp_is_bf16_autocast_on_cpu_and_clip_modes_clip",
@@ -52,11 +51,34 @@ BY_TEST = {
 
 
 @functools.lru_cache(maxsize=None)
-def _test_names(path: Path) -> frozenset:
+def _test_source(path: Path, name: str) -> str:
+    """The source of test ``name`` in ``path`` and of the module-level functions, fixtures and constants it names
+    (its flags often sit in a shared argv list or a fixture); empty when there is no such test."""
     if not path.exists():
-        return frozenset()
-    return frozenset(node.name for node in ast.walk(ast.parse(path.read_text()))
-                     if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"))
+        return ""
+    text = path.read_text()
+    top = {}
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            top[node.name] = node
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    top[target.id] = node
+        elif isinstance(node, ast.ImportFrom) and node.module and (path.parent / f"{node.module}.py").exists():
+            helper = (path.parent / f"{node.module}.py").read_text()
+            for sub in ast.parse(helper).body:  # constants and helpers of the tests' own modules (train_helpers)
+                names = [sub.name] if isinstance(sub, (ast.FunctionDef, ast.ClassDef)) else [
+                    t.id for t in getattr(sub, "targets", []) if isinstance(t, ast.Name)]
+                for key in names:
+                    if key in {a.asname or a.name for a in node.names}:
+                        top[key] = ast.get_source_segment(helper, sub)
+    test = top.get(name)
+    if not isinstance(test, ast.FunctionDef) or not name.startswith("test_"):
+        return ""
+    used = {n.id for n in ast.walk(test) if isinstance(n, ast.Name)} | {a.arg for a in test.args.args}
+    return "\n".join(node if isinstance(node, str) else ast.get_source_segment(text, node)
+                     for key, node in top.items() if key == name or key in used)
 
 
 class Spies:
@@ -191,13 +213,15 @@ def _group_adamw(toy, tmp_path, monkeypatch) -> dict:
     """The optimizer's own settings and the lr from --lr-base; --input-size and --no-aug."""
     argv = ["--model", "resnet18", "--input-size", "3", "24", "24", "--opt", "adamw", "--opt-eps", "1e-6",
             "--opt-betas", "0.8", "0.95", "--lr-base", "0.2", "--lr-base-size", "512", "--lr-base-scale", "linear",
-            "-b", "16", "--no-aug", "--workers", "0"]
+            "-b", "16", "--no-aug", "--workers", "0", "--train-split", "validation"]
     _, data, _, s = _build(toy, tmp_path, monkeypatch, argv)
     o, t = s.kwargs("optimizer"), s.kwargs("transform", 0)
     return {"opt_eps": o["eps"] == 1e-6, "opt_betas": list(o["betas"]) == [0.8, 0.95],
             "lr_base": o["lr"] == pytest.approx(0.2 * 16 / 512), "lr_base_size": o["lr"] == pytest.approx(0.00625),
             "lr_base_scale": o["lr"] != pytest.approx(0.2 * math.sqrt(16 / 512)),
-            "input_size": tuple(data.data_config["input_size"]) == (3, 24, 24), "no_aug": t["no_aug"] is True}
+            "input_size": tuple(data.data_config["input_size"]) == (3, 24, 24), "no_aug": t["no_aug"] is True,
+            "train_split": len(data.train.source) == 64 == len(data.val.source),  # the toy's 64 validation images
+            "dataset": type(data.train.source).__name__ == "WdsSource"}  # _build's --dataset wds/toy: the shards
 
 
 def _group_mixup(toy, tmp_path, monkeypatch) -> dict:
@@ -262,7 +286,7 @@ def test_every_supported_flag_reaches_what_it_names(reached):
 
     by_test = BY_TEST
     missing, failed = [], []
-    for _, dest, _ in TIMM_TRAIN_FLAGS:
+    for options, dest, _ in TIMM_TRAIN_FLAGS:
         if status(dest) == "not supported":
             continue
         if dest in reached:
@@ -270,8 +294,11 @@ def test_every_supported_flag_reaches_what_it_names(reached):
                 failed.append(dest)
         elif dest in by_test:
             file, name = by_test[dest].split("::")
-            if name not in _test_names(TESTS / file):
+            source = _test_source(TESTS / file, name)
+            if not source:
                 missing.append(f"{dest} (its test {by_test[dest]} does not exist)")
+            elif not any(f'"{option}"' in source for option in options):
+                missing.append(f"{dest} (its test {by_test[dest]} never passes {' / '.join(options)})")
         else:
             missing.append(dest)
     assert not failed, f"these flags did not reach what they name: {failed}"
@@ -304,9 +331,13 @@ def test_timms_args_yaml_is_a_config(tmp_path, caplog):
 
 
 def test_dataset_download_reaches_torchvision(tmp_path, monkeypatch):
-    """--dataset-download lets timm's create_dataset download a torch/ set (nothing is downloaded here)."""
+    """--dataset-download lets timm's create_dataset download a torch/ set (nothing is downloaded here): the flag, read
+    by train_fcl.py's parser, reaches the sources it opens; without it a missing folder is refused before torchvision
+    is asked."""
     import timm.data
-    from timm_fcl.data import create_source
+    from accelerate import Accelerator
+    from timm_fcl.training.build import open_sources
+    from train_fcl import parse_args
 
     seen = []
 
@@ -315,8 +346,9 @@ def test_dataset_download_reaches_torchvision(tmp_path, monkeypatch):
         raise RuntimeError("no network in tests")
 
     monkeypatch.setattr(timm.data, "create_dataset", refuse_download)
-    for download in (True, False):
+    for flags in (["--dataset-download"], []):
+        args = parse_args(["--model", "resnet18", "--dataset", "torch/cifar10", "--data-dir",
+                           str(tmp_path / "absent"), "--output", str(tmp_path / "run"), *flags])
         with pytest.raises(Exception):
-            create_source("torch/cifar10", str(tmp_path / "absent" if not download else tmp_path), "train",
-                          download=download)
-    assert seen == [True]  # without --dataset-download a missing folder is refused before torchvision is asked
+            open_sources(args, Accelerator(cpu=True))
+    assert seen == [True]
