@@ -173,11 +173,40 @@ def eval_results_of(rows: list, dataset: str, result: Optional[dict] = None) -> 
                        metric_name=metric, metric_value=round(value, 4)) for suite, metric, value, _ in rows]
 
 
+def zoo_entry_of(path: str) -> Optional[tuple[str, str]]:
+    """(zoo tag, Hub repository) when ``path`` is the weights file of an entry of the zoo installed with timm-fcl (its
+    folder named as the tag, e.g. ``.../resnet20_cifar.xe_pretrain_cifar10/model.safetensors``); where the file is
+    still there its bytes must be the installed entry's. None for any other file."""
+    import timm
+
+    from timm_fcl.models.zoo import installed_weights
+    from timm_fcl.run.atomic import file_sha256
+
+    file, name = Path(path), Path(path).parent.name
+    zoo_weights = installed_weights(name) if "." in name and file.name == "model.safetensors" else None
+    if zoo_weights is None:
+        return None
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm's answer to a tag it does not know
+        return None
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    if file.is_file() and file_sha256(file) != file_sha256(zoo_weights):
+        return None
+    return name, cfg.hf_hub_id
+
+
 def base_model(train_args: dict) -> tuple[Optional[str], str]:
     """The Hub id a fine-tune started from (None for a local file or a run from scratch) and a sentence saying so.
-    Local files are named by their file name only, never by their path."""
+    Local files are named by their file name only, never by their path; the weights of a zoo entry are named by the
+    entry's Hub repository."""
     model = str(train_args.get("model") or "")
     for flag in ("initial_checkpoint", "pretrained_path"):
+        if train_args.get(flag) and (entry := zoo_entry_of(str(train_args[flag]))):
+            name, hub_id = entry
+            return hub_id, (f"Fine-tuned from [{hub_id}](https://huggingface.co/{hub_id}) (the zoo's `{name}`, "
+                            f"read from its local weights file by `--{flag.replace('_', '-')}`).")
         if train_args.get(flag):
             return None, (f"Fine-tuned from the local weights file `{Path(train_args[flag]).name}` "
                           f"(`--{flag.replace('_', '-')}`, not on the Hub, so no `base_model`).")

@@ -315,6 +315,30 @@ def test_base_model_of_fine_tunes():
     assert yaml.safe_load(text.split("---\n")[1])["base_model"] == "org/base"
 
 
+def test_a_fine_tune_of_a_zoo_entry_names_the_entrys_hub_repository(tmp_path):
+    """The zoo's continuations start from the zoo's pre-training by --initial-checkpoint, a local file: the card names
+    that entry's Hub repository as base_model when the file is the entry's weights (by its folder's tag, and by its
+    bytes where the file is still there), and never for other bytes or another folder."""
+    import timm
+
+    import timm_fcl  # noqa: F401  (registers the zoo's tags)
+    from hfhub.model_card import base_model
+
+    tag = "resnet20_cifar.xe_pretrain_cifar10"
+    hub_id = timm.models.get_pretrained_cfg(tag).hf_hub_id
+    moved = {"model": "resnet20_cifar", "initial_checkpoint": f"/elsewhere/zoo/{tag}/model.safetensors"}
+    assert base_model(moved)[0] == hub_id and f"the zoo's `{tag}`" in base_model(moved)[1]
+    copy = tmp_path / tag / "model.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(ROOT / "zoo" / tag / "model.safetensors", copy)
+    assert base_model({"initial_checkpoint": str(copy)})[0] == hub_id  # the same bytes
+    copy.write_bytes(copy.read_bytes()[:-4] + b"\0\0\0\0")
+    hub, sentence = base_model({"initial_checkpoint": str(copy)})
+    assert hub is None and "local weights file `model.safetensors`" in sentence  # other bytes: not the entry
+    assert base_model({"initial_checkpoint": "/x/resnet20_cifar.no_such_tag/model.safetensors"})[0] is None
+    assert base_model({"initial_checkpoint": f"/x/{tag}/other.safetensors"})[0] is None
+
+
 def one_line_refusal(argv, capsys) -> str:
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
