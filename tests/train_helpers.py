@@ -85,15 +85,18 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def stacks_then_kill(proc: subprocess.Popen) -> str:
-    """SIGABRT to ``proc`` and every process under it (faulthandler prints each one's thread stacks on it), then
-    SIGKILL to whatever is left; returns the captured stderr."""
+    """SIGABRT to ``proc`` and every process under it (faulthandler prints each one's thread stacks on it), one
+    process at a time so that stacks written to one shared stderr do not interleave, then SIGKILL to whatever is
+    left; returns the captured stderr."""
     import psutil
 
     tree = psutil.Process(proc.pid).children(recursive=True)[::-1] + [psutil.Process(proc.pid)]  # workers first
     for p in tree:
         try:
             p.send_signal(signal.SIGABRT)
-        except psutil.NoSuchProcess:
+            if p.pid != proc.pid:  # the command's own stderr is read by communicate() below
+                p.wait(timeout=10)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
             pass
     try:
         return proc.communicate(timeout=30)[1]
