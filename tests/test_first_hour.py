@@ -196,6 +196,7 @@ def test_eval_refuses_an_unknown_model_before_any_shard_is_opened(toy, tmp_path,
 
 
 # ---------------------------------------------------------------------------------------------- fine-tuning recipe
+@pytest.mark.slow  # about 95 s of training and a 10,000-image validation: `pytest -m slow`
 @pytest.mark.skipif(not (CIFAR_WDS / "_info.json").exists(), reason=f"CIFAR-10 shards not found at {CIFAR_WDS}")
 def test_the_docs_fine_tuning_recipe_keeps_the_zoo_pretrainings_accuracy(tmp_path):
     """The fine-tuning recipe of the docs, run for 64 steps of 64 CIFAR-10 images from the zoo's pre-training, keeps
