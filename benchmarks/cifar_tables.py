@@ -6,8 +6,8 @@
 
 It reads the results JSONs that benchmarks/cifar_robustness.py wrote under --results/PROTOCOL/ (every accuracy in
 percent; a file in another unit is refused) and writes, beside them, tables.md (Tables 2 and 3 with the paired
-differences, the per-corruption differences, the training times, FCL every 4 steps against full FCL, the results at
-settings the validation sweep superseded, the protocol check) and a PNG per table; --readme FILE copies Tables 2 and 3
+differences, the per-corruption differences, the training times, FCL every 4 and every 16 steps against full FCL, the results at
+settings the validation sweep superseded, each method's tuning budget, the protocol check) and a PNG per table; --readme FILE copies Tables 2 and 3
 into a markdown file, --headline FILE writes the compact table of the paper's methods (the root README's). It only
 reads results: a result at settings its method no longer takes is left where it is and shown among the superseded ones.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from cifar_common import (INTERVAL_METHOD, METHODS, GROUPS, MIN_GAUSS_GAIN, Bench, add_protocol_arguments, hp_key,
-                          load_runs, paired_interval, superseded, t2_value, t3_value)
+                          load_runs, paired_interval, superseded, sweep_result, sweeps, t2_value, t3_value,
+                          takes_paper_settings)
 
 # (method, baseline) of the paired-difference rows: every method against XE and XE+Gaussian, Patch Gaussian + FCL
 # against Patch Gaussian + XE, and the FCL variants (every n, other_class, random selection) against full FCL
@@ -29,6 +30,7 @@ PAIRS = tuple((n, base) for base in ("xe", "xe_gauss") for n in METHODS if n != 
     ("pg_fcl", "pg_xe"), ("fcl_every4", "fcl"), ("fcl_other", "fcl"), ("fcl_random", "fcl"), ("fcl_every16", "fcl"))
 T2_COLUMNS = (("clean", "Clean"), ("un", "UN"), ("nun", "NUN"))
 T3_COLUMNS = (("mean", "mean of 19"),) + tuple((g, g) for g in GROUPS)
+EVERY_MODES = ("fcl_every4", "fcl_every16")  # FCL's term every n steps, each against full FCL
 CORRUPTION_PAIRS = (("fcl", "xe"), ("xe_gauss", "xe"), ("cl_gauss", "xe"), ("pg_fcl", "pg_xe"), ("fcl_other", "fcl"))
 README_BEGIN = "<!-- benchmarks/cifar_tables.py --readme writes from here -->"
 README_END = "<!-- to here -->"
@@ -185,35 +187,60 @@ def format_costs(runs: dict) -> str:
     return "\n".join(lines)
 
 
-def format_every4(runs: dict) -> str:
-    """The cheap mode against full FCL over the seeds both share with XE: each one's paired gain over XE on UN, NUN and
-    the CIFAR-10-C mean, the share of full FCL's gain that every 4 steps keeps, and the training time per epoch of
-    each seed (not averaged: runs of one seed may have trained under other conditions than those of the next)."""
-    seeds = sorted(set(runs.get("fcl_every4") or {}) & set(runs.get("fcl") or {}) & set(runs.get("xe") or {}))
+def format_every(runs: dict, name: str = "fcl_every4") -> str:
+    """A cheap mode (FCL's term every n steps) against full FCL over the seeds both share with XE: each one's paired
+    gain over XE on UN, NUN and the CIFAR-10-C mean, the share of full FCL's gain that every n steps keeps, and the
+    training time per epoch of each seed (not averaged: runs of one seed may have trained under other conditions than
+    those of the next)."""
+    n = dict(METHODS[name].extra)["every"]
+    seeds = sorted(set(runs.get(name) or {}) & set(runs.get("fcl") or {}) & set(runs.get("xe") or {}))
     if not seeds:
         return ""
     columns = ((t2_value, "un"), (t2_value, "nun"), (t3_value, "mean"))
 
-    def gain(name: str, value, column: str) -> float:
-        return statistics.mean(value(runs[name][s], column) - value(runs["xe"][s], column) for s in seeds)
+    def gain(method: str, value, column: str) -> float:
+        return statistics.mean(value(runs[method][s], column) - value(runs["xe"][s], column) for s in seeds)
 
-    def epoch_seconds(name: str, seed: int) -> float:
-        return runs[name][seed]["train_seconds"] / runs[name][seed]["continue_epochs"]
+    def epoch_seconds(method: str, seed: int) -> float:
+        return runs[method][seed]["train_seconds"] / runs[method][seed]["continue_epochs"]
 
-    lines = [f"### FCL every 4 steps against full FCL (seeds {', '.join(map(str, seeds))})", "",
+    lines = [f"### FCL every {n} steps against full FCL (seeds {', '.join(map(str, seeds))})", "",
              "| | UN - XE | NUN - XE | C mean - XE |", "| --- | --- | --- | --- |"]
-    for name in ("fcl", "fcl_every4"):
-        lines.append(f"| {METHODS[name].label} | " + " | ".join(f"{gain(name, value, column):+.2f}"
-                                                                 for value, column in columns) + " |")
-    shares = [gain("fcl_every4", value, column) / full if (full := gain("fcl", value, column)) else float("nan")
+    for method in ("fcl", name):
+        lines.append(f"| {METHODS[method].label} | " + " | ".join(f"{gain(method, value, column):+.2f}"
+                                                                   for value, column in columns) + " |")
+    shares = [gain(name, value, column) / full if (full := gain("fcl", value, column)) else float("nan")
               for value, column in columns]
-    lines.append("| every 4 / full | " + " | ".join(f"{v:.2f}" for v in shares) + " |")
-    per_seed = ", ".join(f"seed {s} {epoch_seconds('fcl_every4', s):.0f} / {epoch_seconds('fcl', s):.0f} "
-                         f"({epoch_seconds('fcl_every4', s) / epoch_seconds('fcl', s):.2f})" for s in seeds)
-    lines += ["", f"Training seconds per epoch, every 4 / full: {per_seed}. A ratio means something only where both "
-              "runs trained under the same conditions (threads, runs side by side); `benchmarks/README.md` has the "
-              "step times of both, measured in one run."]
+    lines.append(f"| every {n} / full | " + " | ".join(f"{v:.2f}" for v in shares) + " |")
+    per_seed = ", ".join(f"seed {s} {epoch_seconds(name, s):.0f} / {epoch_seconds('fcl', s):.0f} "
+                         f"({epoch_seconds(name, s) / epoch_seconds('fcl', s):.2f})" for s in seeds)
+    lines += ["", f"Training seconds per epoch, every {n} / full: {per_seed}. A ratio means something only where "
+              "both runs trained under the same conditions (threads, runs side by side); `benchmarks/README.md` has "
+              "the step times of both, measured in one run."]
     return "\n".join(lines)
+
+
+def format_cheap_modes(runs: dict) -> str:
+    """Every cheap mode that has runs (every 4, every 16) against full FCL, one table each."""
+    return "\n\n".join(t for name in EVERY_MODES if (t := format_every(runs, name)))
+
+
+def tuning_budget(b: Bench) -> str:
+    """How many settings each method was chosen among: those of its grid scored on validation (seed 0) before the
+    choice; a method that takes Appendix B's settings (or has a grid of one) had no sweep."""
+    grid = sweeps(b)
+    cells = []
+    for name, method in METHODS.items():
+        if method.settings_from:
+            continue
+        tried = sum(sweep_result(b, name, hp).exists() for hp in grid[name])
+        if len(grid[name]) == 1 or takes_paper_settings(b, name):
+            cells.append(f"{method.label} none (fixed settings)")
+        else:
+            cells.append(f"{method.label} {tried} of {len(grid[name])}")
+    variants = ", ".join(m.label for m in METHODS.values() if m.settings_from)
+    return (f"Tuning budget (settings scored on validation, seed 0, under the {getattr(b.args, 'grid', None) or 'published'}"
+            f" grid): {'; '.join(cells)}. {variants} take their base method's choice, untuned.")
 
 
 def protocol_check(runs: dict) -> str:
@@ -230,7 +257,7 @@ def protocol_check(runs: dict) -> str:
 
 def readme_block(b: Bench, runs: dict, readme: Path, header: str, tables: list[str]) -> str:
     """The README's copy of the results: Tables 2 and 3 with their paired differences and PNGs, the training
-    times and the every-4 comparison; per-corruption and superseded results stay in tables.md (linked)."""
+    times, the cheap modes against full FCL and the tuning budget; per-corruption and superseded results stay in tables.md (linked)."""
     def link(name: str) -> str:
         return os.path.relpath(b.protocol_results / name, readme.parent).replace(os.sep, "/")
 
@@ -238,9 +265,9 @@ def readme_block(b: Bench, runs: dict, readme: Path, header: str, tables: list[s
     for table, png in zip(tables, ("table2.png", "table3.png")):
         parts += [table.replace("### ", "#### ", 1), f"![{table.splitlines()[0][4:].split(':')[0]}]({link(png)})"]
     parts += [format_costs(runs).replace("### ", "#### ", 1)]
-    every4 = format_every4(runs)
-    parts += [every4.replace("### ", "#### ", 1)] if every4 else []
-    parts += [protocol_check(runs), f"Per corruption, and the results superseded by the validation sweep's "
+    cheap = format_cheap_modes(runs)
+    parts += [cheap.replace("### ", "#### ")] if cheap else []
+    parts += [tuning_budget(b), protocol_check(runs), f"Per corruption, and the results superseded by the validation sweep's "
               f"choice: [tables.md]({link('tables.md')})."]
     return "\n\n".join(parts)
 
@@ -293,11 +320,11 @@ def write_tables(b: Bench, readme: Optional[Path] = None, headline: Optional[Pat
     text = header + "\n\n".join(tables)
     per_corruption = format_per_corruption(runs)
     text += ("\n\n" + per_corruption if per_corruption else "") + "\n\n" + format_costs(runs)
-    every4 = format_every4(runs)
-    text += "\n\n" + every4 if every4 else ""
+    cheap = format_cheap_modes(runs)
+    text += "\n\n" + cheap if cheap else ""
     earlier = format_earlier(b)
     text += "\n\n" + earlier if earlier else ""
-    text += "\n\n" + protocol_check(runs)
+    text += "\n\n" + tuning_budget(b) + "\n\n" + protocol_check(runs)
     print(text)
     out = b.protocol_results
     out.mkdir(parents=True, exist_ok=True)  # beside the JSON files they are made from

@@ -208,6 +208,7 @@ def test_tables_fill_the_readme_between_its_markers_and_leave_the_rest(smoke, tm
     text = readme.read_text()
     assert text.startswith(above + tables.README_BEGIN + "\n") and text.endswith(tables.README_END + below)
     assert "last run's tables" not in text and "#### Table 2: " in text and "#### Table 3: " in text
+    assert "Tuning budget (settings scored on validation" in text
     written = (root / "results" / "lr0.01-e1" / "tables.md").read_text()
     rows = [line for line in written.splitlines() if line.startswith(("| FCL | 1 |", "| FCL | XE |"))]
     assert len(rows) == 5 and all(row in text for row in rows)  # its rows and pairs in Tables 2, 3 and the times
@@ -328,14 +329,16 @@ def test_training_time_table_gives_the_mean_per_method_its_ratio_to_xe_and_the_t
     assert numbers(total)[:3] == [3, round((100 + 300 + 500) / 3600, 1), round(3600 / 3600, 1)]
 
 
-def test_every4_keeps_its_share_of_full_fcls_paired_gain_and_reports_its_epoch_time():
+@pytest.mark.parametrize("n", [4, 16])
+def test_every_n_keeps_its_share_of_full_fcls_paired_gain_and_reports_its_epoch_time(n):
     def entry(un, nun, mean, seconds):
         return {"un": un, "nun": nun, "c10c": {"mean": mean}, "train_seconds": seconds, "continue_epochs": 10}
 
     runs = {"xe": {0: entry(30, 30, 60, 100), 1: entry(40, 20, 70, 100)},
             "fcl": {0: entry(50, 40, 70, 400), 1: entry(60, 40, 70, 600), 2: entry(90, 90, 90, 9000)},
-            "fcl_every4": {0: entry(40, 30, 65, 100), 1: entry(56, 35, 72, 200)}}
-    table = tables.format_every4(runs)
+            f"fcl_every{n}": {0: entry(40, 30, 65, 100), 1: entry(56, 35, 72, 200)}}
+    table = tables.format_every(runs, f"fcl_every{n}")
+    assert table.startswith(f"### FCL every {n} steps against full FCL")
     assert table.splitlines()[0].endswith("(seeds 0, 1)")  # seed 2 has no twin: left out
 
     def gain(name, key):  # the paired gain over XE, mean over seeds 0 and 1
@@ -343,16 +346,34 @@ def test_every4_keeps_its_share_of_full_fcls_paired_gain_and_reports_its_epoch_t
         return statistics.mean(value(runs[name][s]) - value(runs["xe"][s]) for s in (0, 1))
 
     full = [gain("fcl", k) for k in ("un", "nun", "mean")]
-    cheap = [gain("fcl_every4", k) for k in ("un", "nun", "mean")]
+    cheap = [gain(f"fcl_every{n}", k) for k in ("un", "nun", "mean")]
     assert numbers(" ".join(row(table, "FCL"))) == [round(v, 2) for v in full]
-    assert numbers(" ".join(row(table, "FCL every 4"))) == [round(v, 2) for v in cheap]
-    assert numbers(" ".join(row(table, "every 4 / full"))) == [round(c / f, 2) for c, f in zip(cheap, full)]
+    assert numbers(" ".join(row(table, f"FCL every {n}"))) == [round(v, 2) for v in cheap]
+    assert numbers(" ".join(row(table, f"every {n} / full"))) == [round(c / f, 2) for c, f in zip(cheap, full)]
     # per seed, never averaged over seeds: seed 0's runs may have shared the machine, seed 1's not
     times = table.splitlines()[-1]
     for seed in (0, 1):
-        mine, theirs = (runs[n][seed]["train_seconds"] / 10 for n in ("fcl_every4", "fcl"))
+        mine, theirs = (runs[m][seed]["train_seconds"] / 10 for m in (f"fcl_every{n}", "fcl"))
         assert f"seed {seed} {mine:.0f} / {theirs:.0f} ({mine / theirs:.2f})" in times
-    assert tables.format_every4({"xe": runs["xe"], "fcl": runs["fcl"]}) == ""
+    assert tables.format_every(runs, f"fcl_every{20 - n}") == ""  # the other mode has no runs: no table
+    assert tables.format_cheap_modes(runs) == table
+
+
+def test_tuning_budget_counts_the_settings_each_method_was_scored_at_on_validation(tmp_path):
+    b = parse(["--results", str(tmp_path), "--grid", "equal-budget", "--paper-settings", "pg_fcl"])
+    for name, count in (("xe", 1), ("xe_gauss", 5), ("cl_gauss", 2), ("fcl", 3)):
+        for hp in common.EQUAL_BUDGET[name][:count]:
+            common.write_json(common.sweep_result(b, name, hp), entry(hp, 90.0, 30.0, 30.0))
+    # a result at a setting outside the grid is no part of the budget
+    common.write_json(common.sweep_result(b, "fcl", {"k": 8}), entry({"k": 8}, 90.0, 30.0, 30.0))
+    line = tables.tuning_budget(b)
+    assert "under the equal-budget grid" in line
+    for cell in ("XE none (fixed settings)", "XE+Gaussian 5 of 6", "CL+Gaussian 2 of 2", "FCL 3 of 5",
+                 "PG+XE none (fixed settings)", "PG+FCL none (fixed settings)"):
+        assert cell in line
+    assert "FCL every 4, FCL other_class, FCL random selection, FCL every 16 take their base method's choice" in line
+    published = tables.tuning_budget(parse(["--results", str(tmp_path), "--paper-settings", "pg_fcl"]))
+    assert "XE+Gaussian 3 of 3" in published and "CL+Gaussian 2 of 4" in published and "FCL 3 of 4" in published
 
 
 def test_per_corruption_differences_are_paired_means_in_the_order_of_fcls_gain():
