@@ -241,8 +241,10 @@ def is_current(b: Bench, entry: Optional[dict]) -> bool:
 
 
 def result_done(b: Bench, name: str, seed: int) -> bool:
-    """Whether the method's seed is evaluated at the settings it takes now."""
-    return is_current(b, read_result(run_result(b, name, seed)))
+    """Whether the method's seed is evaluated at the settings it takes now (with --redo-without-hits: and its result
+    keeps the per-image hits; an older one, without them, is to be trained and evaluated again)."""
+    entry = read_result(run_result(b, name, seed))
+    return is_current(b, entry) and ("hits" in entry or not getattr(b.args, "redo_without_hits", False))
 
 
 def load_runs(b: Bench) -> dict:

@@ -26,6 +26,7 @@ Parts (each resumable; a finished run's results JSON under benchmarks/results/ci
     python benchmarks/cifar_robustness.py --part carve pretrain           # held-out split + shared XE pre-training
     python benchmarks/cifar_robustness.py --part sweep --methods xe xe_gauss fcl   # validation sweep (seed 0)
     python benchmarks/cifar_robustness.py --part continue eval --eval-each --seeds 0 1 2
+    python benchmarks/cifar_robustness.py --part continue eval --eval-each --redo-without-hits --methods xe  # again
     python benchmarks/cifar_tables.py --readme benchmarks/cifar_robustness/README.md --headline README.md  # tables
     python benchmarks/cifar_zoo.py                                        # the zoo (also --part tables zoo here)
 
@@ -441,6 +442,7 @@ def evaluate_runs(b: Part, group: list[tuple[str, int, Path]], threads: Optional
             continue
         write_json(run / run_folder.EVAL_RESULTS, {run.name: merged})  # the run folder's own results (cards)
         flags = run_folder.read_args(run)
+        repeats = repeated_numbers(b, name, seed)
         set_aside(b, name, seed)
         write_json(run_result(b, name, seed), {
             "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
@@ -448,9 +450,36 @@ def evaluate_runs(b: Part, group: list[tuple[str, int, Path]], threads: Optional
             "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
             "eval_precision": a.eval_precision,
             "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])), **protocol_fields(b),
-            "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit()})
+            "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit(),
+            **({"repeats": repeats} if repeats else {})})
+        if repeats:
+            report_repeat(read_result(run_result(b, name, seed)))
         if seed == ZOO_SEED and name in ZOO_TAGS:  # exported now: the run folder does not outlive the part
             export_to_zoo(b, run, b.zoo_dir(name))
+
+
+REPEATED = ("clean", "un", "nun")
+
+
+def repeated_numbers(b: Part, name: str, seed: int) -> Optional[dict]:
+    """The numbers (and commit) of the result this evaluation replaces at the same settings: a run trained again with
+    --redo-without-hits, whose numbers must agree with them (a seed's training is deterministic)."""
+    old = read_result(run_result(b, name, seed))
+    if old is None or old["hp"] != chosen_hp(b, name):
+        return None
+    return {**{k: old[k] for k in REPEATED}, "c10c_mean": (old.get("c10c") or {}).get("mean"),
+            "commit": old.get("commit")}
+
+
+def report_repeat(entry: dict) -> None:
+    """Print how the numbers of a repeated run compare with those it replaced (percent points)."""
+    old = entry["repeats"]
+    pairs = [(k, entry[k], old[k]) for k in REPEATED] + [("c10c mean", (entry.get("c10c") or {}).get("mean"),
+                                                         old["c10c_mean"])]
+    diffs = ", ".join(f"{k} {new:.2f} vs {was:.2f}" for k, new, was in pairs if new is not None and was is not None)
+    same = all(abs(new - was) < 0.005 for _, new, was in pairs if new is not None and was is not None)
+    print(f"  {entry['method']} seed {entry['seed']} trained again: {diffs} "
+          f"({'the same numbers' if same else 'NOT the same numbers'})", flush=True)
 
 
 def evaluate_test(b: Part, runs: list[Path], out: Path, threads: Optional[int] = None) -> dict:
@@ -500,6 +529,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", nargs="+", help="generate only these (default: all 19)")
     p.add_argument("--eval-group", type=int, default=3,
                    help="models per command of --part eval (a sweep scores each run as soon as it is trained)")
+    p.add_argument("--redo-without-hits", action="store_true", help="with --part continue eval: a result at the "
+                   "settings its method takes now but without per-image hits (older JSONs) is trained and evaluated "
+                   "again; the new JSON keeps the old numbers under 'repeats' (a seed's training is deterministic, so "
+                   "they must agree) and adds the hits")
     p.add_argument("--eval-each", action="store_true", help="with --part continue eval: evaluate each run as soon as "
                    "it is trained, in its job's slot (a part cut short keeps every run it finished)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),

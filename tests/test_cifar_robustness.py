@@ -597,3 +597,56 @@ def test_equal_budget_grid_extends_every_method_and_the_plan_parts_run_in_order(
     assert scored["train_pull"] == 0.25 and scored["clean"] == 50.0
     with pytest.raises(SystemExit, match="--plan-part"):
         bench.main(argv + ["--part", "validate"])
+
+
+def test_redo_without_hits_trains_an_older_result_again_and_keeps_its_numbers_beside_the_new_ones(monkeypatch,
+                                                                                                  tmp_path, capsys):
+    """With --redo-without-hits, a result at the current settings but without per-image hits is not done: it is
+    trained and evaluated again, and the new JSON (with hits) keeps the old numbers under ``repeats``; one with hits
+    stays done, and without the flag nothing is redone."""
+    argv = ["--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--jobs", "1", "--seeds", "1",
+            "--methods", "xe", "xe_gauss", "--paper-settings", "xe_gauss"]
+    b = bench.Part(bench.get_args_parser().parse_args(argv))
+    redo = bench.Part(bench.get_args_parser().parse_args(argv + ["--redo-without-hits"]))
+    old = {"method": "xe", "seed": 1, "hp": {}, "unit": "percent", "clean": 90.0, "un": 30.0, "nun": 20.0,
+           "c10c": {"mean": 70.0}, "commit": "a" * 40}
+    common.write_json(common.run_result(b, "xe", 1), old)
+    gauss_hp = common.chosen_hp(b, "xe_gauss")
+    common.write_json(common.run_result(b, "xe_gauss", 1), {**old, "method": "xe_gauss", "hp": gauss_hp,
+                                                            "hits": {"clean": "AA=="}})
+    todo = []
+    monkeypatch.setattr(bench, "train_all", lambda b, runs, after=None: todo.extend(runs))
+    bench.part_continue(b)
+    assert todo == []
+    bench.part_continue(redo)
+    assert todo == [("xe", {}, 1)]  # XE+Gaussian kept its hits: done
+
+    run = redo.run_dir("xe", {}, 1)
+    run.mkdir(parents=True)
+    checkpoint = tmp_path / "start.safetensors"
+    checkpoint.write_bytes(b"weights")
+    common.write_json(run / "bench_wall.json", {"seconds": 12.0})
+    monkeypatch.setattr(bench.run_folder, "read_args", lambda r: {"initial_checkpoint": str(checkpoint)})
+    monkeypatch.setattr(bench, "last_epoch", lambda r: {"val_top1": 50.0})
+    right = {"clean": [True] * 9 + [False], "un": [True] * 3 + [False] * 7, "nun": [True] * 2 + [False] * 8}
+
+    def evaluate_test(b, runs, out, threads=None):
+        rows = [{"suite": s, "severity": 0, "accuracy": 100 * sum(h) / len(h), "hits": pack_hits(h), "total": len(h)}
+                for s, h in right.items()]
+        return {r.name: {"unit": "percent", "rows": rows, "summaries": {}} for r in runs}
+
+    monkeypatch.setattr(bench, "evaluate_test", evaluate_test)
+    capsys.readouterr()
+    bench.evaluate_runs(redo, [("xe", 1, run)])
+    new = json.loads(common.run_result(b, "xe", 1).read_text())
+    assert unpack_hits(new["hits"]["un"], 10).tolist() == right["un"] and new["un"] == 30.0
+    assert new["repeats"] == {"clean": 90.0, "un": 30.0, "nun": 20.0, "c10c_mean": 70.0, "commit": "a" * 40}
+    assert "xe seed 1 trained again: clean 90.00 vs 90.00, un 30.00 vs 30.00, nun 20.00 vs 20.00 (the same numbers)" \
+        in capsys.readouterr().out
+    assert not common.earlier_result(b, "xe", {}, 1).exists()  # same settings: replaced, its numbers kept inside
+    bench.part_continue(redo)
+    assert todo == [("xe", {}, 1)]  # now done
+    # a repeat that does not agree says so
+    common.write_json(common.run_result(b, "xe", 1), {**old, "un": 31.0})
+    bench.evaluate_runs(redo, [("xe", 1, run)])
+    assert "un 30.00 vs 31.00" in capsys.readouterr().out.split("NOT the same numbers")[0]
