@@ -6,10 +6,11 @@
 
 It reads the results JSONs that benchmarks/cifar_robustness.py wrote under --results/PROTOCOL/ (every accuracy in
 percent; a file in another unit is refused) and writes, beside them, tables.md (Tables 2 and 3 with the paired
-differences, the per-corruption differences, the training times, FCL every 4 and every 16 steps against full FCL, the results at
-settings the validation sweep superseded, each method's tuning budget, the protocol check) and a PNG per table; --readme FILE copies Tables 2 and 3
-into a markdown file, --headline FILE writes the compact table of the paper's methods (the root README's). It only
-reads results: a result at settings its method no longer takes is left where it is and shown among the superseded ones.
+differences, the per-corruption differences, the training times, FCL every 4 and every 16 steps against full FCL,
+the results at settings the validation sweep superseded, each method's tuning budget, the protocol check) and a PNG
+per table; --readme FILE copies Tables 2 and 3 into a markdown file, --headline FILE writes the compact table of the
+paper's methods (the root README's). It only reads results: a result at settings its method no longer takes is left
+where it is and shown among the superseded ones.
 """
 from __future__ import annotations
 
@@ -239,8 +240,9 @@ def tuning_budget(b: Bench) -> str:
         else:
             cells.append(f"{method.label} {tried} of {len(grid[name])}")
     variants = ", ".join(m.label for m in METHODS.values() if m.settings_from)
-    return (f"Tuning budget (settings scored on validation, seed 0, under the {getattr(b.args, 'grid', None) or 'published'}"
-            f" grid): {'; '.join(cells)}. {variants} take their base method's choice, untuned.")
+    name = getattr(b.args, "grid", None) or "published"
+    return (f"Tuning budget (settings scored on validation, seed 0, under the {name} grid): {'; '.join(cells)}. "
+            f"{variants} take their base method's choice, untuned.")
 
 
 def protocol_check(runs: dict) -> str:
