@@ -40,6 +40,12 @@ def row(table: str, *first: str) -> list:
     return [c.strip() for c in lines[0].strip("|").split("|")][len(first):]
 
 
+# The smoke run's methods: the paper's six and the variants whose tables it checks (every 4, other_class). Random
+# selection and every 16 are FCL with one more flag each (test_every_variant_is_fcls_run_with_its_own_flags); leaving
+# their two trainings out keeps the smoke run under a minute on two cores.
+SMOKE_METHODS = [n for n in common.METHODS if n not in ("fcl_random", "fcl_every16")]
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """Every part but the sweep (paper settings), a few steps per method, on 32 px toy shards; the pre-training and
@@ -55,7 +61,7 @@ def smoke(tmp_path_factory):
             "--pretrain-epochs", "1", "--continue-epochs", "1", "--val-size", "32", "-b", "32", "--train-subset", "64",
             "--val-subset", "16", "--test-samples", "8", "--corruption-samples", "8", "--corruptions",
             "gaussian_noise", "defocus_blur", "--seeds", "0", "--paper-settings", "--threads", "1", "--jobs", "3",
-            "--eval-group", "9", "--part", "carve", "pretrain", "protocol", "continue", "eval", "tables", "zoo"]
+            "--eval-group", "9", "--methods", *SMOKE_METHODS, "--part", "carve", "pretrain", "protocol", "continue", "eval", "tables", "zoo"]
     assert bench.main(argv) == 0
     return root, argv
 
@@ -64,7 +70,7 @@ def test_smoke_run_fills_both_tables_for_every_method(smoke, capsys):
     root, _ = smoke
     results = root / "results" / "lr0.01-e1"
     paper = parse(["--paper-settings"])
-    for name in common.METHODS:
+    for name in SMOKE_METHODS:
         entry = json.loads((results / "runs" / f"{name}-s0.json").read_text())
         assert (entry["continue_lr"], entry["continue_epochs"]) == (0.01, 1) and entry["unit"] == "percent"
         assert entry["method"] == name and entry["hp"] == common.chosen_hp(paper, name)
@@ -79,12 +85,14 @@ def test_smoke_run_fills_both_tables_for_every_method(smoke, capsys):
         counts = unpack_counts(entry["c10c"]["hits_count"])
         assert len(counts) == 8 and 100 * counts.sum() / (8 * 10) == pytest.approx(entry["c10c"]["mean"])
     text = (results / "tables.md").read_text()
-    for name, method in common.METHODS.items():
+    for name in SMOKE_METHODS:
+        method = common.METHODS[name]
         entry = json.loads((results / "runs" / f"{name}-s0.json").read_text())
         cells = row(text, method.label, "1")  # Table 2's row: one seed, its numbers, the paper's
         assert numbers(cells[0]) == [round(entry["clean"], 2)] and numbers(cells[2]) == [round(entry["nun"], 2)]
         assert numbers(cells[3]) == (list(method.paper_t2) if method.paper_t2 else [])
     assert row(text, "FCL", "XE+Gaussian") and row(text, "FCL every 4", "FCL") and row(text, "PG+FCL", "PG+XE")
+    assert "| FCL random selection |" not in text and "| FCL every 16 |" not in text  # variants not run: no rows
     assert "### FCL every 4 steps against full FCL (seeds 0)" in text and row(text, "every 4 / full")
     assert "Protocol check: " in text
     assert (results / "table2.png").stat().st_size > 0 and (results / "table3.png").stat().st_size > 0
@@ -145,6 +153,27 @@ def test_protocol_check_scores_xe_gauss_against_xe_on_validation(smoke):
     # the protocol's runs are the seed-0 continuations the test-set part evaluates: trained once
     assert (b.run_dir("xe_gauss", common.chosen_hp(b, "xe_gauss"), 0) / "bench_wall.json").is_file()
     assert len(list((root / "work" / "runs").glob("xe_gauss-*-s0"))) == 1
+
+
+def test_every_variant_is_fcls_run_with_its_own_flags(tmp_path):
+    """An FCL variant trains with FCL's objective and flags at FCL's settings, plus its own flag (what the smoke run
+    checks by training every 4 and other_class, for the variants it leaves out)."""
+    b = bench.Part(bench.get_args_parser().parse_args(["--zoo", str(tmp_path / "zoo"), "--work", str(tmp_path / "work"),
+                                                       "--paper-settings"]))
+    b.pretrain_zoo.mkdir(parents=True)
+    (b.pretrain_zoo / "model.safetensors").write_bytes(b"weights")
+
+    def flags(name):
+        out = bench.continuation_flags(b, common.METHODS[name], common.chosen_hp(b, name))
+        return dict(zip(out[::2], out[1::2]))
+
+    fcl = flags("fcl")
+    assert fcl["--method"] == "fcl" and fcl["--initial-checkpoint"] == str(b.pretrain_weights)
+    for name, flag, value in (("fcl_every4", "--fcl-every", "4"), ("fcl_every16", "--fcl-every", "16"),
+                              ("fcl_other", "--fcl-negatives", "other_class"),
+                              ("fcl_random", "--fcl-selection", "random")):
+        variant = flags(name)
+        assert variant.pop(flag) == value and variant == fcl, name
 
 
 def test_paper_settings_are_appendix_b_at_our_batch():
