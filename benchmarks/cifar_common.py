@@ -103,6 +103,9 @@ PLAN_PARTS = {
     2: [("xe_gauss", {"sigma": 0.3, "weight": 7.8e-3}), ("xe_gauss", {"sigma": 0.1, "weight": 7.8e-3}),
         ("fcl", {"k": 256, "sigma": 0.5, "tau": 0.5, "weight": 1.28e-2}), ("cl_gauss", SWEEPS["cl_gauss"][0])],
 }
+# Under the equal-budget grid the variants run before it stay at the FCL setting they ran at (the published choice)
+# and are compared with FCL at that setting; random selection and every 16 follow FCL's equal-budget choice.
+PINNED = {"equal-budget": {"fcl_every4": FCL_PUBLISHED_CHOICE, "fcl_other": FCL_PUBLISHED_CHOICE}}
 SWEEP_SEED = 0
 ZOO_TAGS = {"fcl": "fcl_cifar10", "xe": "xe_cifar10", "pg_fcl": "pg_fcl_cifar10"}
 ZOO_SEED = 0  # the seed whose runs the zoo publishes
@@ -220,10 +223,18 @@ def takes_paper_settings(b: Bench, name: str) -> bool:
     return named is not None and "none" not in named and (not named or name in named)
 
 
+def base_hp(b: Bench, name: str) -> dict:
+    """The settings of the base method a variant runs on: the base's choice, or where the grid pins the variant
+    (PINNED), the setting it ran at before."""
+    method = METHODS[name]
+    pinned = PINNED.get(getattr(b.args, "grid", None) or "published", {})
+    return dict(pinned[name]) if name in pinned else chosen_hp(b, method.settings_from)
+
+
 def chosen_hp(b: Bench, name: str) -> dict:
     method = METHODS[name]
     if method.settings_from:
-        return {**chosen_hp(b, method.settings_from), **dict(method.extra)}
+        return {**base_hp(b, name), **dict(method.extra)}
     grid = sweeps(b)[name]
     if len(grid) == 1 or takes_paper_settings(b, name):
         return grid[0]
@@ -255,6 +266,19 @@ def load_runs(b: Bench) -> dict:
         if is_current(b, entry):
             runs.setdefault(entry["method"], {})[entry["seed"]] = entry
     return runs
+
+
+def results_at(b: Bench, name: str, hp: dict) -> dict:
+    """{seed: result} of the method at the given settings, current or set aside in runs/earlier/ (the current one
+    where both exist): a variant pinned to settings its base no longer takes is compared with the base's results
+    there."""
+    runs = b.protocol_results / "runs"
+    found = {}
+    for path in sorted((runs / "earlier").glob(f"{name}-*.json")) + sorted(runs.glob(f"{name}-s*.json")):
+        entry = read_result(path)
+        if entry is not None and entry["method"] == name and entry["hp"] == hp:
+            found[entry["seed"]] = entry
+    return found
 
 
 def superseded(b: Bench) -> list[dict]:

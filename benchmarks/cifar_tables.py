@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from cifar_common import (INTERVAL_METHOD, METHODS, GROUPS, MIN_GAUSS_GAIN, Bench, add_protocol_arguments, hp_key,
-                          load_runs, paired_interval, superseded, sweep_result, sweeps, t2_value, t3_value,
-                          takes_paper_settings)
+from cifar_common import (INTERVAL_METHOD, METHODS, GROUPS, MIN_GAUSS_GAIN, Bench, add_protocol_arguments, base_hp,
+                          chosen_hp, hp_key, load_runs, paired_interval, results_at, superseded, sweep_result, sweeps,
+                          t2_value, t3_value, takes_paper_settings)
 
 # (method, baseline) of the paired-difference rows: every method against XE and XE+Gaussian, Patch Gaussian + FCL
 # against Patch Gaussian + XE, and the FCL variants (every n, other_class, random selection) against full FCL
@@ -46,6 +46,25 @@ def mean_std(values: list[float], sign: str = "") -> str:
     return f"{mean} ± {statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
+def pinned_bases(b: Bench) -> dict:
+    """{variant: (settings, {seed: result})} of each variant that runs on settings its base method no longer takes
+    (pinned by the grid): the base's results at those settings, which the variant is compared with."""
+    bases = {}
+    for name, method in METHODS.items():
+        if method.settings_from and (hp := base_hp(b, name)) != chosen_hp(b, method.settings_from):
+            bases[name] = (hp, results_at(b, method.settings_from, hp))
+    return bases
+
+
+def against(runs: dict, bases: Optional[dict], name: str, baseline: str) -> tuple[dict, str]:
+    """The runs to pair ``name`` with ``baseline`` in, and the baseline's label: a pinned variant meets its base at
+    the settings it ran at (labelled with them), every other pair the base at its choice."""
+    if bases and name in bases and baseline == METHODS[name].settings_from:
+        hp, entries = bases[name]
+        return {**runs, baseline: entries}, f"{METHODS[baseline].label} at {hp_key(hp)}"
+    return runs, METHODS[baseline].label
+
+
 def paired(runs: dict, name: str, baseline: str, value, column: str) -> str:
     """The paired difference (method - baseline) over the shared seeds: its mean with a 95% interval from the runs'
     per-image results where every one of them kept them, else mean ± std over the seeds (INTERVAL_METHOD)."""
@@ -58,8 +77,10 @@ def paired(runs: dict, name: str, baseline: str, value, column: str) -> str:
     return mean_std(diffs, sign="+")
 
 
-def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str) -> str:
-    """A markdown table in percent: ours (mean ± std over seeds), the paper's means, then paired differences."""
+def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str,
+                 bases: Optional[dict] = None) -> str:
+    """A markdown table in percent: ours (mean ± std over seeds), the paper's means, then paired differences (a
+    pinned variant against its base at the variant's settings, ``bases``)."""
     head = [c for _, c in columns]
     lines = [f"### {title}", "", "| method | seeds | " + " | ".join(head) + " | paper: " + " / ".join(head) + " |",
              "|" + " --- |" * (len(head) + 3)]
@@ -74,9 +95,10 @@ def format_table(runs: dict, title: str, columns: tuple, value, paper_index: str
     lines += ["", f"Paired differences (same seed). {INTERVAL_METHOD}", "",
               "| method | vs | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 2)]
     for name, baseline in PAIRS:
-        if runs.get(name) and runs.get(baseline):
-            cells = [paired(runs, name, baseline, value, col) for col, _ in columns]
-            lines.append(f"| {METHODS[name].label} | {METHODS[baseline].label} | " + " | ".join(cells) + " |")
+        view, label = against(runs, bases, name, baseline)
+        if view.get(name) and view.get(baseline):
+            cells = [paired(view, name, baseline, value, col) for col, _ in columns]
+            lines.append(f"| {METHODS[name].label} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -115,26 +137,29 @@ def corruption_value(entry: dict, corruption: str) -> Optional[float]:
     return ((entry.get("c10c") or {}).get("per_corruption") or {}).get(corruption)
 
 
-def format_per_corruption(runs: dict) -> str:
+def format_per_corruption(runs: dict, bases: Optional[dict] = None) -> str:
     """Paired differences per corruption (points, mean over the shared seeds), the corruptions in the order of FCL's
-    gain."""
-    pairs = [(n, base) for n, base in CORRUPTION_PAIRS if set(runs.get(n) or {}) & set(runs.get(base) or {})]
+    gain (a pinned variant against its base at the variant's settings, ``bases``)."""
+    views = {(n, base): against(runs, bases, n, base) for n, base in CORRUPTION_PAIRS}
+    pairs = [(n, base) for n, base in CORRUPTION_PAIRS
+             if set(views[n, base][0].get(n) or {}) & set(views[n, base][0].get(base) or {})]
     corruptions = sorted({c for seeds in runs.values() for e in seeds.values() for c in
                           ((e.get("c10c") or {}).get("per_corruption") or {})})
     if not pairs or not corruptions:
         return ""
 
     def diff(name: str, base: str, corruption: str) -> Optional[float]:
-        seeds = sorted(set(runs[name]) & set(runs[base]))
-        values = [corruption_value(runs[name][s], corruption) - corruption_value(runs[base][s], corruption)
-                  for s in seeds if corruption_value(runs[name][s], corruption) is not None
-                  and corruption_value(runs[base][s], corruption) is not None]
+        view = views[name, base][0]
+        seeds = sorted(set(view[name]) & set(view[base]))
+        values = [corruption_value(view[name][s], corruption) - corruption_value(view[base][s], corruption)
+                  for s in seeds if corruption_value(view[name][s], corruption) is not None
+                  and corruption_value(view[base][s], corruption) is not None]
         return statistics.mean(values) if values else None
 
     first = pairs[0]
     corruptions.sort(key=lambda c: -(diff(*first, c) or 0.0))
     lines = ["### CIFAR-10-C per corruption: paired differences, mean over seeds", "",
-             "| corruption | " + " | ".join(f"{METHODS[n].label} - {METHODS[base].label}" for n, base in pairs) + " |",
+             "| corruption | " + " | ".join(f"{METHODS[n].label} - {views[n, base][1]}" for n, base in pairs) + " |",
              "| --- |" + " --- |" * len(pairs)]
     for c in corruptions:
         cells = [diff(n, base, c) for n, base in pairs]
@@ -188,12 +213,13 @@ def format_costs(runs: dict) -> str:
     return "\n".join(lines)
 
 
-def format_every(runs: dict, name: str = "fcl_every4") -> str:
-    """A cheap mode (FCL's term every n steps) against full FCL over the seeds both share with XE: each one's paired
-    gain over XE on UN, NUN and the CIFAR-10-C mean, the share of full FCL's gain that every n steps keeps, and the
-    training time per epoch of each seed (not averaged: runs of one seed may have trained under other conditions than
-    those of the next)."""
+def format_every(runs: dict, name: str = "fcl_every4", bases: Optional[dict] = None) -> str:
+    """A cheap mode (FCL's term every n steps) against full FCL at the same settings, over the seeds both share with
+    XE: each one's paired gain over XE on UN, NUN and the CIFAR-10-C mean, the share of full FCL's gain that every n
+    steps keeps, and the training time per epoch of each seed (not averaged: runs of one seed may have trained under
+    other conditions than those of the next)."""
     n = dict(METHODS[name].extra)["every"]
+    runs, label = against(runs, bases, name, "fcl")
     seeds = sorted(set(runs.get(name) or {}) & set(runs.get("fcl") or {}) & set(runs.get("xe") or {}))
     if not seeds:
         return ""
@@ -205,7 +231,7 @@ def format_every(runs: dict, name: str = "fcl_every4") -> str:
     def epoch_seconds(method: str, seed: int) -> float:
         return runs[method][seed]["train_seconds"] / runs[method][seed]["continue_epochs"]
 
-    lines = [f"### FCL every {n} steps against full FCL (seeds {', '.join(map(str, seeds))})", "",
+    lines = [f"### FCL every {n} steps against full FCL{label[len('FCL'):]} (seeds {', '.join(map(str, seeds))})", "",
              "| | UN - XE | NUN - XE | C mean - XE |", "| --- | --- | --- | --- |"]
     for method in ("fcl", name):
         lines.append(f"| {METHODS[method].label} | " + " | ".join(f"{gain(method, value, column):+.2f}"
@@ -221,9 +247,9 @@ def format_every(runs: dict, name: str = "fcl_every4") -> str:
     return "\n".join(lines)
 
 
-def format_cheap_modes(runs: dict) -> str:
+def format_cheap_modes(runs: dict, bases: Optional[dict] = None) -> str:
     """Every cheap mode that has runs (every 4, every 16) against full FCL, one table each."""
-    return "\n\n".join(t for name in EVERY_MODES if (t := format_every(runs, name)))
+    return "\n\n".join(t for name in EVERY_MODES if (t := format_every(runs, name, bases)))
 
 
 def tuning_budget(b: Bench) -> str:
@@ -267,7 +293,7 @@ def readme_block(b: Bench, runs: dict, readme: Path, header: str, tables: list[s
     for table, png in zip(tables, ("table2.png", "table3.png")):
         parts += [table.replace("### ", "#### ", 1), f"![{table.splitlines()[0][4:].split(':')[0]}]({link(png)})"]
     parts += [format_costs(runs).replace("### ", "#### ", 1)]
-    cheap = format_cheap_modes(runs)
+    cheap = format_cheap_modes(runs, pinned_bases(b))
     parts += [cheap.replace("### ", "#### ")] if cheap else []
     parts += [tuning_budget(b), protocol_check(runs), f"Per corruption, and the results superseded by the validation sweep's "
               f"choice: [tables.md]({link('tables.md')})."]
@@ -318,11 +344,12 @@ def write_tables(b: Bench, readme: Optional[Path] = None, headline: Optional[Pat
           f"over the corruptions present)", T3_COLUMNS, t3_value, "paper_t3")
     header = (f"{b.args.model}, pre-training {b.args.pretrain_epochs} epochs + continuation {b.args.continue_epochs} "
               f"epochs at lr {b.args.continue_lr:g}\n\n")
-    tables = [format_table(runs, *t) for t in (t2, t3)]
+    bases = pinned_bases(b)
+    tables = [format_table(runs, *t, bases=bases) for t in (t2, t3)]
     text = header + "\n\n".join(tables)
-    per_corruption = format_per_corruption(runs)
+    per_corruption = format_per_corruption(runs, bases)
     text += ("\n\n" + per_corruption if per_corruption else "") + "\n\n" + format_costs(runs)
-    cheap = format_cheap_modes(runs)
+    cheap = format_cheap_modes(runs, bases)
     text += "\n\n" + cheap if cheap else ""
     earlier = format_earlier(b)
     text += "\n\n" + earlier if earlier else ""

@@ -679,3 +679,59 @@ def test_redo_without_hits_trains_an_older_result_again_and_keeps_its_numbers_be
     common.write_json(common.run_result(b, "xe", 1), {**old, "un": 31.0})
     bench.evaluate_runs(redo, [("xe", 1, run)])
     assert "un 30.00 vs 31.00" in capsys.readouterr().out.split("NOT the same numbers")[0]
+
+
+def test_under_the_equal_budget_grid_every_4_and_other_class_stay_at_their_setting_and_meet_fcl_there(tmp_path):
+    """Every 4 and other_class ran at FCL's published choice: under the equal-budget grid they stay there (nothing is
+    retrained) and are paired with FCL's results at that setting, set aside in runs/earlier/ once FCL's new choice
+    was evaluated; random selection and every 16 follow FCL's new choice and meet FCL there."""
+    argv = ["--results", str(tmp_path), "--grid", "equal-budget", "--paper-settings", "pg_fcl"]
+    b = parse(argv)
+    published, new = common.FCL_PUBLISHED_CHOICE, common.EQUAL_BUDGET["fcl"][-1]
+    common.write_json(common.sweep_result(b, "xe", {}), entry({}, 90.0, 30.0, 30.0))
+    for name in ("xe_gauss", "cl_gauss", "fcl"):
+        for hp in common.EQUAL_BUDGET[name]:
+            best = hp == new  # FCL's equal-budget choice moves to lambda x16
+            common.write_json(common.sweep_result(b, name, hp), entry(hp, 89.5, 50.0 if best else 40.0, 40.0))
+    assert common.chosen_hp(b, "fcl") == new
+    assert common.chosen_hp(b, "fcl_every4") == {**published, "every": 4}
+    assert common.chosen_hp(b, "fcl_other") == {**published, "negatives": "other_class"}
+    assert common.chosen_hp(b, "fcl_random") == {**new, "selection": "random"}
+    assert common.chosen_hp(b, "fcl_every16") == {**new, "every": 16}
+    # under the published grid every variant follows FCL's choice
+    grid = parse(argv[:2])
+    assert common.chosen_hp(grid, "fcl_every4") == {**common.chosen_hp(grid, "fcl"), "every": 4}
+
+    def result(name, hp, seed, un):
+        return {"method": name, "seed": seed, "hp": hp, "unit": "percent", "clean": 90.0, "un": un, "nun": un,
+                "c10c": {"mean": un, "images": 8, "per_corruption": {"fog": un}}, "train_seconds": 100.0,
+                "continue_epochs": 10}
+
+    for seed in (0, 1):
+        common.write_json(common.run_result(b, "xe", seed), result("xe", {}, seed, 30.0))
+        common.write_json(common.earlier_result(b, "fcl", published, seed), result("fcl", published, seed, 50.0))
+        common.write_json(common.run_result(b, "fcl", seed), result("fcl", new, seed, 60.0 + seed))
+        common.write_json(common.run_result(b, "fcl_every4", seed),
+                          result("fcl_every4", {**published, "every": 4}, seed, 45.0))
+        common.write_json(common.run_result(b, "fcl_other", seed),
+                          result("fcl_other", {**published, "negatives": "other_class"}, seed, 55.0))
+        common.write_json(common.run_result(b, "fcl_every16", seed),
+                          result("fcl_every16", {**new, "every": 16}, seed, 40.0))
+    assert sorted(common.results_at(b, "fcl", published)) == [0, 1]
+    assert [e["un"] for e in common.results_at(b, "fcl", new).values()] == [60.0, 61.0]
+    text = tables.write_tables(b)
+    at = f"FCL at {common.hp_key(published)}"
+    # clean, UN, NUN: mean ± std of the paired differences over the two seeds (no per-image hits here)
+    assert numbers(" ".join(row(text, "FCL every 4", at)[:3])) == [0.0, 0.0, -5.0, 0.0, -5.0, 0.0]
+    assert not [line for line in text.splitlines() if line.startswith("| FCL every 4 | FCL |")]
+    assert numbers(" ".join(row(text, "FCL every 16", "FCL")[:3])) == [0.0, 0.0, -20.5, 0.71, -20.5, 0.71]
+    per_corruption = text.split("### CIFAR-10-C per corruption")[1].split("###")[0]
+    assert f"| FCL other_class - {at} |" in per_corruption and numbers(row(per_corruption, "fog")[-1]) == [5.0]
+    assert row(text, "FCL every 4", "2")  # its own row in the tables (two seeds): current at its pinned setting
+    assert f"### FCL every 4 steps against full FCL at {common.hp_key(published)} (seeds 0, 1)" in text
+    assert "### FCL every 16 steps against full FCL (seeds 0, 1)" in text
+    every4 = text.split("### FCL every 4 steps")[1].split("###")[0]
+    assert numbers(" ".join(row(every4, "FCL"))) == [20.0, 20.0, 20.0]  # FCL's gain over XE at the published setting
+    assert numbers(" ".join(row(every4, "every 4 / full"))) == [0.75, 0.75, 0.75]
+    every16 = text.split("### FCL every 16 steps")[1].split("###")[0]
+    assert numbers(" ".join(row(every16, "FCL"))) == [30.5, 30.5, 30.5]  # at its choice: 60, 61 over 30
