@@ -8,9 +8,11 @@ with its extra term on from the first step (contrastive terms ramped over half t
 passed its check on the validation split, where 6 epochs at lr 0.001 (the paper's lr after epoch 300, relative to its
 peak) showed no regularizer's effect (benchmarks/LOG.md). The methods are XE, XE+Gaussian, CL+Gaussian, FCL,
 Patch Gaussian + XE and Patch Gaussian + FCL (Patch Gaussian only in the continuation: the pre-training is shared), and
-two FCL variants the paper does not have: FCL every 4 steps (the cheap mode) and FCL with ``negatives="other_class"``,
-both at FCL's settings. Every run goes through train_fcl.py with the standard CIFAR augmentation (--crop-pad 4), by
-default in bf16 autocast with channels-last (``--precision``), every evaluation through ``python -m timm_fcl.eval``.
+four FCL variants the paper does not have, at FCL's settings: every 4 and every 16 steps (the cheap mode),
+``negatives="other_class"``, and ``selection="random"`` (the control for the utility). Under ``--grid equal-budget``
+every 4 and other_class stay at the FCL setting they ran at (``PINNED``). Every run goes through train_fcl.py with
+the standard CIFAR augmentation (--crop-pad 4), by default in bf16 autocast with channels-last (``--precision``),
+every evaluation through ``python -m timm_fcl.eval``.
 The pre-training is evaluated like the continuations and exported to ``zoo/ARCH.xe_pretrain_cifar10``; once that
 folder is committed, every later part starts its continuations from it, so a part needs only the repository and the
 data.
