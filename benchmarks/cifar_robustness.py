@@ -277,13 +277,23 @@ def train_continuation(b: Part, method: Method, hp: dict, seed: int) -> Path:
 def train_all(b: Part, todo: list[tuple[str, dict, int]], after=None) -> list[Path]:
     """Continuation runs (method, settings, seed), --jobs of them at a time; their run folders, in order. ``after``
     (method, settings, seed, run folder) is called in the job's slot as soon as its run is trained, so a part cut
-    short keeps the results of every run it finished."""
+    short keeps the results of every run it finished. Once a run fails or is stopped (a signal saved its state, a
+    command failed), no further run starts: the part ends with that run's error when the runs already going end."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    def job(name: str, hp: dict, seed: int) -> Path:
-        run = train_continuation(b, METHODS[name], hp, seed)
-        if after is not None:
-            after(name, hp, seed, run)
+    failed = threading.Event()
+
+    def job(name: str, hp: dict, seed: int) -> Optional[Path]:
+        if failed.is_set():
+            return None
+        try:
+            run = train_continuation(b, METHODS[name], hp, seed)
+            if after is not None:
+                after(name, hp, seed, run)
+        except BaseException:
+            failed.set()
+            raise
         return run
 
     with ThreadPoolExecutor(max_workers=b.args.jobs) as pool:

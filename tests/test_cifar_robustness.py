@@ -735,3 +735,23 @@ def test_under_the_equal_budget_grid_every_4_and_other_class_stay_at_their_setti
     assert numbers(" ".join(row(every4, "every 4 / full"))) == [0.75, 0.75, 0.75]
     every16 = text.split("### FCL every 16 steps")[1].split("###")[0]
     assert numbers(" ".join(row(every16, "FCL"))) == [30.5, 30.5, 30.5]  # at its choice: 60, 61 over 30
+
+
+def test_a_run_that_fails_or_is_stopped_starts_no_further_run(monkeypatch, tmp_path):
+    """A training stopped by a signal (exit 143 after saving its state) or failing ends the part with its error; the
+    runs after it are not started (they would otherwise run on, unasked, after a user stopped one)."""
+    started = []
+
+    def train_continuation(b, method, hp, seed):
+        started.append(seed)
+        if seed == 1:
+            raise RuntimeError("train_fcl.py ... failed (143)")
+        return b.run_dir(method.name, hp, seed)
+
+    monkeypatch.setattr(bench, "train_continuation", train_continuation)
+    b = bench.Part(bench.get_args_parser().parse_args(["--work", str(tmp_path), "--jobs", "1"]))
+    with pytest.raises(RuntimeError, match="failed"):
+        bench.train_all(b, [("xe", {}, seed) for seed in range(4)])
+    assert started == [0, 1]
+    started.clear()
+    assert bench.train_all(b, [("xe", {}, 0), ("xe", {}, 2)]) == [b.run_dir("xe", {}, 0), b.run_dir("xe", {}, 2)]
