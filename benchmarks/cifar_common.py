@@ -211,9 +211,14 @@ def choose(entries: list[dict], xe_clean: float) -> dict:
     return max(eligible, key=lambda e: (e["un"] + e["nun"]) / 2)["hp"]
 
 
+def grid_name(b: Bench) -> str:
+    """--grid: "published" or "equal-budget" (published for a caller without the flag)."""
+    return getattr(b.args, "grid", None) or "published"
+
+
 def sweeps(b: Bench) -> dict:
     """The settings each method is chosen among: the published grid, or the equal-budget one (--grid)."""
-    return GRIDS[getattr(b.args, "grid", None) or "published"]
+    return GRIDS[grid_name(b)]
 
 
 def takes_paper_settings(b: Bench, name: str) -> bool:
@@ -227,7 +232,7 @@ def base_hp(b: Bench, name: str) -> dict:
     """The settings of the base method a variant runs on: the base's choice, or where the grid pins the variant
     (PINNED), the setting it ran at before."""
     method = METHODS[name]
-    pinned = PINNED.get(getattr(b.args, "grid", None) or "published", {})
+    pinned = PINNED.get(grid_name(b), {})
     return dict(pinned[name]) if name in pinned else chosen_hp(b, method.settings_from)
 
 

@@ -456,16 +456,17 @@ def evaluate_runs(b: Part, group: list[tuple[str, int, Path]], threads: Optional
         flags = run_folder.read_args(run)
         repeats = repeated_numbers(b, name, seed)
         set_aside(b, name, seed)
-        write_json(run_result(b, name, seed), {
+        entry = {
             "method": name, "seed": seed, "hp": chosen_hp(b, name), "model": a.model, **condense(merged),
             **last_epoch(run), "train_seconds": read_json(run / "bench_wall.json")["seconds"],
             "eval_seconds": seconds, "precision": flags.get("mixed_precision") or "no",
             "eval_precision": a.eval_precision,
             "initial_checkpoint_sha256": sha256(Path(flags["initial_checkpoint"])), **protocol_fields(b),
             "commit": (read_json(run / "bench_commit.json") or {}).get("commit"), "eval_commit": code_commit(),
-            **({"repeats": repeats} if repeats else {})})
+            **({"repeats": repeats} if repeats else {})}
+        write_json(run_result(b, name, seed), entry)
         if repeats:
-            report_repeat(read_result(run_result(b, name, seed)))
+            report_repeat(entry)
         if seed == ZOO_SEED and name in ZOO_TAGS:  # exported now: the run folder does not outlive the part
             export_to_zoo(b, run, b.zoo_dir(name))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from cifar_common import (INTERVAL_METHOD, METHODS, GROUPS, MIN_GAUSS_GAIN, Bench, add_protocol_arguments, base_hp,
-                          chosen_hp, hp_key, load_runs, paired_interval, results_at, superseded, sweep_result, sweeps,
+                          chosen_hp, grid_name, hp_key, load_runs, paired_interval, results_at, superseded, sweep_result, sweeps,
                           t2_value, t3_value, takes_paper_settings)
 
 # (method, baseline) of the paired-difference rows: every method against XE and XE+Gaussian, Patch Gaussian + FCL
@@ -213,7 +213,7 @@ def format_costs(runs: dict) -> str:
     return "\n".join(lines)
 
 
-def format_every(runs: dict, name: str = "fcl_every4", bases: Optional[dict] = None) -> str:
+def format_every(runs: dict, name: str, bases: Optional[dict] = None) -> str:
     """A cheap mode (FCL's term every n steps) against full FCL at the same settings, over the seeds both share with
     XE: each one's paired gain over XE on UN, NUN and the CIFAR-10-C mean, the share of full FCL's gain that every n
     steps keeps, and the training time per epoch of each seed (not averaged: runs of one seed may have trained under
@@ -266,9 +266,8 @@ def tuning_budget(b: Bench) -> str:
         else:
             cells.append(f"{method.label} {tried} of {len(grid[name])}")
     variants = ", ".join(m.label for m in METHODS.values() if m.settings_from)
-    name = getattr(b.args, "grid", None) or "published"
-    return (f"Tuning budget (settings scored on validation, seed 0, under the {name} grid): {'; '.join(cells)}. "
-            f"{variants} take their base method's choice, untuned.")
+    return (f"Tuning budget (settings scored on validation, seed 0, under the {grid_name(b)} grid): "
+            f"{'; '.join(cells)}. {variants} take their base method's settings, untuned.")
 
 
 def protocol_check(runs: dict) -> str:

@@ -400,7 +400,7 @@ def test_tuning_budget_counts_the_settings_each_method_was_scored_at_on_validati
     for cell in ("XE none (fixed settings)", "XE+Gaussian 5 of 6", "CL+Gaussian 2 of 2", "FCL 3 of 5",
                  "PG+XE none (fixed settings)", "PG+FCL none (fixed settings)"):
         assert cell in line
-    assert "FCL every 4, FCL other_class, FCL random selection, FCL every 16 take their base method's choice" in line
+    assert "FCL every 4, FCL other_class, FCL random selection, FCL every 16 take their base method's settings" in line
     published = tables.tuning_budget(parse(["--results", str(tmp_path), "--paper-settings", "pg_fcl"]))
     assert "XE+Gaussian 3 of 3" in published and "CL+Gaussian 2 of 4" in published and "FCL 3 of 4" in published
 
